@@ -1,0 +1,28 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   installs, then runs the demo benchmark (table + plots in demo-results/)
+#   make test   installs, then runs the test suite
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# The CPU build of torch; a bare `pip install torch` would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+OUT ?= demo-results
+
+.PHONY: install install-test demo test clean
+
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[torch,ml,pyamg]"
+
+install-test: install
+	$(PIP) install --quiet -e ".[all]"
+
+demo: install
+	$(PYTHON) -m optkit.cli bench demo --out $(OUT) --repeat 1
+	$(PYTHON) -m optkit.cli report $(OUT)
+	@echo "Report: $(OUT)/index.html"
+
+test: install-test
+	$(PYTHON) -m pytest
+
+clean:
+	rm -rf $(OUT) .pytest_cache build dist *.egg-info

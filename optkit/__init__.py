@@ -1,0 +1,50 @@
+"""optkit: numerical optimization methods, classic and learned, compared on one problem suite.
+
+The public API::
+
+    optkit.solve(problem, solver, **options) -> Result
+    optkit.get_problem("family/name", **params), optkit.get_solver(name, **options)
+    optkit.list_solvers(), optkit.list_problems(), optkit.list_suites()
+    optkit.aslinearoperator(obj), optkit.Status, optkit.Result
+"""
+
+from ._api import solve
+from .linop import LinearOperator, aslinearoperator
+from .problem import LinearSystemProblem, Problem, SmoothProblem
+from .registry import (
+    get_problem,
+    get_solver,
+    get_suite,
+    list_problems,
+    list_solvers,
+    list_suites,
+    register_problem,
+    register_solver,
+    register_suite,
+)
+from .result import Result, Status
+from .solver import IterativeSolver, Solver
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IterativeSolver",
+    "LinearOperator",
+    "LinearSystemProblem",
+    "Problem",
+    "Result",
+    "SmoothProblem",
+    "Solver",
+    "Status",
+    "aslinearoperator",
+    "get_problem",
+    "get_solver",
+    "get_suite",
+    "list_problems",
+    "list_solvers",
+    "list_suites",
+    "register_problem",
+    "register_solver",
+    "register_suite",
+    "solve",
+]

@@ -1,0 +1,9 @@
+"""optkit's problem suite (the ``optkit.problems`` entry point).
+
+Importing this package registers every problem family and suite; heavy optional
+dependencies (scikit-learn ...) are imported only when a problem that needs them is built.
+"""
+
+from . import linear, ml
+
+__all__ = ["linear", "ml"]

@@ -1,0 +1,9 @@
+"""optkit's solvers, ours and the wrapped baselines (the ``optkit.solvers`` entry point).
+
+Importing this package registers every solver. Nothing heavy is imported here: pyamg,
+scikit-learn and torch are imported inside ``solve`` when a solver needs them.
+"""
+
+from . import baselines, linear
+
+__all__ = ["baselines", "linear"]

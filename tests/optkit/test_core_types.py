@@ -1,0 +1,118 @@
+"""Result, Status, backend helpers, problem kinds and the data directory."""
+
+import numpy as np
+import pytest
+
+import optkit
+from optkit import LinearSystemProblem, Result, SmoothProblem, Status
+from optkit._backend import convert, get_namespace, optional_import
+from optkit.data import Dataset, data_dir, find_dataset, register_dataset
+
+
+def test_status_messages_and_codes():
+    assert Status.CONVERGED.success and Status.CONVERGED.code == 0
+    assert not Status.BREAKDOWN.success
+    assert "max_iter" in Status.MAX_ITER.message
+    assert len({s.code for s in Status}) == len(Status)
+
+
+def test_result_is_frozen_and_converts_to_scipy():
+    res = Result(
+        x=np.array([1.0, 2.0]), fun=3.0, status=Status.MAX_ITER, nit=7,
+        counters={"fun": 8, "grad": 8, "matvec": 3}, metrics={"grad_norm": 1e-3},
+    )
+    assert res.message == Status.MAX_ITER.message and not res.success
+    with pytest.raises(AttributeError):
+        res.x = None
+    with pytest.raises(TypeError):
+        res.counters["fun"] = 0
+    sp = res.to_scipy()
+    np.testing.assert_allclose(sp.x, [1.0, 2.0])
+    assert (sp.nfev, sp.njev, sp.matvec, sp.nit, sp.status, sp.success) == (8, 8, 3, 7, Status.MAX_ITER.code, False)
+    assert sp.grad_norm == 1e-3
+    with pytest.raises(TypeError, match="status must be an optkit.Status"):
+        Result(x=None, status="converged")
+
+
+def test_namespace_refuses_mixed_backends():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="mix backends"):
+        get_namespace(np.ones(2), torch.ones(2))
+    assert get_namespace(np.ones(2), 1.0, None).__name__.endswith("numpy")
+
+
+def test_convert_round_trip_and_dtype():
+    pytest.importorskip("torch")
+    x = np.arange(3.0)
+    t = convert(x, "torch", dtype="float32")
+    assert str(t.dtype) == "torch.float32"
+    back = convert(t, "numpy", dtype=np.float64)
+    np.testing.assert_allclose(back, x)
+    with pytest.raises(ValueError, match="device='cuda' is not available with backend='numpy'"):
+        convert(x, "numpy", device="cuda")
+    with pytest.raises(ValueError, match="backend must be 'numpy' or 'torch'"):
+        convert(x, "jax")
+
+
+def test_optional_import_names_the_extra():
+    with pytest.raises(ImportError, match="optional dependency 'no_such_pkg_xyz' is not installed \\(needed by solver 'x'\\)"):
+        optional_import("no_such_pkg_xyz", "solver 'x'")
+
+
+def test_linear_system_problem_validates_inputs():
+    A = np.diag([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"b must have shape \(3,\) to match A \(3, 3\), got \(2,\)"):
+        LinearSystemProblem(A, np.ones(2))
+    with pytest.raises(ValueError, match="b contains NaN"):
+        LinearSystemProblem(A, np.array([1.0, np.nan, 0.0]))
+    with pytest.raises(ValueError, match="A must be square"):
+        LinearSystemProblem(np.ones((2, 3)), np.ones(2))
+    with pytest.raises(ValueError, match=r"x0 must have shape \(3,\)"):
+        LinearSystemProblem(A, np.ones(3), np.ones(4))
+
+
+def test_linear_system_problem_capabilities_evaluate_and_to_torch():
+    A = np.diag([1.0, 2.0, 4.0])
+    p = LinearSystemProblem(A, np.ones(3), tags={"symmetric", "psd"}, metadata={"x_true": [1.0, 0.5, 0.25]})
+    assert {"matvec", "matrix", "symmetric", "psd"} <= p.capabilities
+    m = p.evaluate(np.array([1.0, 0.5, 0.0]))
+    np.testing.assert_allclose(m["residual"], 1.0 / np.sqrt(3.0))
+    np.testing.assert_allclose(m["error"], 0.25 / np.linalg.norm([1.0, 0.5, 0.25]))
+    pytest.importorskip("torch")
+    pt = p.to("torch")
+    assert pt.backend == "torch" and "matrix" not in pt.capabilities
+    np.testing.assert_allclose(pt.evaluate(pt.x0 + 1.0)["residual"], p.evaluate(p.x0 + 1.0)["residual"])
+
+
+def test_smooth_problem_counts_and_evaluates():
+    p = SmoothProblem(lambda x: float(x @ x), lambda x: 2 * x, np.ones(2), metadata={"f_opt": 0.0})
+    assert p.capabilities == {"fun", "grad"}
+    p.fun(p.x0), p.grad(p.x0), p.grad(p.x0)
+    assert (p.counters["fun"], p.counters["grad"]) == (1, 2)
+    ev = p.evaluate(np.array([3.0, 4.0]))
+    np.testing.assert_allclose([ev["fun"], ev["grad_norm"], ev["f_gap"]], [25.0, 10.0, 25.0])
+    assert p.counters["fun"] == 1  # evaluate is not counted
+    with pytest.raises(ValueError, match="provides no Hessian-vector product"):
+        p.hvp(p.x0, p.x0)
+    with pytest.raises(ValueError, match="x0 contains NaN"):
+        SmoothProblem(None, None, np.array([np.nan]))
+    with pytest.raises(ValueError, match="cannot change backend"):
+        p.to("torch")
+
+
+def test_data_dir_and_dataset_lookup(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTKIT_DATA", str(tmp_path))
+    assert data_dir() == tmp_path
+    register_dataset(Dataset("test/tiny", ("tiny/file.txt", "tiny/file.txt.gz")))
+    with pytest.raises(FileNotFoundError, match="dataset 'test/tiny' not found; looked for .*file.txt"):
+        find_dataset("test/tiny")
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "file.txt.gz").write_bytes(b"")
+    assert find_dataset("test/tiny") == tmp_path / "tiny" / "file.txt.gz"
+    with pytest.raises(KeyError, match="unknown dataset 'test/nope'"):
+        find_dataset("test/nope")
+
+
+def test_solve_rejects_what_is_not_a_problem():
+    with pytest.raises(TypeError, match="problem must be an optkit Problem"):
+        optkit.solve(42, "cg")
