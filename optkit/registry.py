@@ -26,6 +26,7 @@ __all__ = [
     "list_solvers",
     "list_suites",
     "load_plugins",
+    "check_params",
     "parse_spec",
     "register_problem",
     "register_solver",
@@ -135,19 +136,20 @@ def register_suite(name: str, specs: Iterable[str], *, extend: bool = False) -> 
     SUITES.add(name, specs)
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """Split a problem spec ``"family/name:key=value,key=value"`` into name and parameters.
+def parse_spec(spec: str, what: str = "problem spec") -> tuple[str, dict[str, Any]]:
+    """Split a spec ``"family/name:key=value,key=value"`` into name and parameters.
 
-    Values are parsed as int, then float, then ``true``/``false``/``none``, else kept as strings.
+    Values are parsed as int, then float, then ``true``/``false``/``none``, else kept as
+    strings. ``what`` names the kind of spec in error messages.
     """
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"a problem spec must be a non-empty string, got {spec!r}")
+        raise ValueError(f"a {what} must be a non-empty string, got {spec!r}")
     name, _, params_text = spec.partition(":")
     params: dict[str, Any] = {}
     for item in filter(None, params_text.split(",")):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"problem spec {spec!r}: parameter {item!r} is not of the form key=value")
+            raise ValueError(f"{what} {spec!r}: parameter {item!r} is not of the form key=value")
         params[key.strip()] = parse_value(value.strip())
     return name, params
 
@@ -162,7 +164,8 @@ def parse_value(text: str) -> Any:
     return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
-def _check_params(what: str, func: Callable, params: dict[str, Any]) -> None:
+def check_params(what: str, func: Callable, params: dict[str, Any]) -> None:
+    """Raise a ``TypeError`` naming each key of ``params`` that ``func`` does not take."""
     signature = inspect.signature(func)
     if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
         return
@@ -184,7 +187,7 @@ def get_problem(name: str, **params: Any):
     base, spec_params = parse_spec(name)
     factory = PROBLEMS.get(base)
     params = {**spec_params, **params}
-    _check_params(f"problem {base!r}", factory, params)
+    check_params(f"problem {base!r}", factory, params)
     return factory(**params)
 
 
