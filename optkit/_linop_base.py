@@ -1,0 +1,588 @@
+"""The :class:`LinearOperator` base class and its lazy algebra (sums, products, scaling, adjoints).
+
+Public names are re-exported from :mod:`optkit.linop`; see there for the overview.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from ._backend import convert, get_namespace, is_torch, torch_or_none
+
+__all__ = ["TAGS", "LinearOperator"]
+
+#: The structure tags an operator may carry.
+#: ``symmetric``: self-adjoint, ``A^H = A`` (Hermitian when complex); square only.
+#: ``psd``: Hermitian positive semidefinite, ``x^H A x >= 0``; implies ``symmetric``; square only.
+#: ``diagonal``: ``A[i, j] = 0`` for ``i != j``.
+#: ``low_rank``: held in factored form of small rank.
+#: ``orthonormal``: orthonormal columns, ``A^H A = I``.
+TAGS = frozenset({"symmetric", "psd", "diagonal", "low_rank", "orthonormal"})
+
+
+# ----------------------------------------------------------------------------- helpers
+def _is_complex(dtype: Any) -> bool:
+    torch = torch_or_none()
+    if torch is not None and isinstance(dtype, torch.dtype):
+        return dtype.is_complex
+    return np.dtype(dtype).kind == "c"
+
+
+def _dummy(backend: str, device: Any = None, dtype: Any = None):
+    """A zero-length array of ``backend``/``device``/``dtype`` (default float64)."""
+    return convert(np.empty(0), backend, device, dtype)
+
+
+def _namespace(backend: str, device: Any = None):
+    return get_namespace(_dummy(backend, device))
+
+
+def _canon_dtype(backend: str, dtype: Any):
+    """``dtype`` (numpy/torch dtype or name; None = float64) as a dtype object of ``backend``."""
+    if backend == "numpy" and not _is_torch_dtype(dtype):
+        return np.dtype("float64" if dtype is None else dtype)
+    return _dummy(backend, None, dtype).dtype
+
+
+def _is_torch_dtype(dtype: Any) -> bool:
+    torch = torch_or_none()
+    return torch is not None and isinstance(dtype, torch.dtype)
+
+
+def _result_dtype(backend: str, dtypes: Iterable[Any], scalars: Iterable[Any] = ()):
+    """Promotion of ``dtypes`` with Python ``scalars`` (weakly typed) on ``backend``."""
+    dtypes, scalars = list(dtypes), list(scalars)
+    if backend == "numpy":
+        return np.result_type(*dtypes, *scalars)
+    torch = torch_or_none()
+    out = dtypes[0]
+    for d in dtypes[1:]:
+        out = torch.promote_types(out, d)
+    for s in scalars:
+        out = torch.result_type(torch.empty((), dtype=out), s)
+    return out
+
+
+def _unify(ops: list[LinearOperator], dtype) -> list[LinearOperator]:
+    """``ops`` converted to ``dtype`` on torch, whose kernels do not promote mixed dtypes."""
+    return [op if op.backend == "numpy" or op.dtype == dtype else op.to(dtype=dtype) for op in ops]
+
+
+def _conj(xp, x):
+    """Physical complex conjugate (no lazy conj bit on torch); real arrays pass through."""
+    return xp.conj(x) if _is_complex(x.dtype) else x
+
+
+def _as_scalar(c: Any):
+    """``c`` as a Python number if it is a scalar (number, 0-d array or tensor), else None."""
+    if isinstance(c, LinearOperator):
+        return None
+    if isinstance(c, numbers.Number):
+        return c.item() if isinstance(c, np.generic) else c
+    if (isinstance(c, np.ndarray) or is_torch(c)) and c.ndim == 0:
+        return c.item()
+    return None
+
+
+def _is_real_scalar(c: Any) -> bool:
+    return not isinstance(c, complex) or c.imag == 0
+
+
+def _normalize_tags(tags: Iterable[str] | None, shape: tuple[int, int], dtype: Any) -> frozenset:
+    tags = frozenset([tags] if isinstance(tags, str) else (tags or ()))
+    unknown = tags - TAGS
+    if unknown:
+        raise ValueError(f"unknown tags {sorted(unknown)}; allowed tags are {sorted(TAGS)}")
+    square = shape[0] == shape[1]
+    for t in ("symmetric", "psd"):
+        if t in tags and not square:
+            raise ValueError(f"tag {t!r} needs a square operator, got shape {shape}")
+    if "psd" in tags:
+        tags |= {"symmetric"}
+    if "diagonal" in tags and square and not _is_complex(dtype):
+        tags |= {"symmetric"}
+    return tags
+
+
+def _is_adjoint_pair(A: LinearOperator, B: LinearOperator) -> bool:
+    """Whether ``B`` is known to be ``A^H`` (without building any adjoint)."""
+    if A is B:
+        return "symmetric" in A.tags
+    if A._H_cache is B or B._H_cache is A:
+        return True
+    return (isinstance(A, _Adjoint) and A._op is B) or (isinstance(B, _Adjoint) and B._op is A)
+
+
+def _common_backend(ops: Iterable[LinearOperator]) -> tuple[str, str]:
+    places = {(op.backend, op.device) for op in ops}
+    if len(places) > 1:
+        raise TypeError(f"operators mix backends/devices {sorted(places)}; convert them with .to(...) first")
+    return places.pop()
+
+
+# ----------------------------------------------------------------------------- base class
+class LinearOperator:
+    """A linear map ``A: C^n -> C^m`` on numpy arrays or torch tensors (scipy's contract).
+
+    Subclasses call ``super().__init__(shape, dtype, tags=..., backend=..., device=...)`` and
+    implement ``_matvec`` or ``_matmat`` (each derives from the other) and, for the adjoint,
+    ``_adjoint`` or ``_rmatvec``/``_rmatmat``. The private methods receive already
+    shape-checked arrays of the operator's backend.
+
+    Parameters
+    ----------
+    shape : tuple of 2 ints
+        ``(m, n)``.
+    dtype : numpy dtype (numpy backend) or torch dtype (torch backend), or a dtype name
+    tags : iterable of str, optional
+        Structure tags from :data:`TAGS`; ``symmetric`` and ``psd`` need a square shape.
+    backend : {"numpy", "torch"}
+    device : str, optional
+        ``"cpu"`` for numpy; any torch device for torch (default ``"cpu"``).
+
+    Notes
+    -----
+    Algebra is lazy: ``A + B``, ``A - B``, ``-A``, ``A @ B``, ``c * A``, ``A / c``, ``A.T``,
+    ``A.H`` build new operators; ``A @ x`` applies ``A`` to a vector ``(n,)`` or matrix
+    ``(n, k)``. ``A * B`` is a ``TypeError``: use ``@``.
+    """
+
+    __array_ufunc__ = None  # make ``ndarray @ A`` and ``np.float64(2) * A`` defer to us
+
+    def __init__(self, shape, dtype, *, tags=None, backend: str = "numpy", device: Any = None) -> None:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 2 or min(shape) < 0:
+            raise ValueError(f"shape must be a pair of non-negative ints, got {shape}")
+        if backend not in ("numpy", "torch"):
+            raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+        dummy = _dummy(backend, device, None)
+        self._shape = shape
+        self._backend = backend
+        self._device = str(dummy.device) if backend == "torch" else "cpu"
+        self._dtype = _canon_dtype(backend, dtype)
+        self._tags = _normalize_tags(tags, shape, self._dtype)
+        self._in = (shape[1],)
+        self._H_cache: LinearOperator | None = None
+        cls = type(self)
+        if cls._matvec is LinearOperator._matvec and cls._matmat is LinearOperator._matmat:
+            raise TypeError(f"{cls.__name__} must implement _matvec or _matmat")
+
+    # --------------------------------------------------------------- properties
+    shape = property(lambda self: self._shape, doc="``(m, n)``.")
+    dtype = property(lambda self: self._dtype, doc="numpy dtype (numpy backend) or torch dtype.")
+    tags = property(lambda self: self._tags, doc="frozenset of structure tags (see :data:`TAGS`).")
+    backend = property(lambda self: self._backend, doc='``"numpy"`` or ``"torch"``.')
+    device = property(lambda self: self._device, doc='``"cpu"`` or a torch device string such as ``"cuda:0"``.')
+    ndim = 2
+
+    @property
+    def xp(self):
+        """The array-API namespace of this operator's backend."""
+        xp = self.__dict__.get("_xp")
+        if xp is None:
+            xp = self.__dict__["_xp"] = _namespace(self._backend, self._device)
+        return xp
+
+    def with_tags(self, tags) -> LinearOperator:
+        """A shallow copy of this operator carrying ``tags`` in addition to its own."""
+        import copy
+
+        new = copy.copy(self)
+        extra = _normalize_tags(tags, self._shape, self._dtype)
+        new._tags = _normalize_tags(self._tags | extra, self._shape, self._dtype)
+        new._H_cache = None
+        return new
+
+    # --------------------------------------------------------------- application
+    def matvec(self, x):
+        """``A @ x`` for ``x`` of shape ``(n,)``; returns shape ``(m,)`` on the same backend."""
+        try:
+            s = x.shape
+        except AttributeError:
+            raise TypeError(f"matvec expects an array, got {type(x).__name__}") from None
+        if s != self._in:
+            raise ValueError(f"matvec: operator of shape {self._shape} expects x of shape {self._in}, got {tuple(s)}")
+        return self._matvec(x)
+
+    def matmat(self, X):
+        """``A @ X`` for ``X`` of shape ``(n, k)``; returns shape ``(m, k)``."""
+        s = X.shape
+        if len(s) != 2 or s[0] != self._shape[1]:
+            raise ValueError(
+                f"matmat: operator of shape {self._shape} expects X of shape ({self._shape[1]}, k), got {tuple(s)}"
+            )
+        return self._matmat(X)
+
+    def rmatvec(self, y):
+        """``A^H @ y`` for ``y`` of shape ``(m,)``; returns shape ``(n,)``."""
+        s = y.shape
+        if tuple(s) != (self._shape[0],):
+            raise ValueError(
+                f"rmatvec: operator of shape {self._shape} expects y of shape ({self._shape[0]},), got {tuple(s)}"
+            )
+        return self._rmatvec(y)
+
+    def rmatmat(self, Y):
+        """``A^H @ Y`` for ``Y`` of shape ``(m, k)``; returns shape ``(n, k)``."""
+        s = Y.shape
+        if len(s) != 2 or s[0] != self._shape[0]:
+            raise ValueError(
+                f"rmatmat: operator of shape {self._shape} expects Y of shape ({self._shape[0]}, k), got {tuple(s)}"
+            )
+        return self._rmatmat(Y)
+
+    # defaults: each of _matvec/_matmat from the other, the adjoint from whatever exists
+    def _matvec(self, x):
+        return self._matmat(x[:, None])[:, 0]
+
+    def _matmat(self, X):
+        xp = self.xp
+        if X.shape[1] == 0:
+            return xp.zeros((self._shape[0], 0), dtype=self._dtype, device=X.device)
+        return xp.stack([self._matvec(X[:, j]) for j in range(X.shape[1])], axis=1)
+
+    def _overrides(self, name: str) -> bool:
+        return getattr(type(self), name) is not getattr(LinearOperator, name)
+
+    def _rmatvec(self, y):
+        if self._overrides("_rmatmat"):
+            return self._rmatmat(y[:, None])[:, 0]
+        if self._overrides("_adjoint"):
+            return self.H._matvec(y)
+        raise NotImplementedError(f"{type(self).__name__} defines no adjoint: implement _adjoint, _rmatvec or _rmatmat")
+
+    def _rmatmat(self, Y):
+        if self._overrides("_rmatvec"):
+            xp = self.xp
+            if Y.shape[1] == 0:
+                return xp.zeros((self._shape[1], 0), dtype=self._dtype, device=Y.device)
+            return xp.stack([self._rmatvec(Y[:, j]) for j in range(Y.shape[1])], axis=1)
+        if self._overrides("_adjoint"):
+            return self.H._matmat(Y)
+        raise NotImplementedError(f"{type(self).__name__} defines no adjoint: implement _adjoint, _rmatvec or _rmatmat")
+
+    def _adjoint(self) -> LinearOperator:
+        return _Adjoint(self)
+
+    # --------------------------------------------------------------- adjoint / transpose
+    @property
+    def H(self) -> LinearOperator:
+        """The (lazy) conjugate transpose ``A^H``; ``A.H.H`` is ``A``."""
+        if self._H_cache is None:
+            if "symmetric" in self._tags:
+                return self
+            adj = self._adjoint()
+            adj._H_cache = self
+            self._H_cache = adj
+        return self._H_cache
+
+    def adjoint(self) -> LinearOperator:
+        """Same as :attr:`H`."""
+        return self.H
+
+    @property
+    def T(self) -> LinearOperator:
+        """The (lazy) transpose ``A^T`` (equal to ``A.H`` for real operators)."""
+        if not _is_complex(self._dtype):
+            return self.H
+        return _Transposed(self)
+
+    def transpose(self) -> LinearOperator:
+        """Same as :attr:`T`."""
+        return self.T
+
+    # --------------------------------------------------------------- algebra
+    def __matmul__(self, other):
+        if isinstance(other, LinearOperator):
+            return _Product(self, other)
+        ndim = getattr(other, "ndim", None)
+        if ndim == 1:
+            return self.matvec(other)
+        if ndim == 2:
+            return self.matmat(other)
+        if ndim is None:
+            return NotImplemented
+        raise ValueError(f"A @ x needs x of 1 or 2 dimensions, got shape {tuple(other.shape)}")
+
+    def __rmatmul__(self, other):
+        ndim = getattr(other, "ndim", None)
+        if ndim == 1:
+            return self.T.matvec(other)
+        if ndim == 2:
+            return self.T.matmat(other.T).T
+        return NotImplemented
+
+    def __mul__(self, other):
+        c = _as_scalar(other)
+        if c is not None:
+            return _Scaled(self, c)
+        if isinstance(other, LinearOperator):
+            raise TypeError("A * B of two operators is not defined; use A @ B for the operator product")
+        if hasattr(other, "shape"):
+            raise TypeError("A * x is not defined for arrays; use A @ x or A.matvec(x)")
+        return NotImplemented
+
+    def __rmul__(self, other):
+        c = _as_scalar(other)
+        if c is not None:
+            return _Scaled(self, c)
+        if hasattr(other, "shape"):
+            raise TypeError("x * A is not defined for arrays; use x @ A or A.T @ x")
+        return NotImplemented
+
+    def __truediv__(self, other):
+        c = _as_scalar(other)
+        if c is None:
+            raise TypeError(f"an operator can only be divided by a scalar, got {type(other).__name__}")
+        return _Scaled(self, 1 / c)
+
+    def __neg__(self):
+        return _Scaled(self, -1)
+
+    def __pos__(self):
+        return self
+
+    def __add__(self, other):
+        if not isinstance(other, LinearOperator):
+            raise TypeError(
+                f"can only add an operator to an operator, got {type(other).__name__}"
+                " (for A + c*I use A + c * Identity(n))"
+            )
+        return _Sum([self, other])
+
+    def __radd__(self, other):
+        if isinstance(other, int) and other == 0:  # lets sum([A, B, C]) work
+            return self
+        return self.__add__(other)
+
+    def __sub__(self, other):
+        if not isinstance(other, LinearOperator):
+            raise TypeError(f"can only subtract an operator from an operator, got {type(other).__name__}")
+        return _Sum([self, -other])
+
+    # --------------------------------------------------------------- conversion
+    def to(self, backend: str | None = None, device: Any = None, dtype: Any = None) -> LinearOperator:
+        """The same operator on another ``backend`` (``"numpy"``/``"torch"``), ``device`` or ``dtype``.
+
+        ``None`` keeps the current value (``device`` becomes ``"cpu"`` when moving to numpy,
+        and defaults to ``"cpu"`` when moving to torch). Composite operators convert their parts.
+        """
+        backend = backend or self._backend
+        if device is None and backend == self._backend:
+            device = self._device if backend == "torch" else None
+        return self._to(backend, device, dtype)
+
+    def _to(self, backend, device, dtype) -> LinearOperator:
+        raise NotImplementedError(f"{type(self).__name__} does not implement .to(); override _to")
+
+    def to_scipy(self):
+        """This operator as a :class:`scipy.sparse.linalg.LinearOperator` on numpy arrays.
+
+        Torch operators convert their inputs to tensors and outputs back to numpy on each call.
+        """
+        from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
+
+        from ._backend import to_numpy
+
+        op, back = self, self._backend
+        dev = self._device
+        if back == "numpy":
+
+            def wrap(f):
+                return f
+        else:
+            cplx = _is_complex(self._dtype)
+
+            def wrap(f):  # torch kernels want the operator's dtype (unless a complex input meets a real op)
+                def g(a):
+                    a = np.asarray(a)
+                    return to_numpy(f(convert(a, back, dev, None if a.dtype.kind == "c" and not cplx else self._dtype)))
+
+                return g
+
+        mv, rmv = wrap(op.matvec), wrap(op.rmatvec)
+        mm, rmm = wrap(op.matmat), wrap(op.rmatmat)
+        try:
+            dtype = np.dtype(str(self._dtype).removeprefix("torch."))
+        except TypeError:  # a torch-only dtype such as bfloat16
+            dtype = np.dtype(np.float32)
+        return ScipyLinearOperator(
+            self._shape,
+            dtype=dtype,
+            matvec=lambda v: mv(np.ravel(v)),
+            rmatvec=lambda v: rmv(np.ravel(v)),
+            matmat=mm,
+            rmatmat=rmm,
+        )
+
+    def __repr__(self) -> str:
+        tags = ", tags=" + "{" + ", ".join(sorted(self._tags)) + "}" if self._tags else ""
+        dev = f", device={self._device!r}" if self._backend == "torch" else ""
+        return f"<{type(self).__name__} {self._shape[0]}x{self._shape[1]} {self._dtype} {self._backend}{dev}{tags}>"
+
+
+# ----------------------------------------------------------------------------- composites
+class _Adjoint(LinearOperator):
+    """``A^H`` built from the ``_rmatvec``/``_rmatmat`` of ``A``."""
+
+    def __init__(self, op: LinearOperator) -> None:
+        tags = op.tags if op.shape[0] == op.shape[1] else op.tags - {"orthonormal"}
+        super().__init__(op.shape[::-1], op.dtype, tags=tags, backend=op.backend, device=op.device)
+        self._op = op
+
+    def _matvec(self, x):
+        return self._op._rmatvec(x)
+
+    def _matmat(self, X):
+        return self._op._rmatmat(X)
+
+    def _rmatvec(self, y):
+        return self._op._matvec(y)
+
+    def _rmatmat(self, Y):
+        return self._op._matmat(Y)
+
+    def _adjoint(self):
+        return self._op
+
+    def _to(self, backend, device, dtype):
+        return self._op.to(backend, device, dtype).H
+
+
+class _Transposed(LinearOperator):
+    """``A^T = conj(A^H)`` for complex ``A`` (real operators use ``A.H``)."""
+
+    def __init__(self, op: LinearOperator) -> None:
+        tags = op.tags if op.shape[0] == op.shape[1] else op.tags - {"orthonormal"}
+        super().__init__(op.shape[::-1], op.dtype, tags=tags, backend=op.backend, device=op.device)
+        self._op = op
+
+    def _matvec(self, x):
+        xp = self.xp
+        return _conj(xp, self._op._rmatvec(_conj(xp, x)))
+
+    def _matmat(self, X):
+        xp = self.xp
+        return _conj(xp, self._op._rmatmat(_conj(xp, X)))
+
+    def _rmatvec(self, y):
+        xp = self.xp
+        return _conj(xp, self._op._matvec(_conj(xp, y)))
+
+    def _rmatmat(self, Y):
+        xp = self.xp
+        return _conj(xp, self._op._matmat(_conj(xp, Y)))
+
+    @property
+    def T(self):
+        return self._op
+
+    def _to(self, backend, device, dtype):
+        return self._op.to(backend, device, dtype).T
+
+
+class _Sum(LinearOperator):
+    """``A_1 + A_2 + ...`` (nested sums are flattened)."""
+
+    def __init__(self, ops: list[LinearOperator]) -> None:
+        flat: list[LinearOperator] = []
+        for op in ops:
+            flat.extend(op._ops if type(op) is _Sum else [op])
+        shapes = {op.shape for op in flat}
+        if len(shapes) > 1:
+            raise ValueError(f"cannot add operators of shapes {[op.shape for op in flat]}")
+        backend, device = _common_backend(flat)
+        tags = set(TAGS - {"low_rank", "orthonormal"})
+        for op in flat:
+            tags &= op.tags
+        dtype = _result_dtype(backend, [op.dtype for op in flat])
+        super().__init__(flat[0].shape, dtype, tags=tags, backend=backend, device=device)
+        self._ops = _unify(flat, dtype)
+
+    def _matvec(self, x):
+        ops = self._ops
+        y = ops[0]._matvec(x)
+        for op in ops[1:]:
+            y = y + op._matvec(x)  # not in place: an operator may return an internal buffer
+        return y
+
+    def _matmat(self, X):
+        ops = self._ops
+        Y = ops[0]._matmat(X)
+        for op in ops[1:]:
+            Y = Y + op._matmat(X)
+        return Y
+
+    def _adjoint(self):
+        return _Sum([op.H for op in self._ops])
+
+    def _to(self, backend, device, dtype):
+        return _Sum([op.to(backend, device, dtype) for op in self._ops])
+
+
+class _Scaled(LinearOperator):
+    """``c * A`` for a Python scalar ``c``."""
+
+    def __init__(self, op: LinearOperator, c) -> None:
+        if type(op) is _Scaled:
+            op, c = op._op, op._c * c
+        tags = set(op.tags)
+        if not _is_real_scalar(c):
+            tags -= {"symmetric", "psd"}
+        elif c.real < 0:
+            tags -= {"psd"}
+        if abs(c) != 1:
+            tags -= {"orthonormal"}
+        dtype = _result_dtype(op.backend, [op.dtype], [c])
+        super().__init__(op.shape, dtype, tags=tags, backend=op.backend, device=op.device)
+        self._op, self._c = _unify([op], dtype)[0], c
+
+    def _matvec(self, x):
+        return self._op._matvec(x) * self._c
+
+    def _matmat(self, X):
+        return self._op._matmat(X) * self._c
+
+    def _adjoint(self):
+        c = self._c
+        return _Scaled(self._op.H, c.conjugate() if isinstance(c, complex) else c)
+
+    def _to(self, backend, device, dtype):
+        return _Scaled(self._op.to(backend, device, dtype), self._c)
+
+
+class _Product(LinearOperator):
+    """``A @ B`` applied as ``A(Bx)``."""
+
+    def __init__(self, A: LinearOperator, B: LinearOperator) -> None:
+        if A.shape[1] != B.shape[0]:
+            raise ValueError(f"cannot compose operators of shapes {A.shape} @ {B.shape}")
+        backend, device = _common_backend([A, B])
+        tags = set()
+        if "diagonal" in A.tags and "diagonal" in B.tags:
+            tags |= {"diagonal"} | ({"symmetric", "psd"} & A.tags & B.tags)
+        if "orthonormal" in A.tags and "orthonormal" in B.tags:
+            tags.add("orthonormal")
+        if "low_rank" in A.tags or "low_rank" in B.tags:
+            tags.add("low_rank")
+        if _is_adjoint_pair(A, B):
+            tags |= {"symmetric", "psd"}  # A A^H and A^H A are Hermitian PSD
+        dtype = _result_dtype(backend, [A.dtype, B.dtype])
+        super().__init__((A.shape[0], B.shape[1]), dtype, tags=tags, backend=backend, device=device)
+        self._A, self._B = _unify([A, B], dtype)
+
+    def _matvec(self, x):
+        return self._A._matvec(self._B._matvec(x))
+
+    def _matmat(self, X):
+        return self._A._matmat(self._B._matmat(X))
+
+    def _adjoint(self):
+        return _Product(self._B.H, self._A.H)
+
+    def _to(self, backend, device, dtype):
+        return _Product(self._A.to(backend, device, dtype), self._B.to(backend, device, dtype))
