@@ -111,11 +111,11 @@ class Solver:
         if not isinstance(problem, self.accepts):
             kinds = ", ".join(k.__name__ for k in self.accepts)
             return f"solver {self.name!r} accepts {kinds}, not {type(problem).__name__}"
+        if problem.backend not in self.backends:
+            return f"solver {self.name!r} runs on {sorted(self.backends)}, not on backend {problem.backend!r}"
         missing = self.requires - problem.capabilities
         if missing:
             return f"solver {self.name!r} requires {sorted(missing)}, which problem {problem.name!r} lacks"
-        if problem.backend not in self.backends:
-            return f"solver {self.name!r} runs on {sorted(self.backends)}, not on backend {problem.backend!r}"
         return None
 
     def ensure_compatible(self, problem: Problem) -> None:

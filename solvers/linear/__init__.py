@@ -1,0 +1,5 @@
+"""Linear-system solvers: conjugate gradients, with Jacobi or IC(0) preconditioning."""
+
+from . import cg
+
+__all__ = ["cg"]
