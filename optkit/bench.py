@@ -432,10 +432,18 @@ def summary_cells(
     return headers, body, [False, False, False, False, True, True, True, False]
 
 
-def format_summary(rows: Sequence[dict], *, note_width: int | None = 60) -> str:
-    """The summary rows as a fixed-width terminal table (see :func:`summary_cells`)."""
-    headers, body, right = summary_cells(rows, note_width=note_width)
-    return text_table(headers, body, right=right)
+def format_summary(rows: Sequence[dict], *, note_width: int | None = 60, show_skipped: bool = False) -> str:
+    """The summary rows as a fixed-width terminal table (see :func:`summary_cells`).
+
+    Skipped (incompatible) pairs are left out unless ``show_skipped``; a last line counts them.
+    """
+    shown = [row for row in rows if show_skipped or row["status"] != SKIPPED]
+    headers, body, right = summary_cells(shown, note_width=note_width)
+    table = text_table(headers, body, right=right)
+    hidden = len(rows) - len(shown)
+    if hidden:
+        table += f"\n({hidden} incompatible problem-solver pairs skipped; reasons in summary.csv)"
+    return table
 
 
 # ----------------------------------------------------------------------------- runner

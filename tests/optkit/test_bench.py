@@ -255,8 +255,11 @@ def test_skipped_pair_error_and_the_benchmark_goes_on(tmp_path):
     solvers_with_rows = {r["solver"] for r in read_csv(tmp_path / "results.csv")}
     assert solvers_with_rows == {"test-gd", "test-heavyball"}
     table = bench.table()
-    assert "RuntimeError: boom" in table and "skipped" in table
-    assert len(table.splitlines()) == 2 + 8
+    assert "RuntimeError: boom" in table
+    assert "test-needs-hvp" not in table
+    assert table.splitlines()[-1] == "(2 incompatible problem-solver pairs skipped; reasons in summary.csv)"
+    assert len(table.splitlines()) == 2 + 6 + 1
+    assert "test-needs-hvp" in format_summary(bench.summary, show_skipped=True)
 
 
 def test_a_problem_that_fails_to_build_is_an_error_for_each_run(tmp_path):

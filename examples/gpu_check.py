@@ -1,0 +1,47 @@
+"""Every GPU comparison of optkit in one run, printed as one table.
+
+Run on a machine with CUDA: ``python examples/gpu_check.py`` (a few minutes on one GPU).
+``--target torch --small`` runs the same comparisons on the CPU with small sizes (a smoke test).
+
+Comparisons (each anchored on the CPU baseline of the same run):
+
+* ``cg`` on 3-D Poisson 128³ (2.1 M unknowns, 7-point), float64, on CUDA, against
+  ``scipy-cg`` on the CPU, both to relative residual 1e-8 (issue: optkit core).
+"""
+
+import argparse
+
+from optkit.bench import run_benchmark
+
+
+def comparisons(small: bool):
+    """(problems, solvers, options) of each comparison."""
+    n3 = 24 if small else 128
+    return [
+        ([f"linear/poisson-3d:n={n3}"], ["scipy-cg", "cg@{target}"], {"tol": 1e-8}),
+    ]
+
+
+def main(target: str, small: bool, repeat: int) -> None:
+    rows = []
+    for problems, solvers, options in comparisons(small):
+        bench = run_benchmark(
+            problems,
+            [s.format(target=target) for s in solvers],
+            solver_options=options,
+            repeat=repeat,
+            progress=False,
+        )
+        rows.extend(bench.summary)
+    from optkit.bench import format_summary
+
+    print(format_summary(rows))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="cuda", choices=("cuda", "torch"), help="where the GPU solvers run")
+    parser.add_argument("--small", action="store_true", help="small sizes (CPU smoke test)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    main(args.target, args.small, args.repeat)

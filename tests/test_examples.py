@@ -1,0 +1,33 @@
+"""Every example runs (small sizes, CPU) and prints what it promises."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(name, *args):
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_quickstart_converges_with_every_solver():
+    out = run_example("quickstart.py", "--n", "32")
+    for solver in ("cg", "pcg", "scipy-cg", "pyamg", "cg (torch)"):
+        assert f"  {solver} " in out
+    assert out.count("CONVERGED") == 5
+    assert "x = [1.   0.5  0.25]" in out
+
+
+def test_gpu_check_runs_on_the_cpu_with_small_sizes():
+    pytest.importorskip("torch")
+    out = run_example("gpu_check.py", "--target", "torch", "--small", "--repeat", "1")
+    lines = [line for line in out.splitlines() if line.startswith("linear/")]
+    assert [line.split()[1] for line in lines] == ["scipy-cg", "cg@torch"]
+    assert all(line.split()[2] == "converged" for line in lines)
