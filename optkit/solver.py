@@ -11,6 +11,7 @@ Ctrl-C (which returns the partial result). Baselines that wrap a black box overr
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import time
@@ -20,6 +21,7 @@ from typing import Any, Callable, ClassVar
 from ._backend import synchronize
 from .problem import Problem
 from .result import Result, Status
+from .validation import check_int, check_positive
 
 __all__ = ["IterativeSolver", "Recorder", "Solver", "StopSolver"]
 
@@ -35,7 +37,7 @@ class StopSolver(Exception):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Solver:
+class Solver(abc.ABC):
     """Base class: an immutable set of options plus what the solver can handle.
 
     Class attributes
@@ -73,14 +75,10 @@ class Solver:
 
     def validate(self) -> None:
         """Check the options; subclasses extend it (calling ``super().validate()``)."""
-        if not (isinstance(self.tol, (int, float)) and self.tol > 0 and math.isfinite(self.tol)):
-            raise ValueError(f"tol must be a positive finite number, got {self.tol!r}")
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 0:
-            raise ValueError(f"max_iter must be a non-negative integer, got {self.max_iter!r}")
-        if self.time_limit is not None and not (
-            isinstance(self.time_limit, (int, float)) and self.time_limit > 0
-        ):
-            raise ValueError(f"time_limit must be a positive number of seconds or None, got {self.time_limit!r}")
+        check_positive("tol", self.tol)
+        check_int("max_iter", self.max_iter, 0)
+        if self.time_limit is not None:
+            check_positive("time_limit", self.time_limit)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
@@ -124,6 +122,7 @@ class Solver:
         if reason is not None:
             raise ValueError(reason)
 
+    @abc.abstractmethod
     def solve(self, problem: Problem, *, x0: Any = None, callback: Callback | None = None) -> Result:
         """Solve ``problem`` from ``x0`` (default ``problem.x0``).
 
@@ -131,7 +130,6 @@ class Solver:
         ``time``, the solver's metrics and the current iterate ``x``; returning ``True``
         (or raising ``StopIteration``) stops the run with status ``USER_STOPPED``.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement solve()")
 
 
 class Recorder:
@@ -202,17 +200,21 @@ class IterativeSolver(Solver):
     may override ``postprocess`` (default: ``x = state.x``, final metrics) and ``iterate``.
     """
 
+    @abc.abstractmethod
     def init(self, problem: Problem, x0: Any) -> Any:
-        raise NotImplementedError
+        """The initial state at ``x0``."""
 
+    @abc.abstractmethod
     def step(self, problem: Problem, state: Any) -> Any:
-        raise NotImplementedError
+        """One iteration: the next state."""
 
+    @abc.abstractmethod
     def terminate(self, problem: Problem, state: Any) -> Status | None:
-        raise NotImplementedError
+        """``CONVERGED`` or a failure status to stop, ``None`` to go on."""
 
+    @abc.abstractmethod
     def metrics(self, problem: Problem, state: Any) -> dict[str, float]:
-        raise NotImplementedError
+        """The measures recorded in the trace for ``state`` (cheap: read from the state)."""
 
     def iterate(self, state: Any) -> Any:
         """The current iterate held by ``state``."""

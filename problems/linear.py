@@ -12,13 +12,13 @@ Registered problems: ``linear/poisson-2d``, ``linear/poisson-3d``; suites ``pois
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 import scipy.sparse as sp
 
 from optkit.problem import LinearSystemProblem
 from optkit.registry import register_problem, register_suite
+from optkit.validation import check_choice, check_int
 
 __all__ = ["poisson_2d", "poisson_3d", "poisson_matrix", "poisson_problem"]
 
@@ -26,16 +26,6 @@ COEFFICIENTS = ("constant", "variable", "random")
 RHS = ("ones", "random", "smooth", "manufactured")
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_choice(name: str, value, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
 
 
 def _second_difference(n: int) -> sp.csr_matrix:
@@ -138,10 +128,10 @@ def poisson_matrix(n: int, dim: int = 2, coefficient: str = "constant", seed: in
     scipy.sparse.csr_matrix
         Symmetric positive definite, float64, sorted indices.
     """
-    n = _check_int("n", n, 1)
+    n = check_int("n", n, 1)
     if dim not in (2, 3):
         raise ValueError(f"dim must be 2 or 3, got {dim!r}")
-    _check_choice("coefficient", coefficient, COEFFICIENTS)
+    check_choice("coefficient", coefficient, COEFFICIENTS)
     if coefficient == "constant":
         A = _constant_matrix(n, dim)
         A.sort_indices()
@@ -201,11 +191,11 @@ def poisson_problem(
         ``stencil``, ``h``, ``scaling`` (``"h^2"``), ``coefficient``, ``rhs``, ``seed`` and,
         for ``rhs="manufactured"``, ``x_true``.
     """
-    n = _check_int("n", n, 1)
-    _check_choice("coefficient", coefficient, COEFFICIENTS)
-    _check_choice("rhs", rhs, RHS)
-    seed = _check_int("seed", seed, 0)
-    _check_choice("dtype", dtype, ("float64", "float32"))
+    n = check_int("n", n, 1)
+    check_choice("coefficient", coefficient, COEFFICIENTS)
+    check_choice("rhs", rhs, RHS)
+    seed = check_int("seed", seed, 0)
+    check_choice("dtype", dtype, ("float64", "float32"))
     rng = np.random.default_rng(seed)
     A = poisson_matrix(n, dim, coefficient, seed=seed)
     b, x_true = _rhs(A, n, dim, rhs, np.random.default_rng(rng.integers(2**32)))

@@ -9,7 +9,6 @@ Registered problems: ``ml/least-squares``, ``ml/logistic``; entries of the ``dem
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,20 +18,11 @@ from array_api_compat import device as _device
 from optkit._backend import get_namespace, optional_import
 from optkit.problem import SmoothProblem
 from optkit.registry import register_problem, register_suite
+from optkit.validation import check_int, check_nonnegative
 
 __all__ = ["LeastSquaresProblem", "LogisticProblem", "least_squares", "logistic"]
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_nonneg(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 <= value < np.inf):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 class LeastSquaresProblem(SmoothProblem):
@@ -148,11 +138,11 @@ def least_squares(
     also right for ``m < n`` when ``lam = 0``: the minimum-norm minimiser), and the parameters.
     ``x0 = 0``.
     """
-    m = _check_int("m", m, 1)
-    n = _check_int("n", n, 1)
-    lam = _check_nonneg("lam", lam)
-    noise = _check_nonneg("noise", noise)
-    seed = _check_int("seed", seed, 0)
+    m = check_int("m", m, 1)
+    n = check_int("n", n, 1)
+    lam = check_nonnegative("lam", lam)
+    noise = check_nonnegative("noise", noise)
+    seed = check_int("seed", seed, 0)
     rng = np.random.default_rng(seed)
     A = rng.standard_normal((m, n))
     x_star = rng.standard_normal(n)
@@ -203,14 +193,14 @@ def logistic(
     """
     if dataset not in ("breast-cancer", "synthetic"):
         raise ValueError(f"dataset must be 'breast-cancer' or 'synthetic', got {dataset!r}")
-    lam = _check_nonneg("lam", lam)
+    lam = check_nonnegative("lam", lam)
     if dataset == "breast-cancer":
         X, y = _breast_cancer()
         meta = {"source": "scikit-learn load_breast_cancer (UCI Wisconsin diagnostic)"}
     else:
-        m = _check_int("m", m, 1)
-        n = _check_int("n", n, 1)
-        seed = _check_int("seed", seed, 0)
+        m = check_int("m", m, 1)
+        n = check_int("n", n, 1)
+        seed = check_int("seed", seed, 0)
         rng = np.random.default_rng(seed)
         X = rng.standard_normal((m, n))
         w = rng.standard_normal(n)

@@ -7,6 +7,7 @@ import optkit
 from optkit import LinearSystemProblem, Result, SmoothProblem, Status
 from optkit._backend import convert, get_namespace, optional_import
 from optkit.data import Dataset, data_dir, find_dataset, register_dataset
+from optkit.validation import check_choice, check_int, check_nonnegative, check_positive
 
 
 def test_status_messages_and_codes():
@@ -116,3 +117,26 @@ def test_data_dir_and_dataset_lookup(tmp_path, monkeypatch):
 def test_solve_rejects_what_is_not_a_problem():
     with pytest.raises(TypeError, match="problem must be an optkit Problem"):
         optkit.solve(42, "cg")
+
+
+@pytest.mark.parametrize(
+    "check, value, match",
+    [
+        (lambda v: check_int("n", v, 1), 0, "n must be an integer >= 1, got 0"),
+        (lambda v: check_int("n", v, 1), True, "n must be an integer >= 1, got True"),
+        (lambda v: check_int("n", v, 1), 2.0, "n must be an integer >= 1, got 2.0"),
+        (lambda v: check_positive("reg", v), 0.0, "reg must be a positive finite number, got 0.0"),
+        (lambda v: check_positive("reg", v), float("inf"), "reg must be a positive finite number, got inf"),
+        (lambda v: check_nonnegative("lam", v), -1e-3, "lam must be a finite number >= 0, got -0.001"),
+        (lambda v: check_choice("rhs", v, ("ones", "random")), "zeros", "rhs must be one of 'ones', 'random', got 'zeros'"),
+    ],
+)
+def test_validation_errors_name_the_argument(check, value, match):
+    with pytest.raises(ValueError, match=match):
+        check(value)
+
+
+def test_validation_returns_normalised_values():
+    assert check_int("n", np.int64(3), 1) == 3 and type(check_int("n", np.int64(3), 1)) is int
+    assert check_positive("reg", 2) == 2.0 and check_nonnegative("lam", 0) == 0.0
+    assert check_choice("rhs", "ones", ("ones",)) == "ones"

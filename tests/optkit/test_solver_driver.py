@@ -133,8 +133,8 @@ def test_incompatible_problem_is_refused_before_work():
     [
         ({"tol": 0.0}, "tol must be a positive"),
         ({"tol": float("nan")}, "tol must be a positive"),
-        ({"max_iter": -1}, "max_iter must be a non-negative integer"),
-        ({"max_iter": 2.5}, "max_iter must be a non-negative integer"),
+        ({"max_iter": -1}, "max_iter must be an integer >= 0"),
+        ({"max_iter": 2.5}, "max_iter must be an integer >= 0"),
         ({"time_limit": 0}, "time_limit must be a positive"),
     ],
 )
