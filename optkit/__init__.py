@@ -10,6 +10,7 @@ The public API::
 
 from ._api import solve
 from .linop import LinearOperator, aslinearoperator
+from .ot_problem import OTProblem
 from .problem import LinearSystemProblem, Problem, SmoothProblem
 from .registry import (
     get_problem,
@@ -31,6 +32,7 @@ __all__ = [
     "IterativeSolver",
     "LinearOperator",
     "LinearSystemProblem",
+    "OTProblem",
     "Problem",
     "Result",
     "SmoothProblem",

@@ -323,7 +323,7 @@ def _execute(pspec: ProblemSpec, sspec: SolverSpec, rep: int, env: tuple, warmup
         run.counters = {k: int(v) for k, v in result.counters.items()}
         run.trace = [{k: _scalar(v) for k, v in row.items()} for row in result.trace]
         try:
-            run.metrics = {k: _scalar(v) for k, v in problem.evaluate(result.x).items()}
+            run.metrics = {k: _scalar(v) for k, v in problem.evaluate(result.x, result.extras).items()}
         except Exception as exc:
             run.message += f" (evaluate failed: {type(exc).__name__}: {exc})"
     except KeyboardInterrupt:

@@ -140,7 +140,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
         result = solver.solve(problem)
     except Exception as exc:
         raise _Failure(f"solver {solver.name!r} failed: {type(exc).__name__}: {exc}") from None
-    measures = problem.evaluate(result.x)
+    measures = problem.evaluate(result.x, result.extras)
     record = {
         "problem": registry.parse_spec(pspec.label)[0],
         "params": pspec.params,

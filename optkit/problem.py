@@ -77,9 +77,12 @@ class Problem:
         """The floating dtype of the problem's arrays."""
         return self.x0.dtype
 
-    def evaluate(self, x: Any) -> dict[str, float]:
+    def evaluate(self, x: Any, extras: Mapping[str, Any] | None = None) -> dict[str, float]:
         """Quality measures of a candidate solution ``x``, computed the same way whatever
-        solver produced it (the benchmark records them). Not counted in ``counters``."""
+        solver produced it (the benchmark records them). Not counted in ``counters``.
+
+        ``extras`` are the other parts of a solution that some kinds measure too (for
+        example the dual potentials of an OT solver: ``Result.extras``)."""
         return {}
 
     def reset_counters(self) -> None:
@@ -183,7 +186,7 @@ class SmoothProblem(Problem):
         self.counters["hess"] += 1
         return self._hess(x)
 
-    def evaluate(self, x: Any) -> dict[str, float]:
+    def evaluate(self, x: Any, extras: Mapping[str, Any] | None = None) -> dict[str, float]:
         """``fun``, ``grad_norm`` (Euclidean) and, when ``metadata["f_opt"]`` is known, ``f_gap``."""
         f = float(self._f(x))
         g = self._g(x)
@@ -265,7 +268,7 @@ class LinearSystemProblem(Problem):
             caps.add("matrix")
         return frozenset(caps)
 
-    def evaluate(self, x: Any) -> dict[str, float]:
+    def evaluate(self, x: Any, extras: Mapping[str, Any] | None = None) -> dict[str, float]:
         """``residual``: the relative residual ``||b - A x|| / ||b||``; ``error``:
         ``||x - x_true|| / ||x_true||`` when ``metadata["x_true"]`` is known."""
         r = self.b - self.A @ x

@@ -1,0 +1,186 @@
+"""The entropic optimal-transport problem kind, and the measures every OT solver is judged by.
+
+Primal (``reg`` > 0, ``H(P) = sum P (log P - 1)``)::
+
+    min_P  <P, C> + reg * H(P)   subject to   P 1 = a,  P^T 1 = b,  P >= 0
+
+Dual, over potentials ``f`` (n,) and ``g`` (m,) in cost units::
+
+    max_{f, g}  <f, a> + <g, b> - reg * sum_ij exp((f_i + g_j - C_ij) / reg)
+
+with the optimal plan ``P_ij = exp((f_i + g_j - C_ij) / reg)``. POT's ``reg`` is this
+``reg``; the SNS paper's ``eta`` is ``1 / reg`` and its potentials are ``x = f + reg/2``,
+``y = g + reg/2``. Every OT solver returns the plan as ``Result.x`` and the potentials
+as ``Result.extras["potentials"] = (f, g)``, so :meth:`OTProblem.evaluate` measures all
+of them the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, ClassVar, Mapping
+
+import numpy as np
+from array_api_compat import device as array_device
+
+from ._backend import backend_name, device_of, get_namespace, is_torch, to_numpy
+from .problem import Problem
+
+__all__ = ["OTProblem", "dual_objective", "marginal_error", "plan_cost", "round_to_marginals"]
+
+
+def _validate_marginal(name: str, v: Any) -> None:
+    if getattr(v, "ndim", None) != 1 or v.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array of weights, got shape {getattr(v, 'shape', None)}")
+    vn = to_numpy(v)
+    if not np.all(np.isfinite(vn)):
+        raise ValueError(f"{name} contains NaN or inf; expected finite non-negative weights")
+    if np.any(vn < 0):
+        raise ValueError(f"{name} has negative entries (min {vn.min():.3g}); expected non-negative weights")
+    if vn.sum() <= 0:
+        raise ValueError(f"{name} has zero total mass; expected positive total mass")
+
+
+def _sums(P: Any) -> tuple[Any, Any]:
+    """Row and column sums of a dense (numpy/torch) or scipy-sparse plan, as 1-D arrays."""
+    if hasattr(P, "tocsr"):  # scipy.sparse
+        return np.asarray(P.sum(axis=1)).ravel(), np.asarray(P.sum(axis=0)).ravel()
+    return P.sum(axis=1), P.sum(axis=0)
+
+
+def plan_cost(P: Any, C: Any) -> float:
+    """``<P, C>`` for a dense (numpy/torch) or scipy-sparse plan."""
+    if hasattr(P, "multiply") and not is_torch(P):
+        return float(P.multiply(to_numpy(C)).sum())
+    return float((P * C).sum())
+
+
+def marginal_error(P: Any, a: Any, b: Any) -> float:
+    """``||P 1 - a||_1 + ||P^T 1 - b||_1``: the L1 violation of both marginals."""
+    rows, cols = _sums(P)
+    return float(abs(rows - a).sum()) + float(abs(cols - b).sum())
+
+
+def dual_objective(f: Any, g: Any, a: Any, b: Any, C: Any, reg: float) -> float:
+    """The entropic dual ``<f, a> + <g, b> - reg * sum exp((f_i + g_j - C_ij) / reg)``."""
+    xp = get_namespace(f, g, C)
+    return float(xp.sum(f * a) + xp.sum(g * b) - reg * xp.sum(xp.exp((f[:, None] + g[None, :] - C) / reg)))
+
+
+def round_to_marginals(P: Any, a: Any, b: Any) -> Any:
+    """The Altschuler–Weed–Rigollet rounding of ``P`` onto the transport polytope of ``(a, b)``.
+
+    Scales rows down to at most ``a``, columns down to at most ``b``, then adds the rank-one
+    correction ``err_a err_b^T / ||err_a||_1``; the result has exactly the marginals ``a``, ``b``
+    (up to rounding) and differs from ``P`` by at most twice its marginal error in L1.
+    Dense numpy or torch ``P`` (a scipy-sparse plan is densified).
+    """
+    if hasattr(P, "toarray"):
+        P = P.toarray()
+    xp = get_namespace(P, a, b)
+    rows = xp.sum(P, axis=1)
+    scale = xp.where(rows > a, a / xp.where(rows > 0, rows, 1.0), 1.0)
+    P = P * scale[:, None]
+    cols = xp.sum(P, axis=0)
+    scale = xp.where(cols > b, b / xp.where(cols > 0, cols, 1.0), 1.0)
+    P = P * scale[None, :]
+    err_a = a - xp.sum(P, axis=1)
+    err_b = b - xp.sum(P, axis=0)
+    mass = xp.sum(err_a)
+    if float(mass) > 0:
+        P = P + err_a[:, None] * err_b[None, :] / mass
+    return P
+
+
+class OTProblem(Problem):
+    """Entropy-regularised optimal transport between weights ``a`` and ``b`` with cost ``C``.
+
+    Parameters
+    ----------
+    a : array of shape (n,)
+        Source weights, non-negative, finite, positive total mass (numpy or torch).
+    b : array of shape (m,)
+        Target weights, same total mass as ``a`` (relative tolerance 1e-8).
+    C : array of shape (n, m)
+        Finite ground cost, same backend and device as ``a`` and ``b``.
+    reg : float
+        Entropic regularisation ``> 0`` (POT's ``reg``; the SNS paper's ``eta = 1/reg``).
+    name, metadata :
+        As in :class:`~optkit.problem.Problem`. Known values used by :meth:`evaluate`:
+        ``metadata["dual_ref"]`` (a high-precision optimal dual value) and
+        ``metadata["emd_cost"]`` (the exact unregularised OT cost).
+
+    ``x0`` is the zero dual point, shape (n + m,) (``f`` then ``g``); the solution a solver
+    returns in ``Result.x`` is the plan (n, m).
+    """
+
+    kind: ClassVar[str] = "ot"
+
+    def __init__(
+        self,
+        a: Any,
+        b: Any,
+        C: Any,
+        reg: float,
+        *,
+        name: str = "ot",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        _validate_marginal("a", a)
+        _validate_marginal("b", b)
+        n, m = a.shape[0], b.shape[0]
+        if getattr(C, "shape", None) != (n, m):
+            raise ValueError(f"C must have shape ({n}, {m}) to match a and b, got {getattr(C, 'shape', None)}")
+        if not np.all(np.isfinite(to_numpy(C))):
+            raise ValueError("C contains NaN or inf; expected a finite cost matrix")
+        if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not (0 < reg < math.inf):
+            raise ValueError(f"reg must be a positive finite number, got {reg!r}")
+        mass_a, mass_b = float(to_numpy(a).sum()), float(to_numpy(b).sum())
+        if abs(mass_a - mass_b) > 1e-8 * max(mass_a, mass_b):
+            raise ValueError(f"a and b must have the same total mass, got {mass_a!r} and {mass_b!r}")
+        arrays = (a, b, C)
+        if len({backend_name(v) for v in arrays}) > 1 or len({device_of(v) for v in arrays}) > 1:
+            raise TypeError("a, b and C must share one backend and device")
+        xp = get_namespace(C)
+        super().__init__(name, xp.zeros(n + m, dtype=C.dtype, device=array_device(C)), metadata)
+        self.a, self.b, self.C, self.reg = a, b, C, float(reg)
+
+    @property
+    def eta(self) -> float:
+        """``1 / reg``, the SNS paper's inverse regularisation."""
+        return 1.0 / self.reg
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n, m)``: the plan's shape."""
+        return (self.a.shape[0], self.b.shape[0])
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({"cost_matrix"})
+
+    def evaluate(self, x: Any, extras: Mapping[str, Any] | None = None) -> dict[str, float]:
+        """Measures of a plan ``x`` (n, m), dense or scipy-sparse, and of the potentials
+        ``extras["potentials"] = (f, g)`` when given:
+
+        ``marginal_error`` (L1, both marginals), ``cost`` ``<P, C>``;
+        ``dual`` (the dual objective at the potentials) and ``dual_gap``
+        (``metadata["dual_ref"] - dual``) when known; ``emd_gap``: the relative gap of the
+        rounded plan's cost to ``metadata["emd_cost"]`` when known.
+        """
+        P = x
+        out = {"marginal_error": marginal_error(P, self.a, self.b)}
+        out["cost"] = plan_cost(P, self.C)
+        potentials = (extras or {}).get("potentials")
+        if potentials is not None:
+            out["dual"] = dual_objective(potentials[0], potentials[1], self.a, self.b, self.C, self.reg)
+            if self.metadata.get("dual_ref") is not None:
+                out["dual_gap"] = float(self.metadata["dual_ref"]) - out["dual"]
+        emd_cost = self.metadata.get("emd_cost")
+        if emd_cost is not None:
+            rounded = round_to_marginals(P, self.a, self.b)
+            out["emd_gap"] = (plan_cost(rounded, self.C) - float(emd_cost)) / abs(float(emd_cost))
+        return out
+
+    def _converted(self, conv: Callable[[Any], Any]) -> "OTProblem":
+        return OTProblem(conv(self.a), conv(self.b), conv(self.C), self.reg, name=self.name, metadata=self.metadata)
