@@ -1,0 +1,2 @@
+"""Entropic optimal-transport solvers on :class:`optkit.OTProblem`: ``sinkhorn`` (log domain),
+``sns`` (Sinkhorn-Newton-Sparse) and ``sparse-ot`` (sparsity-constrained OT)."""
