@@ -7,6 +7,10 @@ Comparisons (each anchored on the CPU baseline of the same run):
 
 * ``cg`` on 3-D Poisson 128³ (2.1 M unknowns, 7-point), float64, on CUDA, against
   ``scipy-cg`` on the CPU, both to relative residual 1e-8 (issue: optkit core).
+* ``sns`` against POT's ``sinkhorn_log``, both on CUDA in float64, to L1 marginal error
+  1e-9 on the hard large OT cases: 2-D point clouds (squared-Euclidean cost / max) with
+  reg = 2e-4, and random assignment with eta = 2.4 n, at n = 5000 and 20000 (issue: OT).
+  POT runs under a time limit; a limited run reports the error it reached.
 """
 
 import argparse
@@ -17,8 +21,14 @@ from optkit.bench import run_benchmark
 def comparisons(small: bool):
     """(problems, solvers, options) of each comparison."""
     n3 = 24 if small else 128
+    sizes = (200,) if small else (5000, 20000)
+    ot_problems = [spec for n in sizes for spec in (
+        f"ot/point-clouds:n={n},eta=5000",
+        f"ot/random-assignment:n={n},eta={int(2.4 * n)}",
+    )]
     return [
         ([f"linear/poisson-3d:n={n3}"], ["scipy-cg", "cg@{target}"], {"tol": 1e-8}),
+        (ot_problems, ["pot-sinkhorn-log@{target}", "sns@{target}"], {"tol": 1e-9, "time_limit": 20 if small else 60}),
     ]
 
 

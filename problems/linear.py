@@ -26,8 +26,6 @@ COEFFICIENTS = ("constant", "variable", "random")
 RHS = ("ones", "random", "smooth", "manufactured")
 
 
-
-
 def _second_difference(n: int) -> sp.csr_matrix:
     """tridiag(-1, 2, -1) of size n."""
     e = np.ones(n)

@@ -23,8 +23,6 @@ from optkit.validation import check_int, check_nonnegative
 __all__ = ["LeastSquaresProblem", "LogisticProblem", "least_squares", "logistic"]
 
 
-
-
 class LeastSquaresProblem(SmoothProblem):
     """``f(x) = ||A x - b||^2 / (2 m) + lam / 2 ||x||^2`` for ``A`` of shape (m, n).
 
