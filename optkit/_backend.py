@@ -129,9 +129,12 @@ def device_of(x: Any) -> str:
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """A numpy copy (or view, for numpy input) of ``x``; tensors are detached and moved to the CPU."""
+    """A numpy copy (or view, for numpy input) of ``x``; tensors are detached and moved to the
+    CPU, scipy-sparse matrices densified."""
     if is_torch(x):
         return x.detach().cpu().numpy()
+    if hasattr(x, "toarray"):
+        return x.toarray()
     return np.asarray(x)
 
 

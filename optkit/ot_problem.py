@@ -62,9 +62,14 @@ def marginal_error(P: Any, a: Any, b: Any) -> float:
 
 
 def dual_objective(f: Any, g: Any, a: Any, b: Any, C: Any, reg: float) -> float:
-    """The entropic dual ``<f, a> + <g, b> - reg * sum exp((f_i + g_j - C_ij) / reg)``."""
+    """The entropic dual ``<f, a> + <g, b> - reg * sum exp((f_i + g_j - C_ij) / reg)``.
+
+    A potential of ``-inf`` on a zero weight (a solver's way of emptying that row or column)
+    contributes 0, not NaN.
+    """
     xp = get_namespace(f, g, C)
-    return float(xp.sum(f * a) + xp.sum(g * b) - reg * xp.sum(xp.exp((f[:, None] + g[None, :] - C) / reg)))
+    linear = xp.sum(xp.where(a > 0, f, 0.0) * a) + xp.sum(xp.where(b > 0, g, 0.0) * b)
+    return float(linear - reg * xp.sum(xp.exp((f[:, None] + g[None, :] - C) / reg)))
 
 
 def round_to_marginals(P: Any, a: Any, b: Any) -> Any:
@@ -164,22 +169,28 @@ class OTProblem(Problem):
         ``extras["potentials"] = (f, g)`` when given:
 
         ``marginal_error`` (L1, both marginals), ``cost`` ``<P, C>``;
-        ``dual`` (the dual objective at the potentials) and ``dual_gap``
+        ``dual`` (the entropic dual objective at the potentials, unless
+        ``extras["regularization"]`` names another regulariser) and ``dual_gap``
         (``metadata["dual_ref"] - dual``) when known; ``emd_gap``: the relative gap of the
-        rounded plan's cost to ``metadata["emd_cost"]`` when known.
+        rounded plan's cost to ``metadata["emd_cost"]`` when known (the absolute gap when
+        that cost is 0).
         """
         P = x
         out = {"marginal_error": marginal_error(P, self.a, self.b)}
         out["cost"] = plan_cost(P, self.C)
-        potentials = (extras or {}).get("potentials")
-        if potentials is not None:
+        extras = extras or {}
+        potentials = extras.get("potentials")
+        # Potentials of another regulariser (extras["regularization"], e.g. the
+        # sparsity-constrained OT of solver sparse-ot) solve another dual: no entropic value.
+        if potentials is not None and extras.get("regularization", "entropic") == "entropic":
             out["dual"] = dual_objective(potentials[0], potentials[1], self.a, self.b, self.C, self.reg)
             if self.metadata.get("dual_ref") is not None:
                 out["dual_gap"] = float(self.metadata["dual_ref"]) - out["dual"]
         emd_cost = self.metadata.get("emd_cost")
         if emd_cost is not None:
             rounded = round_to_marginals(P, self.a, self.b)
-            out["emd_gap"] = (plan_cost(rounded, self.C) - float(emd_cost)) / abs(float(emd_cost))
+            # relative to the exact cost, or absolute when that cost is 0 (identical marginals)
+            out["emd_gap"] = (plan_cost(rounded, self.C) - float(emd_cost)) / (abs(float(emd_cost)) or 1.0)
         return out
 
     def _converted(self, conv: Callable[[Any], Any]) -> "OTProblem":

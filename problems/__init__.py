@@ -5,5 +5,6 @@ dependencies (scikit-learn ...) are imported only when a problem that needs them
 """
 
 from . import linear, ml
+from . import ot
 
 __all__ = ["linear", "ml"]

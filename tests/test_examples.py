@@ -28,6 +28,10 @@ def test_quickstart_converges_with_every_solver():
 def test_gpu_check_runs_on_the_cpu_with_small_sizes():
     pytest.importorskip("torch")
     out = run_example("gpu_check.py", "--target", "torch", "--small", "--repeat", "1")
-    lines = [line for line in out.splitlines() if line.startswith("linear/")]
-    assert [line.split()[1] for line in lines] == ["scipy-cg", "cg@torch"]
-    assert all(line.split()[2] == "converged" for line in lines)
+    lines = [line.split() for line in out.splitlines() if line.startswith(("linear/", "ot/"))]
+    assert [(row[0].split(":")[0], row[1]) for row in lines] == [
+        ("linear/poisson-3d", "scipy-cg"), ("linear/poisson-3d", "cg@torch"),
+        ("ot/point-clouds", "pot-sinkhorn-log@torch"), ("ot/point-clouds", "sns@torch"),
+        ("ot/random-assignment", "pot-sinkhorn-log@torch"), ("ot/random-assignment", "sns@torch"),
+    ]
+    assert all(row[2] == "converged" for row in lines)

@@ -78,3 +78,30 @@ def test_numpy_torch_and_sparse_plans_measure_alike():
     for other in (tp.evaluate(torch.as_tensor(P)), problem.evaluate(sp.csr_matrix(P))):
         for key in dense:
             np.testing.assert_allclose(other[key], dense[key], rtol=1e-12, atol=1e-14)
+
+
+def test_emd_gap_is_absolute_when_the_exact_cost_is_zero():
+    a = np.full(3, 1 / 3)
+    C = 1.0 - np.eye(3)
+    problem = OTProblem(a, a, C, 0.1, metadata={"emd_cost": 0.0})
+    P = np.full((3, 3), 1 / 9)
+    np.testing.assert_allclose(problem.evaluate(P)["emd_gap"], 6 / 9)
+
+
+def test_potentials_of_another_regulariser_give_no_entropic_dual():
+    a, b, C = small_case()
+    problem = OTProblem(a, b, C, 0.1)
+    potentials = (np.zeros(6), np.zeros(4))
+    assert "dual" in problem.evaluate(np.outer(a, b), {"potentials": potentials})
+    measures = problem.evaluate(np.outer(a, b), {"potentials": potentials, "regularization": "sparsity-constrained"})
+    assert "dual" not in measures and "marginal_error" in measures
+
+
+def test_dual_ignores_minus_infinite_potentials_on_zero_weights():
+    a = np.array([0.5, 0.5, 0.0])
+    b = np.array([0.5, 0.5])
+    C = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])
+    f, g = np.array([0.1, 0.2, -np.inf]), np.array([0.0, 0.1])
+    reg = 0.5
+    expected = 0.5 * 0.1 + 0.5 * 0.2 + 0.5 * 0.1 - reg * np.exp((f[:2, None] + g[None, :] - C[:2]) / reg).sum()
+    np.testing.assert_allclose(dual_objective(f, g, a, b, C, reg), expected, rtol=1e-14)

@@ -1,0 +1,745 @@
+"""Solver ``sns``: Sinkhorn-Newton-Sparse (Tang et al., ICLR 2024) on :class:`optkit.OTProblem`.
+
+SNS maximises the concave entropic dual. Potentials are in cost units, as in
+:mod:`optkit.ot_problem`::
+
+    D(f, g) = <f, a> + <g, b> - reg * sum_ij P_ij,     P_ij = exp((f_i + g_j - C_ij) / reg)
+
+    grad D = (a - P 1,  b - P^T 1)
+    hess D = -(1 / reg) [[diag(P 1), P], [P^T, diag(P^T 1)]]     (null vector (1, -1))
+
+It works in two stages.
+
+1. ``sinkhorn_steps`` log-domain Sinkhorn sweeps (:mod:`solvers.ot._dual`).
+2. Newton steps with a **sparsified Hessian**. Each step:
+
+   * **Sparsify.** Keep the largest entries of ``P`` (:func:`select_entries`). By default
+     the selection is adaptive: start from ``2 max(n, m)`` entries (the paper's density
+     ``2 / n``) and double until the mass left out is at most ``drop_tol`` of ``sum P``.
+     With a fixed ``density``, keep the ``ceil(density n m)`` largest. The diagonal
+     ``(P 1, P^T 1)`` is always the **exact** row and column sums of the full plan.
+   * **Shift.** Multiply the diagonal by ``1 + shift * e``, where ``e`` is the current L1
+     marginal error. This is a relative Levenberg-Marquardt damping: it vanishes at the
+     solution, but far from it it tames the near-null modes of weakly coupled blocks.
+   * **Fix the gauge.** The Hessian has the null vector (1, -1), so the variable with the
+     largest mass on the kept side is held at 0.
+   * **Solve.** Eliminate the larger side (its block is diagonal) and solve the Schur
+     complement system on the smaller side by CG (:func:`optkit.krylov.cg`), optionally
+     Jacobi-preconditioned, over sparse operators: scipy CSR on numpy, torch sparse CSR on
+     torch (CPU or CUDA). This is inexact Newton, with CG tolerance
+     ``min(cg_rtol, sqrt(e))``.
+   * **Line search.** Backtrack (Armijo, halving) on ``D``. The first trial moves no
+     entry of ``log P`` by more than ``max_log_step``. The change of ``D`` is evaluated
+     without cancellation (:func:`_curvature_term`), so the test stays meaningful near
+     machine precision.
+
+Work per Newton step: one or a few O(n m) top-k selections (``np.argpartition`` /
+``torch.topk``), O(k) sparse assembly, O(k + n + m) per CG matvec, and, per line-search
+trial, one pass that forms the trial plan and its row and column sums. When the step is
+accepted, these are reused as the next step's plan and gradient.
+
+A Newton step fails when CG reports ``BREAKDOWN`` or ``NONFINITE``, the direction is not
+an ascent direction, no step passes the line search, or the plan has an empty or
+non-finite row or column. With ``on_failure="sinkhorn"`` (default) the solver then takes
+``fallback_sweeps`` Sinkhorn sweeps from the current iterate and goes on; the event is
+counted (``counters["newton_fallbacks"]``) and described in ``extras["fallbacks"]``. With
+``on_failure="stop"`` the run ends with ``Status.BREAKDOWN`` and the last good iterate.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from optkit._backend import get_namespace, is_torch
+from optkit.krylov import cg
+from optkit.linop import Diagonal, FunctionOperator, Sparse
+from optkit.ot_problem import OTProblem
+from optkit.problem import Problem
+from optkit.registry import register_solver
+from optkit.result import Status
+from optkit.solver import IterativeSolver
+from optkit.validation import check_choice, check_int, check_nonnegative, check_positive
+
+from ._dual import log_plan, marginal_violation, marginals, plan, update_f, update_g
+
+__all__ = [
+    "SNS",
+    "dual_gradient",
+    "dual_hessian",
+    "keep_count",
+    "select_entries",
+    "sparsified_hessian",
+    "top_entries",
+]
+
+#: The adaptive selection starts from ``START_FACTOR * max(n, m)`` kept entries (the paper's
+#: density ``2 / n`` on a square plan) and doubles from there.
+START_FACTOR = 2
+
+# Below this bound on max |t_ij| the Armijo curvature term is summed from its Taylor series
+# (full relative accuracy); above it from plan sums (absolute error ~ eps * sum P, harmless
+# there because the term is then large).
+_SERIES_T = 1e-3
+
+# exp floor of the plans formed in the Newton stage (see _exp_)
+_CLIP = {"float64": -700.0, "float32": -85.0}
+
+
+# ----------------------------------------------------------------------------- dual derivatives
+def dual_gradient(f: Any, g: Any, a: Any, b: Any, C: Any, reg: float) -> tuple[Any, Any]:
+    """``(a - P 1, b - P^T 1)``: the gradient of the entropic dual at ``(f, g)`` (one exp pass)."""
+    P1, PT1, _ = marginals(f, g, C, reg)
+    return a - P1, b - PT1
+
+
+def dual_hessian(f: Any, g: Any, C: Any, reg: float) -> Any:
+    """The dense Hessian of the dual, ``-(1/reg) [[diag(P 1), P], [P^T, diag(P^T 1)]]``, shape
+    ``(n + m, n + m)``, before any sparsification (for checks on small problems)."""
+    P1, PT1, P = marginals(f, g, C, reg)
+    xp = get_namespace(P)
+    top = xp.concat((_diag(xp, P1), P), axis=1)
+    bottom = xp.concat((P.T, _diag(xp, PT1)), axis=1)
+    return -xp.concat((top, bottom), axis=0) / reg
+
+
+def _diag(xp, d):
+    return xp.eye(d.shape[0], dtype=d.dtype, device=_device(d)) * d[None, :]
+
+
+# ----------------------------------------------------------------------------- sparsification
+def keep_count(n: int, m: int, density: float) -> int:
+    """``ceil(density * n * m)`` clipped to ``[1, n m]``: how many entries of ``P`` a fixed
+    ``density`` keeps."""
+    return int(min(n * m, max(1, math.ceil(density * n * m))))
+
+
+def top_entries(P: Any, k: int) -> tuple[Any, Any, Any]:
+    """``(rows, cols, vals)`` of the ``k`` largest entries of ``P`` (n, m), in no particular
+    order, without the zeros among them (so possibly fewer than ``k``).
+
+    numpy: ``np.argpartition``; torch: ``torch.topk`` (any device). O(n m) either way.
+    """
+    n, m = P.shape
+    N = n * m
+    k = min(k, N)
+    flat = P.reshape(-1)
+    if is_torch(P):
+        import torch
+
+        vals, idx = torch.topk(flat, k, sorted=False)
+        rows = torch.div(idx, m, rounding_mode="floor")
+        cols = idx - rows * m
+    else:
+        idx = np.argpartition(flat, N - k)[N - k :] if k < N else np.arange(N)
+        rows, cols = np.divmod(idx, m)
+        vals = flat[idx]
+    positive = vals > 0
+    if not bool(positive.all()):
+        rows, cols, vals = rows[positive], cols[positive], vals[positive]
+    return rows, cols, vals
+
+
+def select_entries(P: Any, mass: float, k: int, drop_tol: float | None) -> tuple[Any, Any, Any, int]:
+    """``(rows, cols, vals, k)``: the entries of ``P`` that the sparsified Hessian keeps.
+
+    ``drop_tol=None``: the ``k`` largest (:func:`top_entries`). Otherwise adaptive: the ``k``
+    largest, with ``k`` doubled (up to ``n m``) until the mass left out is at most
+    ``drop_tol * mass`` (``mass`` is the plan's total ``sum P``). The final ``k`` is returned
+    so that the next Newton step can start from it. Each try is one O(n m) selection.
+    """
+    n, m = P.shape
+    xp = get_namespace(P)
+    while True:
+        rows, cols, vals = top_entries(P, k)
+        if drop_tol is None or k >= n * m or mass - float(xp.sum(vals)) <= drop_tol * mass:
+            return rows, cols, vals, k
+        k = min(2 * k, n * m)
+
+
+def _sparse(rows: Any, cols: Any, vals: Any, shape: tuple[int, int]) -> Sparse:
+    """A :class:`~optkit.linop.Sparse` operator (scipy CSR or torch sparse CSR) from COO triplets."""
+    if is_torch(vals):
+        import torch
+
+        return Sparse(torch.sparse_coo_tensor(torch.stack((rows, cols)), vals, shape, check_invariants=False))
+    return Sparse(sp.csr_array((vals, (rows, cols)), shape=shape))
+
+
+def sparsified_hessian(
+    P: Any, reg: float, *, density: float | None = None, drop_tol: float = 1e-6, shift: float = 0.0
+) -> Sparse:
+    """The sparsified Hessian that models the dual at a plan ``P``, as a sparse
+    ``(n + m, n + m)`` operator (for inspection and tests; the solver works on its Schur
+    complement instead):
+
+    ``-(1/reg) [[(1 + shift) diag(P 1), P_k], [P_k^T, (1 + shift) diag(P^T 1)]]``
+
+    ``P_k`` holds the entries :func:`select_entries` keeps: the ``keep_count(n, m, density)``
+    largest, or with ``density=None`` the adaptive choice from ``START_FACTOR * max(n, m)``
+    with ``drop_tol``. The diagonal is **exact**: the row and column sums of the full ``P``.
+    The matrix is negative semidefinite because the diagonal dominates the kept off-diagonal
+    entries.
+    """
+    n, m = P.shape
+    xp = get_namespace(P)
+    P1, PT1 = xp.sum(P, axis=1), xp.sum(P, axis=0)
+    if density is None:
+        rows, cols, vals, _ = select_entries(P, float(xp.sum(P1)), START_FACTOR * max(n, m), drop_tol)
+    else:
+        rows, cols, vals, _ = select_entries(P, float(xp.sum(P1)), keep_count(n, m, density), None)
+    device = _device(P)
+    idx_n = xp.arange(n, device=device)
+    idx_m = xp.arange(m, device=device)
+    all_rows = xp.concat((idx_n, n + idx_m, rows, n + cols))
+    all_cols = xp.concat((idx_n, n + idx_m, n + cols, rows))
+    all_vals = -xp.concat(((1.0 + shift) * P1, (1.0 + shift) * PT1, vals, vals)) / reg
+    return _sparse(all_rows, all_cols, all_vals, (n + m, n + m))
+
+
+# ----------------------------------------------------------------------------- Newton direction
+@dataclass(frozen=True)
+class _Direction:
+    df: Any
+    dg: Any
+    slope: float  # grad^T (df, dg); > 0 for an ascent direction
+    status: Status
+    message: str
+    matvecs: int
+
+
+def _newton_direction(
+    P1: Any,
+    PT1: Any,
+    gf: Any,
+    gg: Any,
+    reg: float,
+    selection: tuple[Any, Any, Any],
+    *,
+    rtol: float,
+    max_iter: int,
+    jacobi: bool,
+    shift: float = 0.0,
+) -> _Direction:
+    """The sparsified Newton direction ``(df, dg) = reg * Hs^{-1} (gf, gg)``, where
+    ``Hs = [[(1 + shift) diag(P1), P_k], [P_k^T, (1 + shift) diag(PT1)]]`` and ``P_k`` is
+    given by ``selection = (rows, cols, vals)``.
+
+    The larger side ``e`` (rows if ``n >= m``) is eliminated. Let ``K`` be the kept block
+    oriented ``e x s``, ``d_e`` and ``d_s`` the shifted exact diagonals, and ``(h_e, h_s)``
+    the matching gradient parts. CG solves the Schur complement system
+    ``(diag(d_s) - K^T diag(1/d_e) K) y = h_s - K^T (h_e / d_e)`` for the kept side, with
+    the variable of largest ``d_s`` fixed to 0 (gauge: that heaviest column is connected
+    to the rest of the kept graph), then ``x = (h_e - K y) / d_e``. CG starts from zero on a
+    positive definite system, so even an unconverged (``MAX_ITER``) iterate gives an ascent
+    direction: ``grad^T d = reg (h_e^T D_e^-1 h_e + rhs^T y) > 0``.
+    """
+    xp = get_namespace(P1)
+    n, m = P1.shape[0], PT1.shape[0]
+    rows, cols, vals = selection
+    dtype, device = P1.dtype, _device(P1)
+    if n >= m:
+        d_e, d_s, h_e, h_s, ei, si, ne, ns = P1, PT1, gf, gg, rows, cols, n, m
+    else:
+        d_e, d_s, h_e, h_s, ei, si, ne, ns = PT1, P1, gg, gf, cols, rows, m, n
+    # K (e x s) and K^T, both CSR: on scipy a CSR matvec is ~2x faster than the CSC one of K.T
+    K = _sparse(ei, si, vals, (ne, ns))
+    KT = _sparse(si, ei, vals, (ns, ne))
+    if shift:
+        d_e, d_s = (1.0 + shift) * d_e, (1.0 + shift) * d_s
+    inv_de = 1.0 / d_e
+    rhs = h_s - KT.matvec(h_e * inv_de)
+    y = xp.zeros(ns, dtype=dtype, device=device)
+    status, message, matvecs = Status.CONVERGED, "", 0
+    if ns > 1:
+        j0 = int(xp.argmax(d_s))
+        zero = xp.zeros(1, dtype=dtype, device=device)
+
+        def drop(v):
+            return xp.concat((v[:j0], v[j0 + 1 :]))
+
+        def insert(v):
+            return xp.concat((v[:j0], zero, v[j0:]))
+
+        b = drop(rhs)
+        if not bool(xp.all(xp.isfinite(b))):
+            return _Direction(None, None, math.nan, Status.NONFINITE, "the Newton right-hand side is not finite", 0)
+
+        def schur(v):
+            full = insert(v)
+            return drop(d_s * full - KT.matvec(K.matvec(full) * inv_de))
+
+        S = FunctionOperator(
+            (ns - 1, ns - 1),
+            schur,
+            schur,
+            dtype=dtype,
+            tags=("symmetric", "psd"),
+            backend="torch" if is_torch(P1) else "numpy",
+            device=device,
+        )
+        M = None
+        if jacobi:
+            w = vals * vals * inv_de[ei]
+            if is_torch(P1):
+                diag_s = d_s - xp.zeros(ns, dtype=dtype, device=device).index_add_(0, si, w)
+            else:
+                diag_s = d_s - np.bincount(si, weights=w, minlength=ns)
+            # d_s - sum_e K^2 / d_e >= 0 in exact arithmetic; guard rounding
+            diag_s = xp.maximum(diag_s, 1e-12 * d_s)
+            M = Diagonal(1.0 / drop(diag_s))
+        res = cg(S, b, rtol=rtol, max_iter=max_iter, M=M)
+        status, message, matvecs = res.status, res.message, res.matvecs
+        if status in (Status.BREAKDOWN, Status.NONFINITE):
+            return _Direction(None, None, math.nan, status, message, matvecs)
+        y = insert(res.x)
+    x = (h_e - K.matvec(y)) * inv_de
+    d_elim, d_keep = reg * x, reg * y
+    df, dg = (d_elim, d_keep) if n >= m else (d_keep, d_elim)
+    slope = float(xp.sum(gf * df) + xp.sum(gg * dg))
+    return _Direction(df, dg, slope, status, message, matvecs)
+
+
+# ----------------------------------------------------------------------------- line search helpers
+def _curvature_term(P, P1, PT1, mass, new_mass, df, dg, alpha, reg) -> float:
+    """``sum_ij P_ij phi(t_ij)`` with ``phi(t) = e^t - 1 - t`` and
+    ``t_ij = alpha (df_i + dg_j) / reg``, so that exactly
+    ``D(z + alpha d) - D(z) = alpha grad^T d - reg * (this)``.
+
+    When every ``|t_ij|`` is below ``_SERIES_T`` the term is summed from the Taylor series of
+    ``phi`` (relative accuracy ~1e-11 however small ``t`` is), so the Armijo test still
+    means something at marginal errors near machine precision. Otherwise it is
+    ``new_mass - mass - alpha (P1^T df + PT1^T dg) / reg``, with ``mass = sum P`` and
+    ``new_mass = sum P_new`` (O(n + m), since the sums are needed anyway).
+    """
+    xp = get_namespace(P)
+    sf, sg = (alpha / reg) * df, (alpha / reg) * dg
+    if _max_abs_sum(sf, sg) >= _SERIES_T:
+        return new_mass - mass - float(xp.sum(P1 * sf) + xp.sum(PT1 * sg))
+    T = sf[:, None] + sg[None, :]
+    return float(xp.sum(P * (T * T) * (0.5 + T * (1.0 / 6.0 + T * (1.0 / 24.0)))))
+
+
+def _max_abs_sum(u, v) -> float:
+    """``max_ij |u_i + v_j|`` in O(n + m): the larger of ``max u + max v`` and ``-(min u + min v)``."""
+    xp = get_namespace(u, v)
+    return max(float(xp.max(u)) + float(xp.max(v)), -(float(xp.min(u)) + float(xp.min(v))))
+
+
+def _exp_(Z):
+    """``exp(Z)`` in place (``Z`` is a fresh temporary), after raising ``Z`` to ``_CLIP``
+    (``exp(-700) ~ 1e-304`` in float64). Arguments that underflow take libm's slow path (a
+    pass is ~2x slower on the plans here), and entries that small cannot change any sum."""
+    if is_torch(Z):
+        return Z.clamp_(min=_CLIP.get(str(Z.dtype).removeprefix("torch."), -700.0)).exp_()
+    np.maximum(Z, _CLIP.get(Z.dtype.name, -700.0), out=Z)
+    return np.exp(Z, out=Z)
+
+
+def _plan_and_sums(f, g, C, reg):
+    """``(P 1, P^T 1, P)`` at ``(f, g)``, from :func:`_dual.log_plan` and :func:`_exp_`."""
+    P = _exp_(log_plan(f, g, C, reg))
+    return P.sum(1), P.sum(0), P
+
+
+# ----------------------------------------------------------------------------- solver
+class _State:
+    """Mutable run state.
+
+    ``prob`` is the problem on the support of ``(a, b)`` (the problem itself when no weight
+    is zero; ``support`` holds the masks otherwise). ``(f, g)`` is the current iterate.
+
+    In stage 1 (``newton`` False), after every sweep ``g`` is exact given ``f``
+    (``P^T 1 = b``), and ``f_next = update_f(g)`` is the next sweep's first half, which
+    gives the row sums for free. In stage 2, ``P``, ``P1`` and ``PT1`` are the plan and its
+    sums at ``(f, g)``, and ``k`` is where the next adaptive selection starts.
+    """
+
+    __slots__ = (
+        "P",
+        "P1",
+        "PT1",
+        "cg_matvecs",
+        "dual",
+        "error",
+        "events",
+        "f",
+        "f_next",
+        "fallbacks",
+        "g",
+        "k",
+        "kept",
+        "log_a",
+        "log_b",
+        "ls_evals",
+        "newton",
+        "newton_steps",
+        "nit",
+        "prob",
+        "stop",
+        "stop_message",
+        "support",
+        "sweeps",
+        "work",
+    )
+
+    def __init__(self, **kw: Any) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+@register_solver("sns")
+@dataclass(frozen=True, kw_only=True)
+class SNS(IterativeSolver):
+    """Sinkhorn-Newton-Sparse for entropic OT (``OTProblem``; numpy, or torch on any device).
+
+    Options
+    -------
+    tol : float
+        L1 violation of both marginals, ``||P 1 - a||_1 + ||P^T 1 - b||_1``, at the current
+        potentials. Default 1e-9: SNS is meant for high accuracy, where its Newton stage
+        converges in a handful of steps; float64 runs reach ~1e-14.
+    max_iter : int
+        Iterations: each Sinkhorn sweep of stage 1 and each Newton step counts as one (the
+        paper's count, e.g. "20 + 9"). Fallback sweeps inside a Newton iteration do not.
+    time_limit : float or None
+        Seconds.
+    sinkhorn_steps : int
+        Log-domain Sinkhorn sweeps before the first Newton step (the paper's ``N1``).
+        Default 20, the paper's value for the random and L2 cases; the paper uses 700 for
+        L1 costs. ``0`` starts Newton at ``x0``.
+    density : float in (0, 1] or None
+        ``None`` (default): adaptive sparsification. Keep the largest entries of ``P``,
+        starting from ``2 max(n, m)`` and doubling (the count carries over between steps)
+        until the mass left out is at most ``drop_tol * sum P``. A number: keep the
+        ``ceil(density n m)`` largest entries (the paper's rule, e.g. ``2 / n``). Either way
+        the diagonal is exact.
+    drop_tol : float in (0, 1)
+        Mass fraction the adaptive sparsification may leave out (default 1e-6).
+    shift : float >= 0
+        Relative diagonal shift: the Newton system uses ``(1 + shift * e)`` times the exact
+        diagonal, where ``e`` is the current marginal error (default 0.03; ``0``: none).
+    cg_rtol : float in (0, 1)
+        Largest relative residual of the CG solve (default 0.1). This is inexact Newton: at
+        marginal error ``e`` the CG tolerance is ``min(cg_rtol, sqrt(e))``.
+    cg_max_iter : int
+        CG iterations per Newton step (default 500). An unconverged CG iterate is still an
+        ascent direction, and it is used.
+    preconditioner : {"jacobi", "none"}
+        Jacobi (the exact diagonal of the Schur complement) or none.
+    armijo : float in (0, 0.5)
+        Sufficient-increase constant ``c`` of the backtracking line search (default 1e-4):
+        accept ``alpha`` when ``D(z + alpha d) >= D(z) + c alpha grad^T d``, halving
+        ``alpha`` otherwise.
+    max_backtracks : int
+        Halvings before the line search gives up (default 30).
+    max_log_step : float
+        Largest change of any entry of ``log P`` in a line search's first trial (default
+        50). The first trial is ``alpha = min(1, max_log_step / max_ij |t_ij|)`` with
+        ``t_ij = (df_i + dg_j) / reg``. Far from the solution the Newton step can be huge on
+        weakly coupled rows, and most full-step trials would overflow; near it
+        ``|t| << 1`` and the cap is inactive.
+    on_failure : {"sinkhorn", "stop"}
+        What a failed Newton step does (see the module docstring): take ``fallback_sweeps``
+        Sinkhorn sweeps and go on (default), or stop with ``Status.BREAKDOWN``.
+    fallback_sweeps : int
+        Sweeps taken instead of a failed Newton step (default 10).
+
+    Start: ``x0`` is the problem's ``x0`` layout (``f`` then ``g``, shape (n + m,)) or a pair
+    ``(f, g)``.
+
+    Result: ``x`` is the dense plan (n, m) at the returned potentials.
+    ``extras["potentials"] = (f, g)`` (cost units); ``extras["fallbacks"]`` is a tuple of
+    ``(iteration, reason)``; ``extras["kept"]`` is the number of entries of ``P`` kept at
+    the last Newton step. Metrics (trace and result): ``marginal_error`` and ``dual`` (the
+    dual objective). Counters: ``sinkhorn_sweeps`` (stage 1 and fallbacks),
+    ``newton_steps`` (accepted), ``newton_fallbacks``, ``cg_matvecs`` and
+    ``line_search_evals`` (trial points).
+
+    Zero weights in ``a`` or ``b`` are allowed. Their potentials are ``-inf``, their rows
+    and columns of the plan are exactly zero, and the run works on the support.
+    """
+
+    accepts: ClassVar[tuple] = (OTProblem,)
+    backends: ClassVar[frozenset] = frozenset({"numpy", "torch"})
+
+    tol: float = 1e-9
+    max_iter: int = 1000
+    sinkhorn_steps: int = 20
+    density: float | None = None
+    drop_tol: float = 1e-6
+    shift: float = 0.03
+    cg_rtol: float = 0.1
+    cg_max_iter: int = 500
+    preconditioner: str = "jacobi"
+    armijo: float = 1e-4
+    max_backtracks: int = 30
+    max_log_step: float = 50.0
+    on_failure: str = "sinkhorn"
+    fallback_sweeps: int = 10
+
+    def validate(self) -> None:
+        super().validate()
+        check_int("sinkhorn_steps", self.sinkhorn_steps, 0)
+        if self.density is not None:
+            check_positive("density", self.density)
+            if self.density > 1:
+                raise ValueError(f"density must be in (0, 1] or None, got {self.density!r}")
+        check_positive("drop_tol", self.drop_tol)
+        if self.drop_tol >= 1:
+            raise ValueError(f"drop_tol must be in (0, 1), got {self.drop_tol!r}")
+        check_nonnegative("shift", self.shift)
+        check_positive("cg_rtol", self.cg_rtol)
+        if self.cg_rtol >= 1:
+            raise ValueError(f"cg_rtol must be in (0, 1), got {self.cg_rtol!r}")
+        check_int("cg_max_iter", self.cg_max_iter, 1)
+        check_choice("preconditioner", self.preconditioner, ("jacobi", "none"))
+        check_positive("armijo", self.armijo)
+        if self.armijo >= 0.5:
+            raise ValueError(f"armijo must be in (0, 0.5), got {self.armijo!r}")
+        check_int("max_backtracks", self.max_backtracks, 0)
+        check_positive("max_log_step", self.max_log_step)
+        check_choice("on_failure", self.on_failure, ("sinkhorn", "stop"))
+        check_int("fallback_sweeps", self.fallback_sweeps, 1)
+
+    # -------------------------------------------------------------- driver hooks
+    def init(self, problem: Problem, x0: Any) -> _State:
+        assert isinstance(problem, OTProblem)
+        n, m = problem.shape
+        if isinstance(x0, (tuple, list)):
+            if len(x0) != 2:
+                raise ValueError(f"x0 as potentials must be a pair (f, g), got {len(x0)} items")
+            f, g = x0
+            if tuple(f.shape) != (n,) or tuple(g.shape) != (m,):
+                raise ValueError(f"x0 = (f, g) must have shapes ({n},) and ({m},)")
+        else:
+            if tuple(x0.shape) != (n + m,):
+                raise ValueError(f"x0 must have shape ({n + m},) (f then g) or be a pair (f, g), got {tuple(x0.shape)}")
+            f, g = x0[:n], x0[n:]
+        # zero weights: those rows/columns of the plan are zero and their potentials -inf;
+        # the run works on the support and embeds the result at the end
+        xp = get_namespace(problem.C)
+        support = None
+        sub = problem
+        if not (bool(xp.all(problem.a > 0)) and bool(xp.all(problem.b > 0))):
+            rows, cols = problem.a > 0, problem.b > 0
+            support = (rows, cols)
+            sub = OTProblem(problem.a[rows], problem.b[cols], problem.C[rows][:, cols], problem.reg)
+            f, g = f[rows], g[cols]
+        ns, ms = sub.shape
+        st = _State(
+            prob=sub,
+            support=support,
+            f=f,
+            g=g,
+            f_next=None,
+            P=None,
+            P1=None,
+            PT1=None,
+            error=math.inf,
+            dual=-math.inf,
+            newton=self.sinkhorn_steps == 0,
+            log_a=xp.log(sub.a),
+            log_b=xp.log(sub.b),
+            work=None if is_torch(sub.C) else np.empty_like(sub.C),
+            sweeps=0,
+            newton_steps=0,
+            cg_matvecs=0,
+            ls_evals=0,
+            fallbacks=0,
+            events=[],
+            nit=0,
+            stop=None,
+            stop_message="",
+            kept=0,
+            k=min(ns * ms, START_FACTOR * max(ns, ms)),
+        )
+        # honest measure of the starting point (one exp pass); an overflowing start (negative
+        # costs, far-off x0) is recorded as the largest float: sweeps repair it
+        self._measure(st)
+        if not st.newton:
+            st.P = st.P1 = st.PT1 = None
+            st.f_next = update_f(st.g, st.log_a, sub.C, sub.reg, st.work)
+        return st
+
+    def _measure(self, st: _State) -> None:
+        """Plan, sums, error and dual at ``(st.f, st.g)`` (one exp pass)."""
+        prob = st.prob
+        with np.errstate(over="ignore", invalid="ignore"):
+            st.P1, st.PT1, st.P = _plan_and_sums(st.f, st.g, prob.C, prob.reg)
+            st.error = marginal_violation(st.P1, st.PT1, prob.a, prob.b)
+            mass = float(get_namespace(st.P1).sum(st.P1))
+        if st.error == math.inf:
+            st.error = sys.float_info.max
+        st.dual = _dual_value(prob, st.f, st.g, mass)
+
+    def step(self, problem: Problem, state: _State) -> _State:
+        state.nit += 1
+        if state.newton:
+            self._newton_step(state)
+        else:
+            self._sinkhorn_step(state)
+        return state
+
+    def _sinkhorn_step(self, st: _State) -> None:
+        prob = st.prob
+        C, reg = prob.C, prob.reg
+        st.f = st.f_next
+        st.g = update_g(st.f, st.log_b, C, reg, st.work)
+        st.sweeps += 1
+        if st.sweeps >= self.sinkhorn_steps:
+            # end of stage 1: the first Newton step needs the plan, so measure it exactly
+            # instead of computing the look-ahead
+            st.newton = True
+            st.f_next = None
+            self._measure(st)
+            return
+        st.f_next = update_f(st.g, st.log_a, C, reg, st.work)
+        xp = get_namespace(st.f)
+        # at (f, g): P 1 = a * exp((f - f_next) / reg), and P^T 1 = b by construction
+        st.error = float(xp.sum(xp.abs(prob.a * xp.expm1((st.f - st.f_next) / reg))))
+        st.dual = _dual_value(prob, st.f, st.g, float(xp.sum(prob.b)))
+
+    def _fallback(self, st: _State, reason: str) -> None:
+        st.events.append((st.nit, reason))
+        st.fallbacks += 1
+        if self.on_failure == "stop":
+            st.stop, st.stop_message = Status.BREAKDOWN, f"Newton step failed at iteration {st.nit}: {reason}"
+            return
+        C, reg = st.prob.C, st.prob.reg
+        f, g = st.f, st.g
+        for _ in range(self.fallback_sweeps):
+            f = update_f(g, st.log_a, C, reg, st.work)
+            g = update_g(f, st.log_b, C, reg, st.work)
+        st.f, st.g = f, g
+        st.sweeps += self.fallback_sweeps
+        self._measure(st)
+
+    def _newton_step(self, st: _State) -> None:
+        prob = st.prob
+        a, b, C, reg = prob.a, prob.b, prob.C, prob.reg
+        xp = get_namespace(C)
+        n, m = prob.shape
+        P, P1, PT1 = st.P, st.P1, st.PT1
+        mass = float(xp.sum(P1))
+        if not (math.isfinite(mass) and float(xp.min(P1)) > 0 and float(xp.min(PT1)) > 0):
+            self._fallback(st, "the plan has an empty or non-finite row or column")
+            return
+        if self.density is None:
+            rows, cols, vals, st.k = select_entries(P, mass, st.k, self.drop_tol)
+        else:
+            rows, cols, vals, _ = select_entries(P, mass, keep_count(n, m, self.density), None)
+        st.kept = int(vals.shape[0])
+        d = _newton_direction(
+            P1,
+            PT1,
+            a - P1,
+            b - PT1,
+            reg,
+            (rows, cols, vals),
+            rtol=min(self.cg_rtol, math.sqrt(st.error)),
+            max_iter=self.cg_max_iter,
+            jacobi=self.preconditioner == "jacobi",
+            shift=self.shift * st.error,
+        )
+        st.cg_matvecs += d.matvecs
+        if d.status in (Status.BREAKDOWN, Status.NONFINITE):
+            self._fallback(st, f"CG {d.status.name}: {d.message}")
+            return
+        if not (math.isfinite(d.slope) and d.slope > 0):
+            self._fallback(st, f"not an ascent direction (grad^T d = {d.slope:.3e})")
+            return
+        # backtracking Armijo line search on the dual (maximise). A trial whose plan would
+        # overflow is rejected before the exp pass.
+        zlimit = math.log(float(np.finfo(_np_dtype(C)).max)) - math.log(n * m) - 1.0
+        t_max = _max_abs_sum(d.df, d.dg) / reg
+        alpha = min(1.0, self.max_log_step / t_max) if t_max > 0 else 1.0
+        for _ in range(self.max_backtracks + 1):
+            f_new, g_new = st.f + alpha * d.df, st.g + alpha * d.dg
+            Z = log_plan(f_new, g_new, C, reg)
+            st.ls_evals += 1
+            if float(xp.max(Z)) <= zlimit:
+                P_new = _exp_(Z)
+                P1_new, PT1_new = xp.sum(P_new, axis=1), xp.sum(P_new, axis=0)
+                new_mass = float(xp.sum(P1_new))
+                curv = _curvature_term(P, P1, PT1, mass, new_mass, d.df, d.dg, alpha, reg)
+                if reg * curv <= (1.0 - self.armijo) * alpha * d.slope:
+                    st.f, st.g, st.P, st.P1, st.PT1 = f_new, g_new, P_new, P1_new, PT1_new
+                    st.error = marginal_violation(P1_new, PT1_new, a, b)
+                    st.dual = _dual_value(prob, f_new, g_new, new_mass)
+                    st.newton_steps += 1
+                    return
+            alpha *= 0.5
+        self._fallback(st, f"the line search found no step after {self.max_backtracks} halvings")
+
+    def terminate(self, problem: Problem, state: _State) -> Status | None:
+        if state.stop is not None:
+            return state.stop
+        if math.isnan(state.error):
+            return Status.NONFINITE
+        if state.error <= self.tol:
+            return Status.CONVERGED
+        return None
+
+    def metrics(self, problem: Problem, state: _State) -> dict[str, float]:
+        return {"marginal_error": state.error, "dual": state.dual}
+
+    def iterate(self, state: _State) -> Any:
+        return (state.f, state.g)
+
+    def postprocess(self, problem: Problem, state: _State, status: Status) -> dict[str, Any]:
+        assert isinstance(problem, OTProblem)
+        f, g = state.f, state.g
+        if state.support is not None:
+            xp = get_namespace(problem.C)
+            rows, cols = state.support
+            f_full = xp.full(problem.shape[0], -math.inf, dtype=problem.C.dtype, device=_device(problem.C))
+            g_full = xp.full(problem.shape[1], -math.inf, dtype=problem.C.dtype, device=_device(problem.C))
+            f_full[rows] = f
+            g_full[cols] = g
+            f, g = f_full, g_full
+        P = plan(f, g, problem.C, problem.reg)
+        P1, PT1 = P.sum(1), P.sum(0)
+        metrics = {
+            "marginal_error": marginal_violation(P1, PT1, problem.a, problem.b),
+            "dual": _dual_value(state.prob, state.f, state.g, float(get_namespace(P).sum(P1))),
+        }
+        out: dict[str, Any] = {
+            "x": P,
+            "metrics": metrics,
+            "counters": {
+                "sinkhorn_sweeps": state.sweeps,
+                "newton_steps": state.newton_steps,
+                "newton_fallbacks": state.fallbacks,
+                "cg_matvecs": state.cg_matvecs,
+                "line_search_evals": state.ls_evals,
+            },
+            "extras": {"potentials": (f, g), "fallbacks": tuple(state.events), "kept": state.kept},
+        }
+        if state.stop is not None and status is state.stop:
+            out["message"] = state.stop_message
+        return out
+
+
+def _dual_value(prob: OTProblem, f: Any, g: Any, mass: float) -> float:
+    """``<f, a> + <g, b> - reg * mass`` (``mass`` = the plan's total) as a Python float;
+    ``-inf`` (an overflowing plan) is clamped to the most negative float, so that the trace
+    stays finite."""
+    xp = get_namespace(f)
+    value = float(xp.sum(f * prob.a) + xp.sum(g * prob.b)) - prob.reg * mass
+    return max(value, -sys.float_info.max) if not math.isnan(value) else value
+
+
+def _device(x: Any) -> Any:
+    return x.device if is_torch(x) else None
+
+
+def _np_dtype(C: Any) -> np.dtype:
+    if is_torch(C):
+        return np.dtype(str(C.dtype).removeprefix("torch."))
+    return C.dtype

@@ -1,0 +1,701 @@
+"""Solver ``sparse-ot``: sparsity-constrained optimal transport (Liu, Puigcerver & Blondel, ICLR 2023).
+
+The problem, on an :class:`optkit.OTProblem` whose ``reg`` is the ``gamma`` below (the
+problem's entropic reading does not apply to this solver)::
+
+    min_T  <T, C> + sum_j (gamma / 2) ||t_j||^2
+    s.t.   T 1 = a,  T^T 1 = b,  T >= 0,  at most k nonzeros in every column t_j   (k = max_nz)
+
+It is solved through its dual, over potentials ``alpha`` (n,) and ``beta`` (m,)::
+
+    max  D(alpha, beta) = <alpha, a> + <beta, b> - sum_j delta(alpha + beta_j - c_j),
+    delta(s) = 1 / (2 gamma) * sum_{i in top-k(s)} max(s_i, 0)^2,
+
+whose gradient is the marginal residual of the plan it defines::
+
+    grad_alpha D = a - T 1,   grad_beta D = b - T^T 1,
+    T[:, j] = max(s, 0) / gamma on the k largest entries of s = alpha + beta_j - c_j, 0 elsewhere.
+
+So every plan this module forms has at most ``k`` nonzeros per column, and the solver's
+convergence measure, the L1 marginal error, is exactly ``||grad D||_1``.
+
+**Dual rather than semi-dual.** (1) The dual's gradient *is* the two marginal residuals,
+so ``tol`` (L1 marginal error) is tested on the optimiser's own quantity, not a proxy.
+(2) It works for every ``k``: for ``k = 1`` the semi-dual is piecewise *linear* in
+``alpha`` (the projection onto the 1-sparse simplex is a vertex, ``max_Omega(s) = max_i s_i
+- gamma / 2``), so a quasi-Newton method has no curvature to use and the gradient jumps
+between 0/1 assignments, whereas the dual stays piecewise quadratic with curvature
+``1 / gamma`` for every ``k``. (3) On each piece the dual is a quadratic whose Hessian is
+``-1/gamma`` times the signless Laplacian of the plan's support graph, which gives the
+exact Newton polish below. (4) It is the formulation of the POT baseline
+(``ot.smooth.smooth_ot_dual``), so the comparison is like for like. The cost: ``n + m``
+unknowns instead of ``n``, and the column marginals are not exact by construction.
+
+**When no k-sparse plan is found.** The primal is not convex. The dual's maximum is the
+value of its convex relaxation (``(gamma/2)||t||^2`` on k-sparse vectors replaced by its
+convex envelope). When the relaxation's solution needs more than ``k`` nonzeros in some
+column, the dual maximum is a kink (ties in top-k sets): the k-sparse plan read off any
+dual point misses the marginals, and the run ends ``FAILED`` with the error reached and the
+number of columns where the cardinality constraint binds, never ``CONVERGED``. This is the
+method, not the optimiser (POT returns such plans silently). It happens when ``reg`` is
+large relative to the cost gaps, and for ``k = 1`` whenever the marginals cannot be met
+with one source per column (generic non-uniform weights). For ``k = 1`` the relaxation is
+exact OT plus a constant, ``max D = OT(a, b, C) + (gamma/2) ||b||^2`` for every ``gamma``
+(the envelope of ``(gamma/2)||t||^2`` on 1-sparse ``t >= 0`` is ``(gamma/2)(sum t)^2``),
+so the dual value still gives the exact OT cost. For ``k >= n`` (clamped to ``n``) the
+problem is quadratically regularised OT, whose dual is smooth.
+
+**Ties.** Exact ties at a column's k-th largest score (a constant or integer cost, duplicated
+points) make ``D`` nonsmooth at every point where the tied potentials are equal, and
+duplicated rows keep them equal at the optimum. There the gradient this module uses averages
+the tied choices (each of ``t`` tied entries competing for ``r`` places gets ``r / t`` of its
+value): an element of the subdifferential that keeps tied potentials equal, so L-BFGS sees
+the problem with the duplicates merged. The returned plan then breaks the ties: for
+``k = 1`` (also at the near-ties where L-BFGS stalls) by an assignment of each column to one
+of its tied rows that meets the marginals, a maximum flow, found when the column weights are
+equal (uniform); otherwise toward the lowest row index, and the run is ``CONVERGED`` only if
+that plan meets ``tol``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from optkit._backend import to_numpy
+from optkit.ot_problem import OTProblem
+from optkit.problem import Problem
+from optkit.registry import register_solver
+from optkit.result import Result, Status
+from optkit.solver import Callback, Recorder, Solver
+from optkit.validation import check_int
+
+__all__ = ["SparseOT", "sparse_dual", "sparse_plan"]
+
+
+# ---------------------------------------------------------------------------- the dual
+
+
+def _top_k(S: np.ndarray, k: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """Per row of ``S`` (m, n): indices (m, k) of the ``k`` largest entries and their values.
+
+    ``k >= n`` returns ``(None, S)``: every entry. Ties at the k-th value are broken by
+    ``np.argpartition`` (deterministically for a given input), so exactly ``k`` entries are kept.
+    """
+    n = S.shape[1]
+    if k >= n:
+        return None, S
+    idx = np.argpartition(S, n - k, axis=1)[:, n - k :]
+    return idx, np.take_along_axis(S, idx, axis=1)
+
+
+def _dot(x: np.ndarray, y: np.ndarray) -> float:
+    """``x @ y`` without BLAS: a threaded BLAS dot is slow when the machine is busy."""
+    return float(np.einsum("i,i->", x, y))
+
+
+class _Eval:
+    """One evaluation of the dual at ``v = (alpha, beta)``: value, gradient, and the entries
+    ``(rows, cols)`` with positive score in the top-k of their column, ``vals`` = their score /
+    ``reg`` times ``share``. ``share`` is None unless some column has an exact tie at its k-th
+    largest score, where it is the fraction ``r / t`` of the ``t`` tied entries competing for
+    ``r`` places (1 elsewhere): the gradient then averages the tied choices (see
+    :func:`sparse_dual`). ``binding`` = columns with more than ``k`` positive scores, where the
+    cardinality constraint is active."""
+
+    __slots__ = ("binding", "cols", "dual", "error", "grad", "rows", "share", "v", "vals")
+
+    def __init__(self, v, dual, grad, rows, cols, vals, share, binding) -> None:
+        self.v, self.dual, self.grad = v, dual, grad
+        self.rows, self.cols, self.vals, self.share, self.binding = rows, cols, vals, share, binding
+        self.error = float(np.abs(grad).sum())
+
+    def k_sparse(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The plan's entries with exact ties broken toward the lowest row index (at most k per column)."""
+        if self.share is None:
+            return self.rows, self.cols, self.vals
+        whole = self.share == 1.0
+        tied = np.flatnonzero(~whole)  # np.nonzero order: by column, then by row
+        cols = self.cols[tied]
+        start = np.searchsorted(cols, cols)  # first tied entry of the same column
+        places = np.rint(self.share[tied] * np.bincount(cols)[cols])  # r of the column
+        keep = np.concatenate([np.flatnonzero(whole), tied[np.arange(tied.size) - start < places]])
+        keep.sort()
+        return self.rows[keep], self.cols[keep], self.vals[keep] / self.share[keep]
+
+
+class _SparseDual:
+    """The dual ``D`` of one instance in float64, with the last evaluation cached.
+
+    ``CT`` is ``C^T`` stored C-contiguous, so that one column ``c_j`` of the plan is one
+    contiguous row of the scores. Only positive scores can enter the plan, so an evaluation
+    finds them first and runs the top-k selection (``np.partition``) only on the columns
+    with more than ``k`` of them: O(nm) elementwise work plus a partition of the binding
+    columns, instead of a partition of every column.
+    """
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, C: np.ndarray, reg: float, k: int) -> None:
+        self.a = np.asarray(a, dtype=np.float64)
+        self.b = np.asarray(b, dtype=np.float64)
+        self.CT = np.ascontiguousarray(np.asarray(C, dtype=np.float64).T)
+        self.n, self.m = self.a.shape[0], self.b.shape[0]
+        self.reg = float(reg)
+        self.k = min(int(k), self.n)
+        self.evals = 0
+        self.last: _Eval | None = None
+
+    def evaluate(self, v: np.ndarray, *, count: bool = True) -> _Eval:
+        """``D`` and its gradient at ``v``; ``count=False`` for measurements (trace only)."""
+        if self.last is not None and np.array_equal(self.last.v, v):
+            return self.last
+        n, k = self.n, self.k
+        alpha, beta = v[:n], v[n:]
+        S = beta[:, None] + alpha[None, :]
+        S -= self.CT  # S[j, i] = alpha_i + beta_j - C_ij
+        mask = S > 0
+        over = np.flatnonzero(np.count_nonzero(mask, axis=1) > k)
+        share = None
+        if over.size:  # keep the k largest of these columns' (positive) scores
+            sub = S[over]
+            kth = np.partition(sub, n - k, axis=1)[:, n - k, None]
+            above = sub > kth
+            at = sub == kth
+            mask[over] = above | at
+            tied = np.count_nonzero(at, axis=1)
+            places = k - np.count_nonzero(above, axis=1)
+            if np.any(tied > places):  # exact ties at the k-th score: share the places
+                W = mask.astype(np.float64)
+                W[over] = np.where(at, (places / tied)[:, None], W[over])
+        cols, rows = np.nonzero(mask)
+        pos = S[cols, rows]
+        if over.size and np.any(tied > places):
+            share = W[cols, rows]
+            pos_w = pos * share
+        else:
+            pos_w = pos
+        vals = pos_w / self.reg
+        dual = _dot(alpha, self.a) + _dot(beta, self.b) - 0.5 * _dot(pos, vals)
+        grad = np.concatenate(
+            [
+                self.a - np.bincount(rows, weights=vals, minlength=n),
+                self.b - np.bincount(cols, weights=vals, minlength=self.m),
+            ]
+        )
+        if count:
+            self.evals += 1
+        self.last = _Eval(v.copy(), dual, grad, rows, cols, vals, share, int(over.size))
+        return self.last
+
+    def fun_grad(self, v: np.ndarray) -> tuple[float, np.ndarray]:
+        """``(-D, -grad D)``: the function scipy minimises."""
+        e = self.evaluate(v)
+        return -e.dual, -e.grad
+
+    def plan(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, *, sparse: bool) -> Any:
+        """The plan ``T[rows, cols] = vals``: dense (n, m) ndarray or ``scipy.sparse.csr_array``."""
+        if sparse:
+            from scipy.sparse import csr_array
+
+            return csr_array((vals, (rows, cols)), shape=(self.n, self.m))
+        T = np.zeros((self.n, self.m))
+        T[rows, cols] = vals
+        return T
+
+    def marginal_error(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> float:
+        """``||T 1 - a||_1 + ||T^T 1 - b||_1`` of the plan ``T[rows, cols] = vals``."""
+        return float(
+            np.abs(np.bincount(rows, weights=vals, minlength=self.n) - self.a).sum()
+            + np.abs(np.bincount(cols, weights=vals, minlength=self.m) - self.b).sum()
+        )
+
+
+def _checked_k(max_nz: Any) -> int:
+    return check_int("max_nz", max_nz, 1)
+
+
+def sparse_dual(alpha: Any, beta: Any, a: Any, b: Any, C: Any, reg: float, max_nz: int) -> tuple[float, Any, Any]:
+    """The sparsity-constrained dual ``D(alpha, beta)`` and its gradient (numpy, float64).
+
+    Returns ``(value, grad_alpha, grad_beta)`` with ``grad_alpha = a - T 1`` and
+    ``grad_beta = b - T^T 1``, ``T = sparse_plan(alpha, beta, C, reg, max_nz)``, except at
+    exact ties at a column's k-th largest score, where ``D`` is not differentiable and the
+    returned subgradient averages the tied choices (see the module docstring).
+    ``max_nz >= n`` is the quadratically regularised (l2) dual.
+    """
+    k = _checked_k(max_nz)
+    a, b = to_numpy(a), to_numpy(b)
+    ev = _SparseDual(a, b, to_numpy(C), reg, k)
+    e = ev.evaluate(np.concatenate([np.asarray(to_numpy(alpha), float), np.asarray(to_numpy(beta), float)]))
+    return e.dual, e.grad[: ev.n].copy(), e.grad[ev.n :].copy()
+
+
+def sparse_plan(alpha: Any, beta: Any, C: Any, reg: float, max_nz: int, *, sparse: bool = False) -> Any:
+    """The plan of the potentials: column ``j`` is ``max(s, 0) / reg`` on the ``max_nz`` largest
+    entries of ``s = alpha + beta_j - C[:, j]`` and 0 elsewhere (at most ``max_nz`` nonzeros;
+    exact ties broken toward the lowest row index).
+
+    Dense (n, m) float64 ndarray, or a ``scipy.sparse.csr_array`` with ``sparse=True``.
+    """
+    k = _checked_k(max_nz)
+    C = to_numpy(C)
+    n, m = C.shape
+    ev = _SparseDual(np.zeros(n), np.zeros(m), C, reg, k)
+    e = ev.evaluate(np.concatenate([np.asarray(to_numpy(alpha), float), np.asarray(to_numpy(beta), float)]))
+    return ev.plan(*e.k_sparse(), sparse=sparse)
+
+
+def _column_potentials(ev: _SparseDual, alpha: np.ndarray) -> np.ndarray:
+    """The ``beta`` that maximises ``D(alpha, .)``: every column of the plan sums to ``b_j``.
+
+    Column by column, the top-k set of ``alpha + beta_j - c_j`` does not depend on
+    ``beta_j``; on it, ``sum max(v_l + beta_j, 0) = reg * b_j`` is a simplex-projection
+    threshold (sort the k values, find how many stay positive).
+    """
+    S = alpha[None, :] - ev.CT
+    _, vals = _top_k(S, ev.k)
+    vals = -np.sort(-vals, axis=1)  # descending, (m, k)
+    cum = np.cumsum(vals, axis=1)
+    counts = np.arange(1, vals.shape[1] + 1)
+    shifts = (ev.reg * ev.b[:, None] - cum) / counts
+    rho = np.maximum(np.count_nonzero(vals + shifts > 0, axis=1), 1)
+    return shifts[np.arange(ev.m), rho - 1]
+
+
+def _newton_direction(ev: _SparseDual, e: _Eval) -> np.ndarray | None:
+    """The Newton step on the quadratic piece of ``D`` that holds ``e``; ``None`` if it fails.
+
+    On the piece, ``D`` is quadratic with Hessian ``-H / reg``, ``H`` the signless Laplacian
+    of the bipartite support graph of the plan (rows and columns as nodes). ``H`` is
+    singular along ``(+1 rows, -1 columns)`` of each connected component; fixing one node
+    per component (its potential does not move) leaves a positive definite system,
+    solved sparse-directly. If the piece's maximiser lies inside the piece, one step lands on
+    it exactly.
+    """
+    from scipy.sparse import bmat, coo_array, diags_array
+    from scipy.sparse.csgraph import connected_components
+    from scipy.sparse.linalg import MatrixRankWarning, spsolve
+
+    rows, cols, _ = e.k_sparse()
+    if rows.size == 0:
+        return None
+    n, m = ev.n, ev.m
+    A = coo_array((np.ones(rows.size), (rows, cols)), shape=(n, m)).tocsr()
+    H = bmat(
+        [
+            [diags_array(np.bincount(rows, minlength=n).astype(float)), A],
+            [A.T, diags_array(np.bincount(cols, minlength=m).astype(float))],
+        ],
+        format="csr",
+    )
+    _, labels = connected_components(H, directed=False)
+    keep = np.ones(n + m, dtype=bool)
+    keep[np.unique(labels, return_index=True)[1]] = False
+    if not keep.any():
+        return None
+    sub = H[keep][:, keep].tocsc()
+    d = np.zeros(n + m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MatrixRankWarning)
+        try:
+            with np.errstate(all="ignore"):
+                d[keep] = ev.reg * spsolve(sub, e.grad[keep])
+        except (MatrixRankWarning, RuntimeError, ValueError):
+            return None
+    return d if np.all(np.isfinite(d)) else None
+
+
+def _resolve_ties(ev: _SparseDual, e: _Eval) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """For ``k = 1``: a plan with one source per column that meets both marginals, chosen among
+    each column's tied best sources at ``e``; ``None`` if there is none (or it is not tried).
+
+    At a dual maximiser the plan of a k = 1 problem may need ties: with duplicated points or
+    a constant cost, every column prefers the same source at *every* dual point, so the top-1
+    plan of any dual point piles mass on one row, and L-BFGS stalls at the (optimal) kink.
+    The optimal 1-sparse plans are then the assignments of each column ``j`` to one of its
+    tied sources ``{i : s_ij >= max_i s_ij - eta}`` with ``sum_{j -> i} b_j = a_i``. With equal
+    column weights ``b_j = w`` and ``a_i / w`` integers this is an integral maximum flow
+    (source -> column, capacity 1; column -> tied row, 1; row -> sink, ``a_i / w``), solved by
+    ``scipy.sparse.csgraph.maximum_flow`` for ``eta = reg * w * (0, 1e-12, 1e-9, 1e-6)`` in
+    turn (``reg * w`` is the score of a column's entry at a feasible point). Unequal column
+    weights make it a subset-sum problem, which is not attempted. The plan's values are the
+    column weights, so it meets the column marginals exactly.
+    """
+    from scipy.sparse import csr_array
+    from scipy.sparse.csgraph import maximum_flow
+
+    n = ev.n
+    live = np.flatnonzero(ev.b > 0)
+    if ev.k != 1 or live.size == 0:
+        return None
+    unit = float(ev.b[live].max())
+    if np.abs(ev.b[live] - unit).max() > 1e-12 * unit:
+        return None
+    caps = ev.a / unit
+    caps_int = np.rint(caps)
+    if np.abs(caps - caps_int).max() > 1e-9 or int(caps_int.sum()) != live.size:
+        return None
+    S = e.v[n:][live, None] + e.v[None, :n] - ev.CT[live]
+    smax = S.max(axis=1)
+    if np.any(smax <= 0):
+        return None
+    L = live.size
+    sink = L + n + 1
+    to_sink = np.flatnonzero(caps_int > 0)
+    for rel in (0.0, 1e-12, 1e-9, 1e-6):
+        tj, ti = np.nonzero(S >= (smax - rel * ev.reg * unit)[:, None])
+        src = np.concatenate([np.zeros(L, dtype=np.int64), 1 + tj, L + 1 + to_sink])
+        dst = np.concatenate([1 + np.arange(L), L + 1 + ti, np.full(to_sink.size, sink)])
+        cap = np.concatenate([np.ones(L + tj.size), caps_int[to_sink]]).astype(np.int32)
+        flow = maximum_flow(csr_array((cap, (src, dst)), shape=(sink + 1, sink + 1)), 0, sink)
+        if flow.flow_value == L:
+            F = flow.flow.tocsr()[1 : L + 1, L + 1 : L + 1 + n].tocoo()
+            chosen = F.data > 0
+            cols = live[F.row[chosen]]
+            return F.col[chosen].astype(np.int64), cols, ev.b[cols].copy()
+    return None
+
+
+# ---------------------------------------------------------------------------- the solver
+
+
+class _Stop(Exception):
+    def __init__(self, status: Status) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+
+class _Handoff(Exception):
+    """Leaves L-BFGS-B for a Newton step that already lowered the marginal error."""
+
+    def __init__(self, e: _Eval) -> None:
+        super().__init__("newton")
+        self.e = e
+
+
+@register_solver("sparse-ot")
+@dataclass(frozen=True, kw_only=True)
+class SparseOT(Solver):
+    """Sparsity-constrained OT (at most ``max_nz`` nonzeros per column of the plan) by L-BFGS on its dual.
+
+    See the module docstring for the problem, the dual, and why the dual. ``reg`` of the
+    :class:`~optkit.OTProblem` is the quadratic weight ``gamma``.
+
+    Options
+    -------
+    max_nz : int
+        ``k >= 1``, the most nonzeros a column of the plan may have (default 2). Values
+        ``>= n`` are clamped to ``n``: the problem is then quadratically regularised OT.
+    tol : float
+        L1 violation of both marginals, ``||T 1 - a||_1 + ||T^T 1 - b||_1``, of the plan at
+        the current potentials (default 1e-9). It equals ``||grad D||_1``, so it is checked
+        exactly at every iteration, in the L-BFGS-B callback, which ends the run as soon as
+        it holds. L-BFGS-B itself gets ``gtol = tol / (n + m)`` (its test is ``max |grad_i|
+        <= gtol``, which implies ``||grad||_1 <= tol``, so it never stops before the callback
+        does) and ``ftol = 0`` (no stop on a merely small decrease). Below an L1 error of
+        about 1e-7 (n = 200) the dual's decrease falls under the rounding of its value and
+        L-BFGS-B's line search stalls; the Newton polish (below) and restarts take it the
+        rest of the way (to ~1e-14 in practice). ``CONVERGED`` only when the returned plan's
+        error, measured again at the end, is ``<= tol``; ``FAILED`` with a diagnosis (a
+        kink, total masses that differ by more than ``tol``, unresolved ties) otherwise.
+    max_iter : int
+        Iterations: L-BFGS-B iterations plus accepted Newton steps (default 10000).
+    time_limit : float or None
+        Seconds, checked after every iteration.
+    memory : int
+        L-BFGS-B correction pairs (SciPy's ``maxcor``; default 10, SciPy's and POT's).
+    polish : bool
+        Newton polish (default True). Whenever the marginal error has dropped tenfold
+        since the last try, and whenever L-BFGS-B stalls, one Newton step is tried on the
+        quadratic piece of the dual holding the current point (support of the plan fixed;
+        a sparse direct solve of size ``n + m`` with at most ``k m`` off-diagonal pairs). It
+        is accepted only if it lowers the marginal error; accepted steps continue while
+        they at least halve it, then L-BFGS-B restarts from the new point. Once the
+        support is identified one step is exact (to rounding). ``False`` gives plain
+        L-BFGS-B with restarts after stalls, as POT.
+    sparse_plan : bool
+        Return the plan as a ``scipy.sparse.csr_array`` (at most ``k m`` stored entries)
+        instead of a dense (n, m) ndarray (default False: dense, as the other OT solvers).
+
+    Start: ``x0`` is ``None`` (default), an (n + m,) vector (``alpha`` then ``beta``, the
+    problem's ``x0`` layout) or a pair ``(alpha, beta)``. ``None`` starts from ``alpha = 0``
+    and the ``beta`` maximising the dual given it (every column of the starting plan
+    sums to ``b_j``; O(nm) work, timed).
+
+    Result: ``x`` = the plan at the returned potentials (at most ``k`` nonzeros per column).
+    Unless converged, the returned potentials are the iterate with the largest dual value
+    (the best lower bound; at a kink it is not the iterate with the smallest error).
+    With ties (module docstring) the plan breaks them, and ``extras["ties_resolved"]`` says
+    whether the k = 1 assignment did (that step is one more iteration in the trace).
+    ``extras["potentials"] = (alpha, beta)``; ``extras["max_nz"]`` = the ``k`` used (after
+    clamping); ``extras["binding_columns"]`` = columns with more than ``k`` positive scores
+    at the returned potentials (where the cardinality constraint is active);
+    ``extras["newton_iters"]`` = the iterations that were Newton steps;
+    ``extras["lbfgs_runs"]``. ``metrics``: ``marginal_error`` (measured on the returned
+    plan), ``dual`` (``D``), ``cost`` (``<T, C>``), ``objective`` (``<T, C> + reg/2
+    ||T||_F^2``, also ``fun``) and ``gap`` = ``objective - dual``: for a plan that meets the
+    marginals, a certificate (the optimum of this non-convex problem lies in ``[dual,
+    objective]``). Trace rows: ``marginal_error`` and ``dual`` at every iteration (computed
+    in the callback with the clock paused; normally read from the evaluation L-BFGS-B just
+    made). Counters: ``fun`` and ``grad`` (dual evaluations, which give both; trace-only
+    evaluations are not counted), ``newton_solves`` (sparse solves, accepted or not).
+    Ctrl-C ends the run with ``USER_STOPPED`` and the best iterate.
+
+    Note that :meth:`OTProblem.evaluate` computes its ``dual`` with the *entropic* formula;
+    for this solver use ``metrics["dual"]``.
+
+    Computes in float64; the plan and potentials are returned in the problem's dtype.
+    numpy only.
+    """
+
+    accepts: ClassVar[tuple] = (OTProblem,)
+    backends: ClassVar[frozenset] = frozenset({"numpy"})
+
+    max_nz: int = 2
+    tol: float = 1e-9
+    max_iter: int = 10_000
+    memory: int = 10
+    polish: bool = True
+    sparse_plan: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        _checked_k(self.max_nz)
+        check_int("memory", self.memory, 1)
+        for name in ("polish", "sparse_plan"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")  # noqa: TRY004
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _start(ev: _SparseDual, x0: Any) -> np.ndarray:
+        n, m = ev.n, ev.m
+        if x0 is None:
+            alpha = np.zeros(n)
+            return np.concatenate([alpha, _column_potentials(ev, alpha)])
+        if isinstance(x0, (tuple, list)):
+            if len(x0) != 2:
+                raise ValueError(f"x0 as potentials must be a pair (alpha, beta), got {len(x0)} items")
+            alpha, beta = (np.asarray(to_numpy(p), dtype=np.float64) for p in x0)
+            if alpha.shape != (n,) or beta.shape != (m,):
+                raise ValueError(f"x0 = (alpha, beta) must have shapes ({n},) and ({m},)")
+            v = np.concatenate([alpha, beta])
+        else:
+            v = np.array(to_numpy(x0), dtype=np.float64)
+            if v.shape != (n + m,):
+                raise ValueError(f"x0 must have shape ({n + m},) (alpha then beta) or be a pair (alpha, beta)")
+        if not np.all(np.isfinite(v)):
+            raise ValueError("x0 contains NaN or inf; expected finite potentials")
+        return v
+
+    # ------------------------------------------------------------------ solve
+    def solve(self, problem: Problem, *, x0: Any = None, callback: Callback | None = None) -> Result:
+        from scipy.optimize import minimize
+
+        self.ensure_compatible(problem)
+        assert isinstance(problem, OTProblem)
+        n, m = problem.shape
+        ev = _SparseDual(to_numpy(problem.a), to_numpy(problem.b), to_numpy(problem.C), problem.reg, self.max_nz)
+        recorder = Recorder(time_limit=self.time_limit, callback=callback, device="cpu")
+        run = {
+            "nit": 0,
+            "best": None,  # the iterate returned: the converged one, else the one with the largest dual
+            "last": None,  # the last iterate
+            "min_error": math.inf,
+            "next_polish": math.inf,
+            "newton": 0,
+            "newton_iters": [],
+            "lbfgs_runs": 0,
+        }
+
+        def potentials(v):
+            return v[:n].copy(), v[n:].copy()
+
+        def note(e: _Eval) -> Status | None:
+            """Record iteration ``run["nit"]`` at ``e`` (clock paused inside); the status that ends the run."""
+            run["last"] = e
+            run["min_error"] = min(run["min_error"], e.error)
+            if run["best"] is None or e.dual > run["best"].dual or e.error <= self.tol:
+                run["best"] = e
+            status = recorder.record(run["nit"], {"marginal_error": e.error, "dual": e.dual}, potentials(e.v))
+            if e.error <= self.tol:
+                return Status.CONVERGED
+            if status is not None:
+                return status
+            if not math.isfinite(e.dual):
+                return Status.NONFINITE
+            if run["nit"] >= self.max_iter:
+                return Status.MAX_ITER
+            return None
+
+        def newton_trial(e: _Eval) -> _Eval | None:
+            """One Newton step from ``e`` (clock running); the new point if it lowers the error."""
+            run["newton"] += 1
+            d = _newton_direction(ev, e)
+            if d is None:
+                return None
+            trial = ev.evaluate(e.v + d)
+            return trial if trial.error < e.error else None
+
+        def newton_chain(e: _Eval) -> tuple[_Eval, Status | None]:
+            """Accept the improving Newton point ``e`` and go on while each step halves the error."""
+            while True:
+                run["nit"] += 1
+                run["newton_iters"].append(run["nit"])
+                status = note(e)
+                if status is not None:
+                    return e, status
+                nxt = newton_trial(e)
+                if nxt is None:
+                    return e, None
+                if nxt.error > 0.5 * e.error:
+                    e = nxt
+                    run["nit"] += 1
+                    run["newton_iters"].append(run["nit"])
+                    return e, note(e)
+                e = nxt
+
+        def on_iteration(intermediate_result):
+            recorder.pause()
+            e = ev.evaluate(np.asarray(intermediate_result.x, dtype=np.float64), count=False)
+            run["nit"] += 1
+            status = note(e)
+            if status is not None:
+                raise _Stop(status)
+            if self.polish and e.error <= run["next_polish"]:
+                run["next_polish"] = 0.1 * e.error
+                trial = newton_trial(e)
+                if trial is not None:
+                    raise _Handoff(trial)
+
+        recorder.start()
+        v = self._start(ev, x0)
+        e = ev.evaluate(v)
+        run["next_polish"] = 0.1 * e.error
+        status = note(e)
+        message = ""
+        while status is None:
+            remaining = self.max_iter - run["nit"]
+            start_error = run["min_error"]
+            run["lbfgs_runs"] += 1
+            options = {
+                "maxiter": remaining,
+                "maxfun": 20 * remaining + 20,
+                "gtol": self.tol / (n + m),
+                "ftol": 0.0,
+                "maxcor": self.memory,
+            }
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    res = minimize(
+                        ev.fun_grad, e.v, jac=True, method="L-BFGS-B", options=options, callback=on_iteration
+                    )
+            except _Stop as stop:
+                status = stop.status
+                break
+            except _Handoff as handoff:
+                e, status = newton_chain(handoff.e)
+                continue
+            except KeyboardInterrupt:
+                status = Status.USER_STOPPED
+                break
+            # L-BFGS-B returned on its own (its last iterate went through the callback, so the
+            # error is above tol): a stall (no decrease, failed line search), or its limits
+            if res.status == 1:
+                status = Status.MAX_ITER
+                message = f"L-BFGS-B: {res.message}"
+                break
+            e = run["last"]
+            if self.polish:
+                trial = newton_trial(e)
+                if trial is not None:
+                    e, status = newton_chain(trial)
+                    continue
+            if run["min_error"] <= 0.5 * start_error and res.nit > 0:
+                continue  # restart L-BFGS-B (fresh memory) from the last iterate
+            status = Status.FAILED
+            message = f"L-BFGS-B stalled ({res.message})"
+        best = run["best"]
+        rows, cols, vals = best.k_sparse()
+        exact_ties = best.share is not None
+        ties_resolved = False
+        if ev.k == 1 and (exact_ties or status is Status.FAILED):
+            resolved = _resolve_ties(ev, best)
+            if resolved is not None:
+                rows, cols, vals = resolved
+                ties_resolved = True
+                run["nit"] += 1  # one more step, measured on the plan it returns
+                tie_error = ev.marginal_error(rows, cols, vals)
+                stop = recorder.record(run["nit"], {"marginal_error": tie_error, "dual": best.dual}, potentials(best.v))
+                if tie_error <= self.tol:
+                    status, message = Status.CONVERGED, ""
+                elif stop is not None:
+                    status = stop
+        recorder.pause()
+        if exact_ties and not ties_resolved and status is Status.CONVERGED:
+            # the trace measured the tie-averaged plan; the k-sparse one may miss the marginals
+            status, message = Status.FAILED, "exact ties at the k-th largest score could not be broken"
+
+        plan = ev.plan(rows, cols, vals, sparse=self.sparse_plan)
+        sums = (np.asarray(plan.sum(axis=1)).ravel(), np.asarray(plan.sum(axis=0)).ravel())
+        error = float(np.abs(sums[0] - ev.a).sum() + np.abs(sums[1] - ev.b).sum())
+        if status is Status.CONVERGED and error > self.tol:  # rounding of the plan itself
+            status, message = Status.FAILED, ""
+        cost = _dot(vals, ev.CT[cols, rows])
+        objective = cost + 0.5 * ev.reg * _dot(vals, vals)
+        binding = best.binding
+        if status is Status.FAILED:
+            message = f"{message or 'stopped'} at marginal error {error:.3g} > tol {self.tol:.3g}; "
+            mismatch = abs(math.fsum(ev.a) - math.fsum(ev.b))
+            if mismatch > 0.5 * self.tol:
+                message += f"the total masses differ by {mismatch:.3g}, so no plan meets both marginals to tol"
+            elif binding:
+                message += (
+                    f"the cardinality constraint binds in {binding} of {m} columns: with max_nz={ev.k} the dual "
+                    "maximum is a kink when no k-sparse plan meets both marginals (infeasible, or a duality "
+                    "gap at this reg); a smaller reg or a larger max_nz helps"
+                )
+            else:
+                message += (
+                    "the cardinality constraint binds nowhere (the dual is smooth here): the dual's decrease "
+                    "fell below its rounding; polish=True or a larger tol helps"
+                )
+        elif status is Status.MAX_ITER and binding:
+            message = (
+                f"{message or status.message} at marginal error {error:.3g}; the cardinality constraint binds in "
+                f"{binding} of {m} columns, so the dual maximum may be a kink where no {ev.k}-sparse plan meets "
+                "the marginals (L-BFGS crawls along it)"
+            )
+        dtype = problem.C.dtype
+        alpha, beta = best.v[:n].astype(dtype), best.v[n:].astype(dtype)
+        return Result(
+            x=plan.astype(dtype),
+            fun=objective,
+            status=status,
+            message=message,
+            nit=run["nit"],
+            counters={"fun": ev.evals, "grad": ev.evals, "newton_solves": run["newton"]},
+            time_s=recorder.elapsed,
+            metrics={
+                "marginal_error": error,
+                "dual": best.dual,
+                "cost": cost,
+                "objective": objective,
+                "gap": objective - best.dual,
+            },
+            trace=recorder.rows,
+            solver=self.name,
+            problem=problem.name,
+            extras={
+                "potentials": (alpha, beta),
+                "regularization": "sparsity-constrained",
+                "max_nz": ev.k,
+                "binding_columns": binding,
+                "newton_iters": tuple(run["newton_iters"]),
+                "lbfgs_runs": run["lbfgs_runs"],
+                "ties_resolved": ties_resolved,
+            },
+        )
