@@ -25,12 +25,12 @@ def comparisons(small: bool):
     # test keeps the shapes of the runs but not their difficulty
     sizes = (100,) if small else (5000, 20000)
     ot_problems = [spec for n in sizes for spec in (
-        f"ot/point-clouds:n={n},eta={200 if small else 5000}",
-        f"ot/random-assignment:n={n},eta={int(2.4 * n)}",
+        f"ot/point-clouds:n={n},eta={100 if small else 5000}",
+        f"ot/random-assignment:n={n},eta={100 if small else int(2.4 * n)}",
     )]
     return [
         ([f"linear/poisson-3d:n={n3}"], ["scipy-cg", "cg@{target}"], {"tol": 1e-8}),
-        (ot_problems, ["pot-sinkhorn-log@{target}", "sns@{target}"], {"tol": 1e-9, "time_limit": 20 if small else 60}),
+        (ot_problems, ["pot-sinkhorn-log@{target}", "sns@{target}"], {"tol": 1e-9, "time_limit": 60}),
     ]
 
 

@@ -30,6 +30,7 @@ Files written to ``out_dir`` (all appended and flushed as each run ends, except
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -353,7 +354,9 @@ def summarize(runs: Sequence[Run], problems: Sequence[str], solvers: Sequence[st
     converged < skipped < a solver failure < user_stopped < error), ``statuses`` (each
     rep's, joined by ``;``), ``message`` (of the worst rep), ``reps``, ``n_converged``,
     and, as medians over the reps that ran: ``nit``, ``time_s``, the ``evaluate``
-    measures under their own names and the counters as ``count_<name>``. ``ratio`` is
+    measures under their own names and the counters as ``count_<name>``; where the measures
+    hold a ``dual`` objective (OT) but no ``dual_gap``, ``dual_gap`` is the gap to the best
+    dual reached on that problem by any solver of the benchmark. ``ratio`` is
     this pair's median ``time_s`` over that of the anchor: the first solver in
     ``solvers`` that ran on the same problem (normally the first solver; a later one
     when it was skipped or failed). It is exactly 1 for the anchor, empty without a time.
@@ -395,7 +398,20 @@ def summarize(runs: Sequence[Run], problems: Sequence[str], solvers: Sequence[st
             for key in dict.fromkeys(k for r in done for k in r.counters):
                 row[f"count_{key}"] = _median([r.counters.get(key) for r in done])
             rows.append(row)
+    _add_dual_gaps(rows)
     return rows
+
+
+def _add_dual_gaps(rows: list[dict]) -> None:
+    """Give each row with a ``dual`` value (a maximised dual objective) but no ``dual_gap``
+    the gap to the best dual any solver reached on the same problem in this benchmark."""
+    best: dict[str, float] = {}
+    for row in rows:
+        if isinstance(row.get("dual"), float):
+            best[row["problem"]] = max(best.get(row["problem"], -math.inf), row["dual"])
+    for row in rows:
+        if isinstance(row.get("dual"), float) and row.get("dual_gap") is None:
+            row["dual_gap"] = best[row["problem"]] - row["dual"]
 
 
 def main_metric(row: dict) -> str | None:

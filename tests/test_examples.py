@@ -35,3 +35,16 @@ def test_gpu_check_runs_on_the_cpu_with_small_sizes():
         ("ot/random-assignment", "pot-sinkhorn-log@torch"), ("ot/random-assignment", "sns@torch"),
     ]
     assert all(row[2] == "converged" for row in lines)
+
+
+def test_ot_example_plots_three_solvers(tmp_path):
+    pytest.importorskip("ot")
+    out_png = tmp_path / "ot.png"
+    out = run_example(
+        "ot_sns_vs_sinkhorn.py", "--problem", "ot/random-assignment:n=60,eta=50", "--time-limit", "20",
+        "--out", str(out_png),
+    )
+    rows = [line.split() for line in out.splitlines() if line.startswith("ot/")]
+    assert [row[1] for row in rows] == ["pot-sinkhorn-log", "sinkhorn", "sns"]
+    assert all(row[2] == "converged" for row in rows)
+    assert out_png.stat().st_size > 10_000

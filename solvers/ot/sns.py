@@ -44,6 +44,9 @@ non-finite row or column. With ``on_failure="sinkhorn"`` (default) the solver th
 ``fallback_sweeps`` Sinkhorn sweeps from the current iterate and goes on; the event is
 counted (``counters["newton_fallbacks"]``) and described in ``extras["fallbacks"]``. With
 ``on_failure="stop"`` the run ends with ``Status.BREAKDOWN`` and the last good iterate.
+
+The sparsification, the Newton system and the line-search helpers live in
+:mod:`solvers.ot._sparse_newton`; its public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -54,11 +57,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 
 from optkit._backend import get_namespace, is_torch
 from optkit.krylov import cg
-from optkit.linop import Diagonal, FunctionOperator, Sparse
 from optkit.ot_problem import OTProblem
 from optkit.problem import Problem
 from optkit.registry import register_solver
@@ -67,6 +68,19 @@ from optkit.solver import IterativeSolver
 from optkit.validation import check_choice, check_int, check_nonnegative, check_positive
 
 from ._dual import log_plan, marginal_violation, marginals, plan, update_f, update_g
+from ._sparse_newton import (
+    START_FACTOR,
+    _curvature_term,
+    _device,
+    _exp_,
+    _max_abs_sum,
+    _newton_direction,
+    _plan_and_sums,
+    keep_count,
+    select_entries,
+    sparsified_hessian,
+    top_entries,
+)
 
 __all__ = [
     "SNS",
@@ -77,18 +91,6 @@ __all__ = [
     "sparsified_hessian",
     "top_entries",
 ]
-
-#: The adaptive selection starts from ``START_FACTOR * max(n, m)`` kept entries (the paper's
-#: density ``2 / n`` on a square plan) and doubles from there.
-START_FACTOR = 2
-
-# Below this bound on max |t_ij| the Armijo curvature term is summed from its Taylor series
-# (full relative accuracy); above it from plan sums (absolute error ~ eps * sum P, harmless
-# there because the term is then large).
-_SERIES_T = 1e-3
-
-# exp floor of the plans formed in the Newton stage (see _exp_)
-_CLIP = {"float64": -700.0, "float32": -85.0}
 
 
 # ----------------------------------------------------------------------------- dual derivatives
@@ -110,241 +112,6 @@ def dual_hessian(f: Any, g: Any, C: Any, reg: float) -> Any:
 
 def _diag(xp, d):
     return xp.eye(d.shape[0], dtype=d.dtype, device=_device(d)) * d[None, :]
-
-
-# ----------------------------------------------------------------------------- sparsification
-def keep_count(n: int, m: int, density: float) -> int:
-    """``ceil(density * n * m)`` clipped to ``[1, n m]``: how many entries of ``P`` a fixed
-    ``density`` keeps."""
-    return int(min(n * m, max(1, math.ceil(density * n * m))))
-
-
-def top_entries(P: Any, k: int) -> tuple[Any, Any, Any]:
-    """``(rows, cols, vals)`` of the ``k`` largest entries of ``P`` (n, m), in no particular
-    order, without the zeros among them (so possibly fewer than ``k``).
-
-    numpy: ``np.argpartition``; torch: ``torch.topk`` (any device). O(n m) either way.
-    """
-    n, m = P.shape
-    N = n * m
-    k = min(k, N)
-    flat = P.reshape(-1)
-    if is_torch(P):
-        import torch
-
-        vals, idx = torch.topk(flat, k, sorted=False)
-        rows = torch.div(idx, m, rounding_mode="floor")
-        cols = idx - rows * m
-    else:
-        idx = np.argpartition(flat, N - k)[N - k :] if k < N else np.arange(N)
-        rows, cols = np.divmod(idx, m)
-        vals = flat[idx]
-    positive = vals > 0
-    if not bool(positive.all()):
-        rows, cols, vals = rows[positive], cols[positive], vals[positive]
-    return rows, cols, vals
-
-
-def select_entries(P: Any, mass: float, k: int, drop_tol: float | None) -> tuple[Any, Any, Any, int]:
-    """``(rows, cols, vals, k)``: the entries of ``P`` that the sparsified Hessian keeps.
-
-    ``drop_tol=None``: the ``k`` largest (:func:`top_entries`). Otherwise adaptive: the ``k``
-    largest, with ``k`` doubled (up to ``n m``) until the mass left out is at most
-    ``drop_tol * mass`` (``mass`` is the plan's total ``sum P``). The final ``k`` is returned
-    so that the next Newton step can start from it. Each try is one O(n m) selection.
-    """
-    n, m = P.shape
-    xp = get_namespace(P)
-    while True:
-        rows, cols, vals = top_entries(P, k)
-        if drop_tol is None or k >= n * m or mass - float(xp.sum(vals)) <= drop_tol * mass:
-            return rows, cols, vals, k
-        k = min(2 * k, n * m)
-
-
-def _sparse(rows: Any, cols: Any, vals: Any, shape: tuple[int, int]) -> Sparse:
-    """A :class:`~optkit.linop.Sparse` operator (scipy CSR or torch sparse CSR) from COO triplets."""
-    if is_torch(vals):
-        import torch
-
-        return Sparse(torch.sparse_coo_tensor(torch.stack((rows, cols)), vals, shape, check_invariants=False))
-    return Sparse(sp.csr_array((vals, (rows, cols)), shape=shape))
-
-
-def sparsified_hessian(
-    P: Any, reg: float, *, density: float | None = None, drop_tol: float = 1e-6, shift: float = 0.0
-) -> Sparse:
-    """The sparsified Hessian that models the dual at a plan ``P``, as a sparse
-    ``(n + m, n + m)`` operator (for inspection and tests; the solver works on its Schur
-    complement instead):
-
-    ``-(1/reg) [[(1 + shift) diag(P 1), P_k], [P_k^T, (1 + shift) diag(P^T 1)]]``
-
-    ``P_k`` holds the entries :func:`select_entries` keeps: the ``keep_count(n, m, density)``
-    largest, or with ``density=None`` the adaptive choice from ``START_FACTOR * max(n, m)``
-    with ``drop_tol``. The diagonal is **exact**: the row and column sums of the full ``P``.
-    The matrix is negative semidefinite because the diagonal dominates the kept off-diagonal
-    entries.
-    """
-    n, m = P.shape
-    xp = get_namespace(P)
-    P1, PT1 = xp.sum(P, axis=1), xp.sum(P, axis=0)
-    if density is None:
-        rows, cols, vals, _ = select_entries(P, float(xp.sum(P1)), START_FACTOR * max(n, m), drop_tol)
-    else:
-        rows, cols, vals, _ = select_entries(P, float(xp.sum(P1)), keep_count(n, m, density), None)
-    device = _device(P)
-    idx_n = xp.arange(n, device=device)
-    idx_m = xp.arange(m, device=device)
-    all_rows = xp.concat((idx_n, n + idx_m, rows, n + cols))
-    all_cols = xp.concat((idx_n, n + idx_m, n + cols, rows))
-    all_vals = -xp.concat(((1.0 + shift) * P1, (1.0 + shift) * PT1, vals, vals)) / reg
-    return _sparse(all_rows, all_cols, all_vals, (n + m, n + m))
-
-
-# ----------------------------------------------------------------------------- Newton direction
-@dataclass(frozen=True)
-class _Direction:
-    df: Any
-    dg: Any
-    slope: float  # grad^T (df, dg); > 0 for an ascent direction
-    status: Status
-    message: str
-    matvecs: int
-
-
-def _newton_direction(
-    P1: Any,
-    PT1: Any,
-    gf: Any,
-    gg: Any,
-    reg: float,
-    selection: tuple[Any, Any, Any],
-    *,
-    rtol: float,
-    max_iter: int,
-    jacobi: bool,
-    shift: float = 0.0,
-) -> _Direction:
-    """The sparsified Newton direction ``(df, dg) = reg * Hs^{-1} (gf, gg)``, where
-    ``Hs = [[(1 + shift) diag(P1), P_k], [P_k^T, (1 + shift) diag(PT1)]]`` and ``P_k`` is
-    given by ``selection = (rows, cols, vals)``.
-
-    The larger side ``e`` (rows if ``n >= m``) is eliminated. Let ``K`` be the kept block
-    oriented ``e x s``, ``d_e`` and ``d_s`` the shifted exact diagonals, and ``(h_e, h_s)``
-    the matching gradient parts. CG solves the Schur complement system
-    ``(diag(d_s) - K^T diag(1/d_e) K) y = h_s - K^T (h_e / d_e)`` for the kept side, with
-    the variable of largest ``d_s`` fixed to 0 (gauge: that heaviest column is connected
-    to the rest of the kept graph), then ``x = (h_e - K y) / d_e``. CG starts from zero on a
-    positive definite system, so even an unconverged (``MAX_ITER``) iterate gives an ascent
-    direction: ``grad^T d = reg (h_e^T D_e^-1 h_e + rhs^T y) > 0``.
-    """
-    xp = get_namespace(P1)
-    n, m = P1.shape[0], PT1.shape[0]
-    rows, cols, vals = selection
-    dtype, device = P1.dtype, _device(P1)
-    if n >= m:
-        d_e, d_s, h_e, h_s, ei, si, ne, ns = P1, PT1, gf, gg, rows, cols, n, m
-    else:
-        d_e, d_s, h_e, h_s, ei, si, ne, ns = PT1, P1, gg, gf, cols, rows, m, n
-    # K (e x s) and K^T, both CSR: on scipy a CSR matvec is ~2x faster than the CSC one of K.T
-    K = _sparse(ei, si, vals, (ne, ns))
-    KT = _sparse(si, ei, vals, (ns, ne))
-    if shift:
-        d_e, d_s = (1.0 + shift) * d_e, (1.0 + shift) * d_s
-    inv_de = 1.0 / d_e
-    rhs = h_s - KT.matvec(h_e * inv_de)
-    y = xp.zeros(ns, dtype=dtype, device=device)
-    status, message, matvecs = Status.CONVERGED, "", 0
-    if ns > 1:
-        j0 = int(xp.argmax(d_s))
-        zero = xp.zeros(1, dtype=dtype, device=device)
-
-        def drop(v):
-            return xp.concat((v[:j0], v[j0 + 1 :]))
-
-        def insert(v):
-            return xp.concat((v[:j0], zero, v[j0:]))
-
-        b = drop(rhs)
-        if not bool(xp.all(xp.isfinite(b))):
-            return _Direction(None, None, math.nan, Status.NONFINITE, "the Newton right-hand side is not finite", 0)
-
-        def schur(v):
-            full = insert(v)
-            return drop(d_s * full - KT.matvec(K.matvec(full) * inv_de))
-
-        S = FunctionOperator(
-            (ns - 1, ns - 1),
-            schur,
-            schur,
-            dtype=dtype,
-            tags=("symmetric", "psd"),
-            backend="torch" if is_torch(P1) else "numpy",
-            device=device,
-        )
-        M = None
-        if jacobi:
-            w = vals * vals * inv_de[ei]
-            if is_torch(P1):
-                diag_s = d_s - xp.zeros(ns, dtype=dtype, device=device).index_add_(0, si, w)
-            else:
-                diag_s = d_s - np.bincount(si, weights=w, minlength=ns)
-            # d_s - sum_e K^2 / d_e >= 0 in exact arithmetic; guard rounding
-            diag_s = xp.maximum(diag_s, 1e-12 * d_s)
-            M = Diagonal(1.0 / drop(diag_s))
-        res = cg(S, b, rtol=rtol, max_iter=max_iter, M=M)
-        status, message, matvecs = res.status, res.message, res.matvecs
-        if status in (Status.BREAKDOWN, Status.NONFINITE):
-            return _Direction(None, None, math.nan, status, message, matvecs)
-        y = insert(res.x)
-    x = (h_e - K.matvec(y)) * inv_de
-    d_elim, d_keep = reg * x, reg * y
-    df, dg = (d_elim, d_keep) if n >= m else (d_keep, d_elim)
-    slope = float(xp.sum(gf * df) + xp.sum(gg * dg))
-    return _Direction(df, dg, slope, status, message, matvecs)
-
-
-# ----------------------------------------------------------------------------- line search helpers
-def _curvature_term(P, P1, PT1, mass, new_mass, df, dg, alpha, reg) -> float:
-    """``sum_ij P_ij phi(t_ij)`` with ``phi(t) = e^t - 1 - t`` and
-    ``t_ij = alpha (df_i + dg_j) / reg``, so that exactly
-    ``D(z + alpha d) - D(z) = alpha grad^T d - reg * (this)``.
-
-    When every ``|t_ij|`` is below ``_SERIES_T`` the term is summed from the Taylor series of
-    ``phi`` (relative accuracy ~1e-11 however small ``t`` is), so the Armijo test still
-    means something at marginal errors near machine precision. Otherwise it is
-    ``new_mass - mass - alpha (P1^T df + PT1^T dg) / reg``, with ``mass = sum P`` and
-    ``new_mass = sum P_new`` (O(n + m), since the sums are needed anyway).
-    """
-    xp = get_namespace(P)
-    sf, sg = (alpha / reg) * df, (alpha / reg) * dg
-    if _max_abs_sum(sf, sg) >= _SERIES_T:
-        return new_mass - mass - float(xp.sum(P1 * sf) + xp.sum(PT1 * sg))
-    T = sf[:, None] + sg[None, :]
-    return float(xp.sum(P * (T * T) * (0.5 + T * (1.0 / 6.0 + T * (1.0 / 24.0)))))
-
-
-def _max_abs_sum(u, v) -> float:
-    """``max_ij |u_i + v_j|`` in O(n + m): the larger of ``max u + max v`` and ``-(min u + min v)``."""
-    xp = get_namespace(u, v)
-    return max(float(xp.max(u)) + float(xp.max(v)), -(float(xp.min(u)) + float(xp.min(v))))
-
-
-def _exp_(Z):
-    """``exp(Z)`` in place (``Z`` is a fresh temporary), after raising ``Z`` to ``_CLIP``
-    (``exp(-700) ~ 1e-304`` in float64). Arguments that underflow take libm's slow path (a
-    pass is ~2x slower on the plans here), and entries that small cannot change any sum."""
-    if is_torch(Z):
-        return Z.clamp_(min=_CLIP.get(str(Z.dtype).removeprefix("torch."), -700.0)).exp_()
-    np.maximum(Z, _CLIP.get(Z.dtype.name, -700.0), out=Z)
-    return np.exp(Z, out=Z)
-
-
-def _plan_and_sums(f, g, C, reg):
-    """``(P 1, P^T 1, P)`` at ``(f, g)``, from :func:`_dual.log_plan` and :func:`_exp_`."""
-    P = _exp_(log_plan(f, g, C, reg))
-    return P.sum(1), P.sum(0), P
 
 
 # ----------------------------------------------------------------------------- solver
@@ -646,6 +413,7 @@ class SNS(IterativeSolver):
             max_iter=self.cg_max_iter,
             jacobi=self.preconditioner == "jacobi",
             shift=self.shift * st.error,
+            cg_solve=cg,  # this module's cg, looked up per step (tests substitute it)
         )
         st.cg_matvecs += d.matvecs
         if d.status in (Status.BREAKDOWN, Status.NONFINITE):
@@ -733,10 +501,6 @@ def _dual_value(prob: OTProblem, f: Any, g: Any, mass: float) -> float:
     xp = get_namespace(f)
     value = float(xp.sum(f * prob.a) + xp.sum(g * prob.b)) - prob.reg * mass
     return max(value, -sys.float_info.max) if not math.isnan(value) else value
-
-
-def _device(x: Any) -> Any:
-    return x.device if is_torch(x) else None
 
 
 def _np_dtype(C: Any) -> np.dtype:

@@ -400,3 +400,15 @@ def test_solver_target_runs_that_solver_on_another_backend(tmp_path):
     np.testing.assert_allclose(rows["cg@torch"]["residual"], rows["scipy-cg"]["residual"], rtol=1e-3)
     with pytest.raises(SpecError, match="target 'tpu' must be one of numpy, torch, cuda"):
         run_benchmark(["linear/poisson-2d:n=16"], ["cg@tpu"], progress=False)
+
+
+def test_dual_gap_is_measured_against_the_best_dual_of_the_run():
+    pytest.importorskip("ot")
+    bench = run_benchmark(
+        ["ot/random-assignment:n=40,eta=50"], ["sinkhorn:tol=1e-3", "sns:tol=1e-11"], progress=False
+    )
+    rows = {row["solver"]: row for row in bench.summary}
+    best = max(rows["sinkhorn:tol=1e-3"]["dual"], rows["sns:tol=1e-11"]["dual"])
+    for row in rows.values():
+        np.testing.assert_allclose(row["dual_gap"], best - row["dual"], rtol=0, atol=0)
+    assert rows["sinkhorn:tol=1e-3"]["dual_gap"] > 0 and rows["sns:tol=1e-11"]["dual_gap"] == 0.0
