@@ -443,9 +443,16 @@ def summary_cells(
         ratio = row.get("ratio")
         body.append([
             row["problem"], row["solver"], row["status"], metric, fmt_float(row.get("nit")),
-            fmt_time(row.get("time_s")), "" if ratio is None else f"{ratio:.2f}", note,
+            fmt_time(row.get("time_s")), _fmt_ratio(ratio), note,
         ])
     return headers, body, [False, False, False, False, True, True, True, False]
+
+
+def _fmt_ratio(ratio: float | None) -> str:
+    """Two decimals, or two significant digits below 0.01 (a 1000x speed-up is not "0.00")."""
+    if ratio is None:
+        return ""
+    return f"{ratio:.2f}" if ratio >= 0.01 else f"{ratio:.2g}"
 
 
 def format_summary(rows: Sequence[dict], *, note_width: int | None = 60, show_skipped: bool = False) -> str:
