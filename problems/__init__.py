@@ -4,7 +4,6 @@ Importing this package registers every problem family and suite; heavy optional
 dependencies (scikit-learn ...) are imported only when a problem that needs them is built.
 """
 
-from . import linear, ml
-from . import ot
+from . import linear, ml, ot
 
-__all__ = ["linear", "ml"]
+__all__ = ["linear", "ml", "ot"]
