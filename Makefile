@@ -11,7 +11,7 @@ OUT ?= demo-results
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[torch,ml,pyamg]"
+	$(PIP) install --quiet -e ".[torch,ml,pyamg,ot]"
 
 install-test: install
 	$(PIP) install --quiet -e ".[all]"
