@@ -248,8 +248,9 @@ class IterativeSolver(Solver):
             if state is None:
                 raise
             status = Status.USER_STOPPED
-        recorder.pause()
+        # building the returned solution (a dense plan, final measures) is part of the work
         out = self.postprocess(problem, state, status)
+        recorder.pause()
         counters = {k: v - counters_before.get(k, 0) for k, v in problem.counters.items()}
         counters.update(out.get("counters", {}))
         return Result(

@@ -101,7 +101,7 @@ class Sinkhorn(IterativeSolver):
     Work per sweep: two max-shifted logsumexp passes over the (n, m) array. Outside the
     sweeps, one ``exp`` pass measures the starting point (its column error is not known
     for free), the look-ahead computes one half sweep that the last iterate does not use,
-    and the returned dense plan is formed after the clock stops.
+    and the returned dense plan is formed (inside the timed run, as every solver's result is).
 
     Result: ``x`` = the dense plan ``P`` (n, m) at the returned potentials;
     ``extras["potentials"] = (f, g)`` (cost units, ``P_ij = exp((f_i + g_j - C_ij) / reg)``),
