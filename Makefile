@@ -6,6 +6,8 @@ PIP := $(PYTHON) -m pip
 # The CPU build of torch; a bare `pip install torch` would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 OUT ?= demo-results
+# Each problem's anchor (ratio 1.00) is the first solver in this list that runs on it.
+DEMO_SOLVERS ?= scipy-cg,cg,pcg:preconditioner=ichol,pyamg,scipy-lbfgsb,pot-sinkhorn-log,sinkhorn,sns
 
 .PHONY: install install-test demo test clean
 
@@ -17,7 +19,7 @@ install-test: install
 	$(PIP) install --quiet -e ".[all]"
 
 demo: install
-	$(PYTHON) -m optkit.cli bench demo --out $(OUT) --repeat 1
+	$(PYTHON) -m optkit.cli bench demo --solvers $(DEMO_SOLVERS) --out $(OUT) --repeat 1
 	$(PYTHON) -m optkit.cli report $(OUT)
 	@echo "Report: $(OUT)/index.html"
 
