@@ -1,5 +1,7 @@
 """scipy-lbfgsb on the smooth ML problems: optimum, statuses, trace and counters."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -43,13 +45,17 @@ def test_logistic_gradient_tolerance():
     np.testing.assert_allclose(res.metrics["grad_norm"], np.linalg.norm(g), rtol=1e-12)
 
 
-def test_max_iter_and_time_limit():
+def test_max_iter_and_time_limit(monkeypatch):
     p = optkit.get_problem("ml/logistic")
     res = optkit.solve(p, "scipy-lbfgsb", tol=1e-12, max_iter=4)
     assert res.status is Status.MAX_ITER and res.nit == 4
     assert res.fun < p.fun(p.x0) and res.metrics["grad_inf"] > 1e-12
     full = optkit.solve(p, "scipy-lbfgsb", tol=1e-12, max_iter=10000)
-    limited = optkit.solve(p, "scipy-lbfgsb", tol=1e-12, max_iter=10000, time_limit=full.time_s / 4)
+    # one second per clock reading: the limit lands at the same iteration on any machine
+    ticks = itertools.count()
+    monkeypatch.setattr("optkit.solver.time.perf_counter", lambda: float(next(ticks)))
+    limited = optkit.solve(p, "scipy-lbfgsb", tol=1e-12, max_iter=10000, time_limit=6.0)
+    monkeypatch.undo()
     assert limited.status is Status.TIME_LIMIT and limited.nit < full.nit
     np.testing.assert_allclose(limited.fun, p.fun(limited.x), rtol=1e-14)
     if limited.nit > 0:
