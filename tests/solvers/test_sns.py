@@ -210,6 +210,14 @@ def test_same_plan_as_a_long_log_domain_sinkhorn():
     assert measures["marginal_error"] <= 1e-13
 
 
+def test_same_plan_as_our_sinkhorn():
+    p = random_assignment(60, 50.0, seed=2)
+    ours = optkit.solve(p, "sinkhorn", tol=1e-13)
+    res = optkit.solve(p, "sns", tol=1e-13)
+    assert ours.status is Status.CONVERGED and res.status is Status.CONVERGED
+    np.testing.assert_allclose(res.x, ours.x, rtol=1e-8, atol=0)
+
+
 def test_eta_1200_random_assignment_converges_in_few_newton_steps():
     p = random_assignment(100, 1200.0)
     res = optkit.solve(p, "sns")
