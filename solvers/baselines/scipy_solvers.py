@@ -84,8 +84,7 @@ class ScipyCG(Solver):
             if status is not None:
                 raise StopSolver(status)
 
-        recorder.start()
-        recorder.pause()
+        # the clock starts when record() returns: measuring x0 is not the solver's work
         r0 = relres(x)
         status = recorder.record(0, {"residual": r0}, x)
         if status is None and self.max_iter == 0:
