@@ -9,6 +9,7 @@ The public API::
 """
 
 from ._api import solve
+from .constrained_problem import EqualityConstrainedProblem
 from .linop import LinearOperator, aslinearoperator
 from .ot_problem import OTProblem
 from .problem import LinearSystemProblem, Problem, SmoothProblem
@@ -29,6 +30,7 @@ from .solver import IterativeSolver, Solver
 __version__ = "0.1.0"
 
 __all__ = [
+    "EqualityConstrainedProblem",
     "IterativeSolver",
     "LinearOperator",
     "LinearSystemProblem",

@@ -21,7 +21,7 @@ __all__ = ["ERROR", "INTERRUPTED", "SKIPPED", "format_summary", "main_metric", "
 # Status names that are not members of optkit.Status.
 SKIPPED, ERROR, INTERRUPTED = "skipped", "error", "user_stopped"
 # Preferred "main" metrics of the terminal table, in order; otherwise the first measure.
-_MAIN_METRICS = ("f_gap", "residual", "kkt", "grad_norm", "error", "fun")
+_MAIN_METRICS = ("kkt", "f_gap", "residual", "grad_norm", "error", "fun")
 
 def _severity(status: str) -> int:
     return {"converged": 0, SKIPPED: 1, INTERRUPTED: 3, ERROR: 4}.get(status, 2)
@@ -103,7 +103,7 @@ def _add_dual_gaps(rows: list[dict]) -> None:
 
 
 def main_metric(row: dict) -> str | None:
-    """The summary column shown as the "metric" of a row: ``f_gap``, ``residual``, ``kkt``,
+    """The summary column shown as the "metric" of a row: ``kkt``, ``f_gap``, ``residual``,
     ``grad_norm``, ``error``, ``fun``, whichever comes first, else the first measure."""
     for name in _MAIN_METRICS:
         if row.get(name) is not None:
