@@ -8,7 +8,8 @@ when it returns them (``Result.extras["y"]``) and least-squares multipliers othe
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -121,7 +122,9 @@ class EqualityConstrainedProblem(Problem):
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(x0, np.ndarray) or x0.ndim != 1:
-            raise ValueError(f"x0 must be a 1-D numpy array, got {type(x0).__name__} of shape {getattr(x0, 'shape', None)}")
+            raise ValueError(
+                f"x0 must be a 1-D numpy array, got {type(x0).__name__} of shape {getattr(x0, 'shape', None)}"
+            )
         _check_finite("x0", x0)
         for arg, fn in (("fun", fun), ("grad", grad), ("cons", cons), ("jac", jac)):
             if not callable(fn):
@@ -193,9 +196,14 @@ class EqualityConstrainedProblem(Problem):
         x = np.asarray(x, dtype=float)
         y = (extras or {}).get("y")
         out = {"fun": float(self._fun(x))}
-        out.update(kkt_residual(np.asarray(self._grad(x), dtype=float), self._jac(x),
-                                np.asarray(self._cons(x), dtype=float),
-                                None if y is None else np.asarray(y, dtype=float)))
+        out.update(
+            kkt_residual(
+                np.asarray(self._grad(x), dtype=float),
+                self._jac(x),
+                np.asarray(self._cons(x), dtype=float),
+                None if y is None else np.asarray(y, dtype=float),
+            )
+        )
         if self.metadata.get("f_opt") is not None:
             out["f_gap"] = out["fun"] - float(self.metadata["f_opt"])
         return out

@@ -237,11 +237,15 @@ def sketch_and_project(
     check_nonnegative("atol", atol)
     b = np.asarray(b, dtype=np.float64)
     if getattr(A, "ndim", None) != 2 or b.shape != (A.shape[0],):
-        raise ValueError(f"A must be a 2-D matrix and b a vector with A.shape[0] entries; got A {getattr(A, 'shape', None)}, b {b.shape}")
+        raise ValueError(
+            f"A must be a 2-D matrix and b a vector with A.shape[0] entries; got A {getattr(A, 'shape', None)}, b {b.shape}"
+        )
     x = np.zeros(A.shape[1]) if x0 is None else np.array(x0, dtype=np.float64)
     if x.shape != (A.shape[1],):
         raise ValueError(f"x0 must have shape ({A.shape[1]},), got {x.shape}")
-    return _SketchRun(_System(A, b), sketch, block_size, sampling, np.random.default_rng(rng)).run(x, rtol, atol, max_iter)
+    return _SketchRun(_System(A, b), sketch, block_size, sampling, np.random.default_rng(rng)).run(
+        x, rtol, atol, max_iter
+    )
 
 
 class _SketchRun:
@@ -258,7 +262,11 @@ class _SketchRun:
 
     def _draw_rows(self, count: int) -> np.ndarray:
         N = self.system.A.shape[0]
-        return self.rng.choice(N, size=count, p=self.probs) if self.probs is not None else self.rng.integers(0, N, size=count)
+        return (
+            self.rng.choice(N, size=count, p=self.probs)
+            if self.probs is not None
+            else self.rng.integers(0, N, size=count)
+        )
 
     def _steps(self, x, r, count: int) -> None:
         system, s = self.system, self.block_size
@@ -284,7 +292,9 @@ class _SketchRun:
         nit = 0
         # a chunk of steps between residual checks: one sweep of the equations for single
         # rows, fewer for the costlier block steps
-        chunk = max(1, system.A.shape[0] // self.block_size) if self.sketch == "row" else max(1, min(50, system.A.shape[0]))
+        chunk = (
+            max(1, system.A.shape[0] // self.block_size) if self.sketch == "row" else max(1, min(50, system.A.shape[0]))
+        )
         while True:
             rnorm = float(np.linalg.norm(r))
             if not np.isfinite(rnorm):

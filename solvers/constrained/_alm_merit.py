@@ -214,8 +214,11 @@ class AugmentedLagrangianNewton(IterativeSolver):
             "fun": state.point.f,
             "metrics": self.metrics(problem, state),
             "extras": {"y": state.point.y},
-            "counters": {"inner_iter": state.inner_total, "hessian_mods": state.hessian_mods,
-                         "penalty_updates": state.penalty_updates},
+            "counters": {
+                "inner_iter": state.inner_total,
+                "hessian_mods": state.hessian_mods,
+                "penalty_updates": state.penalty_updates,
+            },
             "message": state.message,
         }
 
@@ -264,10 +267,12 @@ class AugmentedLagrangianNewton(IterativeSolver):
 
     # ------------------------------------------------------------------ pieces
     def _merit_gradient(self, p: _Point, H: Any, state: _State) -> np.ndarray:
-        return np.concatenate([
-            p.lag_grad + state.eta1 * (p.J.T @ p.c) + state.eta2 * (H @ p.lag_grad),
-            p.c + state.eta2 * (p.J @ p.lag_grad),
-        ])
+        return np.concatenate(
+            [
+                p.lag_grad + state.eta1 * (p.J.T @ p.c) + state.eta2 * (H @ p.lag_grad),
+                p.c + state.eta2 * (p.J @ p.lag_grad),
+            ]
+        )
 
     def _modified_hessian_dense(self, H: np.ndarray, J: np.ndarray, state: _State) -> np.ndarray:
         n, m = J.shape[1], J.shape[0]
@@ -311,5 +316,7 @@ class AugmentedLagrangianNewton(IterativeSolver):
                 return state
             alpha *= 0.5
         state.failure = Status.FAILED
-        state.message = f"line search failed: no sufficient decrease of the merit function after {self.max_backtracks} halvings"
+        state.message = (
+            f"line search failed: no sufficient decrease of the merit function after {self.max_backtracks} halvings"
+        )
         return state

@@ -52,7 +52,9 @@ def test_sketch_and_project_solves_overdetermined_consistent_system(kind, sparse
     assert result.status is Status.CONVERGED
     assert result.residual_norm <= 1e-10 * np.linalg.norm(b)
     # recomputed, not the updated residual: equal up to the rounding of one product with A
-    np.testing.assert_allclose(np.linalg.norm(A @ result.x - b), result.residual_norm, rtol=1e-6, atol=1e-14 * np.linalg.norm(b))
+    np.testing.assert_allclose(
+        np.linalg.norm(A @ result.x - b), result.residual_norm, rtol=1e-6, atol=1e-14 * np.linalg.norm(b)
+    )
     np.testing.assert_allclose(result.x, x_true, atol=1e-8)
 
 

@@ -3,14 +3,13 @@ import itertools
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from constrained_cases import hs6, hs7, hs28, min_norm_on_hyperplane
 
 import optkit
 from optkit import EqualityConstrainedProblem, SmoothProblem, Status
 from solvers.constrained._alm_merit import _evaluate, _State
 from solvers.constrained.alm_newton import AlmNewton
 from solvers.constrained.alm_sketch import AlmSketch
-
-from constrained_cases import hs6, hs7, hs28, min_norm_on_hyperplane
 
 SOLVERS = [
     AlmSketch(),
@@ -23,8 +22,11 @@ IDS = ["sketch-row", "sketch-gaussian", "sketch-rows2", "newton-direct", "newton
 
 
 @pytest.mark.parametrize("solver", SOLVERS, ids=IDS)
-@pytest.mark.parametrize("case", [hs6, hs7, hs28, lambda: min_norm_on_hyperplane(np.array([1.0, -2.0, 0.5, 3.0]))],
-                         ids=["hs6", "hs7", "hs28", "min-norm"])
+@pytest.mark.parametrize(
+    "case",
+    [hs6, hs7, hs28, lambda: min_norm_on_hyperplane(np.array([1.0, -2.0, 0.5, 3.0]))],
+    ids=["hs6", "hs7", "hs28", "min-norm"],
+)
 def test_reaches_known_optimum(solver, case):
     problem = case()
     result = solver.solve(problem)
@@ -71,8 +73,13 @@ def test_sketch_and_newton_agree_on_a_sparse_problem():
     A = sp.random_array((m, n), density=0.2, random_state=rng, format="csr") + sp.eye_array(m, n, format="csr")
     b = rng.standard_normal(m)
     problem = EqualityConstrainedProblem(
-        lambda x: 0.5 * x @ x, lambda x: x.copy(), lambda x: A @ x - b, lambda x: A, np.zeros(n),
-        lag_hess=lambda x, y, s: s * sp.eye_array(n, format="csr"), name="sparse-min-norm",
+        lambda x: 0.5 * x @ x,
+        lambda x: x.copy(),
+        lambda x: A @ x - b,
+        lambda x: A,
+        np.zeros(n),
+        lag_hess=lambda x, y, s: s * sp.eye_array(n, format="csr"),
+        name="sparse-min-norm",
     )
     x_star = A.T @ np.linalg.solve((A @ A.T).toarray(), b)
     for solver in (AlmSketch(), AlmSketch(sketch="gaussian"), AlmNewton(), AlmNewton(kkt_solver="minres")):
@@ -84,9 +91,13 @@ def test_sketch_and_newton_agree_on_a_sparse_problem():
 def test_indefinite_reduced_hessian_is_modified():
     # min -x1^2 + x2^2 s.t. x2 = 0 has an unbounded reduced problem, so the modification is needed
     problem = EqualityConstrainedProblem(
-        lambda x: -x[0] ** 2 + x[1] ** 2 + x[0] ** 4, lambda x: np.array([-2 * x[0] + 4 * x[0] ** 3, 2 * x[1]]),
-        lambda x: np.array([x[1]]), lambda x: np.array([[0.0, 1.0]]), np.array([0.1, 1.0]),
-        lag_hess=lambda x, y, s: s * np.diag([-2 + 12 * x[0] ** 2, 2.0]), name="indefinite",
+        lambda x: -(x[0] ** 2) + x[1] ** 2 + x[0] ** 4,
+        lambda x: np.array([-2 * x[0] + 4 * x[0] ** 3, 2 * x[1]]),
+        lambda x: np.array([x[1]]),
+        lambda x: np.array([[0.0, 1.0]]),
+        np.array([0.1, 1.0]),
+        lag_hess=lambda x, y, s: s * np.diag([-2 + 12 * x[0] ** 2, 2.0]),
+        name="indefinite",
     )
     result = AlmSketch().solve(problem)
     assert result.status is Status.CONVERGED
@@ -96,9 +107,13 @@ def test_indefinite_reduced_hessian_is_modified():
 
 def test_singular_jacobian_is_a_breakdown_status():
     problem = EqualityConstrainedProblem(
-        lambda x: x @ x, lambda x: 2 * x, lambda x: np.array([x[0] + x[1] - 1, 2 * x[0] + 2 * x[1] - 2]),
-        lambda x: np.array([[1.0, 1.0], [2.0, 2.0]]), np.zeros(2),
-        lag_hess=lambda x, y, s: 2 * s * np.eye(2), name="dependent",
+        lambda x: x @ x,
+        lambda x: 2 * x,
+        lambda x: np.array([x[0] + x[1] - 1, 2 * x[0] + 2 * x[1] - 2]),
+        lambda x: np.array([[1.0, 1.0], [2.0, 2.0]]),
+        np.zeros(2),
+        lag_hess=lambda x, y, s: 2 * s * np.eye(2),
+        name="dependent",
     )
     for solver in (AlmSketch(), AlmNewton()):
         result = solver.solve(problem)
