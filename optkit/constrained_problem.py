@@ -174,7 +174,9 @@ class EqualityConstrainedProblem(Problem):
         return self._jac(x)
 
     def lag_hess(self, x: np.ndarray, y: np.ndarray, obj_factor: float = 1.0) -> Any:
-        """Hessian of ``obj_factor * f + y^T c`` at ``x``, (n, n) dense or scipy sparse (counted under ``"lag_hess"``)."""
+        """Hessian of ``obj_factor * f + y^T c`` at ``x``: (n, n), dense or scipy sparse.
+
+        Counted under ``"lag_hess"``."""
         if "lag_hess" not in self.capabilities:
             raise ValueError(f"problem {self.name!r} provides no Lagrangian Hessian")
         self.counters["lag_hess"] += 1

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -85,59 +84,11 @@ class SketchResult:
     residual_norm: float
 
 
-@numba.njit(cache=True)
-def _kaczmarz_dense(A, gram, x, r, order):
-    for i in order:
-        g = gram[i, i]
-        if g > 0.0:
-            alpha = r[i] / g
-            x -= alpha * A[i]
-            r -= alpha * gram[:, i]
+def _kernels():
+    # numba is imported on first use, not when optkit (or a solver registry) is imported
+    from . import _sketch_kernels
 
-
-@numba.njit(cache=True)
-def _kaczmarz_csr(a_ptr, a_idx, a_val, g_ptr, g_idx, g_val, diag, x, r, order):
-    # gram = A A^T is symmetric, so its row i is its column i
-    for i in order:
-        if diag[i] > 0.0:
-            alpha = r[i] / diag[i]
-            for k in range(a_ptr[i], a_ptr[i + 1]):
-                x[a_idx[k]] -= alpha * a_val[k]
-            for k in range(g_ptr[i], g_ptr[i + 1]):
-                r[g_idx[k]] -= alpha * g_val[k]
-
-
-@numba.njit(cache=True)
-def _gaussian_dense(A, gram, x, r, vectors):
-    for j in range(vectors.shape[0]):
-        s = vectors[j]
-        u = A.T @ s
-        uu = u @ u
-        if uu > 0.0:
-            alpha = (s @ r) / uu
-            x -= alpha * u
-            r -= alpha * (gram @ s)
-
-
-@numba.njit(cache=True)
-def _gaussian_csr(a_ptr, a_idx, a_val, x, r, vectors):
-    n_rows = a_ptr.size - 1
-    u = np.zeros(x.size)
-    for j in range(vectors.shape[0]):
-        s = vectors[j]
-        u[:] = 0.0
-        for i in range(n_rows):
-            for k in range(a_ptr[i], a_ptr[i + 1]):
-                u[a_idx[k]] += a_val[k] * s[i]
-        uu = u @ u
-        if uu > 0.0:
-            alpha = (s @ r) / uu
-            x -= alpha * u
-            for i in range(n_rows):
-                acc = 0.0
-                for k in range(a_ptr[i], a_ptr[i + 1]):
-                    acc += a_val[k] * u[a_idx[k]]
-                r[i] -= alpha * acc
+    return _sketch_kernels
 
 
 class _System:
@@ -163,15 +114,15 @@ class _System:
     def rows_step(self, x, r, order) -> None:
         if self.sparse:
             a, g = self.A, self.gram
-            _kaczmarz_csr(a.indptr, a.indices, a.data, g.indptr, g.indices, g.data, self.diag, x, r, order)
+            _kernels().kaczmarz_csr(a.indptr, a.indices, a.data, g.indptr, g.indices, g.data, self.diag, x, r, order)
         else:
-            _kaczmarz_dense(self.A, self.gram, x, r, order)
+            _kernels().kaczmarz_dense(self.A, self.gram, x, r, order)
 
     def gaussian_vector_steps(self, x, r, vectors) -> None:
         if self.sparse:
-            _gaussian_csr(self.A.indptr, self.A.indices, self.A.data, x, r, vectors)
+            _kernels().gaussian_csr(self.A.indptr, self.A.indices, self.A.data, x, r, vectors)
         else:
-            _gaussian_dense(self.A, self.gram, x, r, vectors)
+            _kernels().gaussian_dense(self.A, self.gram, x, r, vectors)
 
     def block_rows_step(self, x, r, rows) -> None:
         gram_cols = self.gram[:, rows]
@@ -238,7 +189,8 @@ def sketch_and_project(
     b = np.asarray(b, dtype=np.float64)
     if getattr(A, "ndim", None) != 2 or b.shape != (A.shape[0],):
         raise ValueError(
-            f"A must be a 2-D matrix and b a vector with A.shape[0] entries; got A {getattr(A, 'shape', None)}, b {b.shape}"
+            f"A must be a 2-D matrix and b a vector of A.shape[0] entries; "
+            f"got A {getattr(A, 'shape', None)}, b {b.shape}"
         )
     x = np.zeros(A.shape[1]) if x0 is None else np.array(x0, dtype=np.float64)
     if x.shape != (A.shape[1],):

@@ -261,7 +261,10 @@ class AugmentedLagrangianNewton(IterativeSolver):
         state.inner_total += state.inner_iter
         if slope >= 0:
             state.failure = Status.FAILED
-            state.message = f"no descent direction for the merit function (slope {slope:.3e}) with eta1={state.eta1:.3g}, eta2={state.eta2:.3g}"
+            state.message = (
+                f"no descent direction for the merit function (slope {slope:.3e}) "
+                f"with eta1={state.eta1:.3g}, eta2={state.eta2:.3g}"
+            )
             return state
         return self._line_search(problem, state, solve.z, slope)
 
