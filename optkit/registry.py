@@ -29,9 +29,13 @@ __all__ = [
     "check_params",
     "parse_spec",
     "register_problem",
+    "register_problem_family",
     "register_solver",
     "register_suite",
 ]
+
+# the member placeholder of a family name, as listed: "cutest/<name>"
+FAMILY_MEMBER = "<name>"
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)?$")
 
@@ -43,6 +47,7 @@ class Registry:
         self.kind = kind
         self.group = group
         self._items: dict[str, Any] = {}
+        self._families: dict[str, Callable[[str], Any]] = {}
         self._loaded = group is None
 
     def add(self, name: str, obj: Any) -> None:
@@ -57,6 +62,16 @@ class Registry:
         if current is not None and current is not obj:
             raise ValueError(f"{self.kind} name {name!r} is already registered to {current!r}")
         self._items[key] = obj
+
+    def add_family(self, prefix: str, resolve: Callable[[str], Any]) -> None:
+        """Register every ``prefix/<member>`` name at once: ``resolve(member)`` returns the
+        object (``member`` as the user spelled it) or raises ``KeyError`` with a hint."""
+        key = prefix.lower()
+        if not _NAME.match(key) or "/" in key:
+            raise ValueError(f"{self.kind} family prefix {prefix!r} must be one lowercase word (e.g. 'cutest')")
+        if key in self._families and self._families[key] is not resolve:
+            raise ValueError(f"{self.kind} family {prefix!r} is already registered")
+        self._families[key] = resolve
 
     def _load(self) -> None:
         if self._loaded:
@@ -74,6 +89,11 @@ class Registry:
             raise TypeError(f"{self.kind} name must be a string, got {type(name).__name__}")
         self._load()
         key = name.lower()
+        family, _, member = name.partition("/")
+        if key not in self._items and member and family.lower() in self._families:
+            resolve = self._families[family.lower()]
+            # "family/<name>" stands for the whole family (what `optkit list` shows)
+            return resolve if member == FAMILY_MEMBER else resolve(member)
         if key not in self._items:
             close = difflib.get_close_matches(key, self._items, n=5, cutoff=0.5)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -81,13 +101,16 @@ class Registry:
         return self._items[key]
 
     def names(self) -> list[str]:
-        """All registered names, sorted."""
+        """All registered names, sorted; a family appears once, as ``prefix/<name>``."""
         self._load()
-        return sorted(self._items)
+        return sorted([*self._items, *(f"{prefix}/{FAMILY_MEMBER}" for prefix in self._families)])
 
     def __contains__(self, name: str) -> bool:
-        self._load()
-        return name.lower() in self._items
+        try:
+            self.get(name)
+        except KeyError:
+            return False
+        return True
 
 
 SOLVERS = Registry("solver", "optkit.solvers")
@@ -118,6 +141,18 @@ def register_problem(name: str) -> Callable[[Callable], Callable]:
         return factory
 
     return deco
+
+
+def register_problem_family(prefix: str, resolve: Callable[[str], Callable]) -> None:
+    """Register the problems ``prefix/<member>`` for members known only when asked for.
+
+    ``resolve(member)`` returns the problem factory of ``member`` (as the user spelled it)
+    or raises ``KeyError`` naming close matches. Used for collections too large to list
+    one by one, such as the ~1,100 CUTEst problems of S2MPJ (``cutest/HS28``);
+    ``optkit list problems`` shows the family once, as ``prefix/<name>``, with the
+    docstring of ``resolve``.
+    """
+    PROBLEMS.add_family(prefix, resolve)
 
 
 def register_suite(name: str, specs: Iterable[str], *, extend: bool = False) -> None:
