@@ -125,7 +125,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
     solver = resolve_solver(name, options).solver
     try:
         problem = build_problem(pspec, args.backend, args.device, args.dtype)
-    except (TypeError, ValueError, ImportError) as exc:
+    except (TypeError, ValueError, ImportError, FileNotFoundError) as exc:
         raise SpecError(f"could not build problem {args.problem!r}: {exc}") from None
     reason = solver.check(problem)
     if reason is not None:

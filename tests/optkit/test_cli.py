@@ -149,6 +149,13 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, argv, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_solve_with_missing_data_file_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OPTKIT_DATA", str(tmp_path))
+    assert main(["solve", "constrained-logreg/a9a", "--solver", "alm-newton"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("optkit: error: could not build problem") and "OPTKIT_DATA" in err
+
+
 # ----------------------------------------------------------------------------- subprocess
 
 

@@ -13,12 +13,12 @@ from solvers.constrained.alm_sketch import AlmSketch
 
 SOLVERS = [
     AlmSketch(),
-    AlmSketch(sketch="gaussian"),
+    AlmSketch(sketch="row"),
     AlmSketch(sketch="row", sampling="row_norm", block_size=2),
     AlmNewton(),
     AlmNewton(kkt_solver="minres"),
 ]
-IDS = ["sketch-row", "sketch-gaussian", "sketch-rows2", "newton-direct", "newton-minres"]
+IDS = ["sketch-gaussian", "sketch-row", "sketch-rows2", "newton-direct", "newton-minres"]
 
 
 @pytest.mark.parametrize("solver", SOLVERS, ids=IDS)
@@ -82,7 +82,7 @@ def test_sketch_and_newton_agree_on_a_sparse_problem():
         name="sparse-min-norm",
     )
     x_star = A.T @ np.linalg.solve((A @ A.T).toarray(), b)
-    for solver in (AlmSketch(), AlmSketch(sketch="gaussian"), AlmNewton(), AlmNewton(kkt_solver="minres")):
+    for solver in (AlmSketch(), AlmSketch(sketch="row"), AlmNewton(), AlmNewton(kkt_solver="minres")):
         result = solver.solve(problem)
         assert result.status is Status.CONVERGED, (solver, result.message)
         np.testing.assert_allclose(result.x, x_star, atol=1e-6)
@@ -135,11 +135,14 @@ def test_time_limit_and_callback(monkeypatch):
 
 def test_counts_evaluations_and_sketch_steps():
     problem = hs28()
-    result = AlmSketch().solve(problem)
+    result = AlmSketch(adaptive_block=False).solve(problem)
     assert result.counters["fun"] == problem.counters["fun"] >= result.nit
     assert result.counters["lag_hess"] == result.nit
     assert result.counters["inner_iter"] == sum(row["inner_iter"] for row in result.trace)
     assert result.counters["max_block_size"] == 1
+    # a budget of 10 sketched equations per block size: the size doubles up to N = n + m = 4
+    result = AlmSketch(max_sketch_iter=10).solve(hs28())
+    assert result.status is Status.CONVERGED and result.counters["max_block_size"] == 4
 
 
 def test_refuses_unconstrained_problems_and_bad_options():
