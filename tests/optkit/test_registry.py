@@ -98,3 +98,27 @@ def test_unknown_option_and_parameter_are_named():
 def test_solve_rejects_non_solver_objects():
     with pytest.raises(TypeError, match="solver must be an optkit Solver or a registered name, got int"):
         optkit.solve("test-registry/quadratic", 3)
+
+
+def test_problem_family_resolves_members_on_demand_and_is_listed_once():
+    reg = Registry("problem", None)
+    members = {"alpha": lambda: "A", "beta": lambda: "B"}
+
+    def resolve(member):
+        """The fam family."""
+        if member.lower() not in members:
+            raise KeyError(f"no member {member!r}")
+        return members[member.lower()]
+
+    reg.add("plain/one", lambda: 1)
+    reg.add_family("fam", resolve)
+    assert reg.get("fam/ALPHA")() == "A" and reg.get("Fam/beta")() == "B"
+    assert reg.get("fam/<name>") is resolve
+    assert reg.names() == ["fam/<name>", "plain/one"]
+    assert "fam/alpha" in reg and "fam/gamma" not in reg and "plain/one" in reg
+    with pytest.raises(KeyError, match="no member 'gamma'"):
+        reg.get("fam/gamma")
+    with pytest.raises(ValueError, match="one lowercase word"):
+        reg.add_family("a/b", resolve)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add_family("fam", lambda m: None)
