@@ -22,6 +22,7 @@ numpy only (dense arrays and scipy sparse matrices).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,7 +72,7 @@ class SketchResult:
     x : ndarray (n,)
     status : Status
         ``CONVERGED`` (``||A x - b|| <= max(rtol ||b||, atol)``, checked on the true
-        residual), ``MAX_ITER`` or ``NONFINITE``.
+        residual), ``MAX_ITER``, ``NONFINITE`` or ``TIME_LIMIT`` (a caller's deadline).
     nit : int
         Sketch-and-project steps taken.
     residual_norm : float
@@ -237,7 +238,11 @@ class _SketchRun:
             else:
                 system.sketch_step(x, r, count_sketch(s, N, self.rng))
 
-    def run(self, x: np.ndarray, rtol: float, atol: float, max_iter: int) -> SketchResult:
+    def run(
+        self, x: np.ndarray, rtol: float, atol: float, max_iter: int, deadline: float | None = None
+    ) -> SketchResult:
+        """Steps from ``x`` (updated in place) until the tolerance, ``max_iter`` steps or the
+        ``time.perf_counter()`` value ``deadline`` (status ``TIME_LIMIT``)."""
         system = self.system
         tol = max(rtol * float(np.linalg.norm(system.b)), atol)
         r = system.residual(x)
@@ -258,6 +263,8 @@ class _SketchRun:
                     return SketchResult(x, Status.CONVERGED, nit, rnorm)
             if nit >= max_iter:
                 return SketchResult(x, Status.MAX_ITER, nit, float(np.linalg.norm(system.residual(x))))
+            if deadline is not None and time.perf_counter() >= deadline:
+                return SketchResult(x, Status.TIME_LIMIT, nit, float(np.linalg.norm(system.residual(x))))
             count = min(chunk, max_iter - nit)
             self._steps(x, r, count)
             nit += count

@@ -64,6 +64,7 @@ class KKTSolve:
     inner_iter: int
     converged: bool
     message: str = ""
+    timed_out: bool = False
 
 
 @dataclass
@@ -243,6 +244,10 @@ class AugmentedLagrangianNewton(IterativeSolver):
         solve = self.solve_kkt(K, b, theta * state.delta, state, None)
         state.inner_iter = solve.inner_iter
         while True:
+            if solve.timed_out:
+                state.inner_total += state.inner_iter
+                state.failure, state.message = Status.TIME_LIMIT, "the time limit ran out while solving a Newton system"
+                return state
             if not np.all(np.isfinite(solve.z)):
                 state.failure, state.message = Status.NONFINITE, "the Newton direction is not finite"
                 return state

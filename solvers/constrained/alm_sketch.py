@@ -19,12 +19,14 @@ direction is used as it is, as the reference code does after 1e5 steps.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from optkit.registry import register_solver
+from optkit.result import Status
 from optkit.sketch import SKETCHES, _SketchRun, _System
 from optkit.validation import check_choice, check_int
 
@@ -86,7 +88,15 @@ class AlmSketch(AugmentedLagrangianNewton):
 
     def init(self, problem, x0) -> _State:
         state = super().init(problem, x0)
-        state.memory.update(rng=np.random.default_rng(self.seed), block_size=self.block_size, max_block=self.block_size)
+        # a sketched solve can take longer than a whole run should; it stops at the deadline
+        # and the driver then ends the run with TIME_LIMIT
+        deadline = None if self.time_limit is None else time.perf_counter() + self.time_limit
+        state.memory.update(
+            rng=np.random.default_rng(self.seed),
+            block_size=self.block_size,
+            max_block=self.block_size,
+            deadline=deadline,
+        )
         return state
 
     def solve_kkt(self, K: Any, b: np.ndarray, rtol: float, state: _State, z: np.ndarray | None) -> KKTSolve:
@@ -99,14 +109,14 @@ class AlmSketch(AugmentedLagrangianNewton):
         while True:
             run = _SketchRun(scratch["system"], self.sketch, keep["block_size"], self.sampling, keep["rng"])
             budget = min(self.max_sketch_iter, self.max_sweeps * N) // keep["block_size"]
-            result = run.run(x, rtol, 0.0, max(1, budget))
+            result = run.run(x, rtol, 0.0, max(1, budget), keep["deadline"])
             steps += result.nit
             x = result.x
-            if result.status.success or not self.adaptive_block or keep["block_size"] >= N:
+            if result.status is not Status.MAX_ITER or not self.adaptive_block or keep["block_size"] >= N:
                 break
             keep["block_size"] = min(2 * keep["block_size"], N)
             keep["max_block"] = max(keep["max_block"], keep["block_size"])
-        return KKTSolve(x, steps, result.status.success, result.status.message)
+        return KKTSolve(x, steps, result.status.success, result.status.message, result.status is Status.TIME_LIMIT)
 
     def postprocess(self, problem, state: _State, status) -> dict[str, Any]:
         out = super().postprocess(problem, state, status)
