@@ -137,6 +137,8 @@ def register_problem(name: str) -> Callable[[Callable], Callable]:
     """
 
     def deco(factory: Callable) -> Callable:
+        if name.lower() in SUITES._items:
+            raise ValueError(f"problem name {name!r} is already a suite name; a bench argument could mean either")
         PROBLEMS.add(name, factory)
         return factory
 
@@ -165,6 +167,8 @@ def register_suite(name: str, specs: Iterable[str], *, extend: bool = False) -> 
     for spec in specs:
         parse_spec(spec)
     key = name.lower()
+    if key in PROBLEMS._items:
+        raise ValueError(f"suite name {name!r} is already a problem name; a bench argument could mean either")
     if extend and key in SUITES._items:
         SUITES._items[key].extend(s for s in specs if s not in SUITES._items[key])
         return

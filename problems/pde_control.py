@@ -136,4 +136,4 @@ def pde_control(N: int = 32) -> EqualityConstrainedProblem:
     )
 
 
-register_suite("pde-control", [f"pde-control:N={N}" for N in (32, 64, 128)])
+register_suite("pde-control-sizes", [f"pde-control:N={N}" for N in (32, 64, 128)])

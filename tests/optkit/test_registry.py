@@ -122,3 +122,11 @@ def test_problem_family_resolves_members_on_demand_and_is_listed_once():
         reg.add_family("a/b", resolve)
     with pytest.raises(ValueError, match="already registered"):
         reg.add_family("fam", lambda m: None)
+
+
+def test_suite_and_problem_names_may_not_collide():
+    optkit.list_problems()  # load the plug-ins first
+    with pytest.raises(ValueError, match="already a problem name"):
+        register_suite("linear/poisson-2d", ["linear/poisson-2d:n=8"])
+    with pytest.raises(ValueError, match="already a suite name"):
+        register_problem("demo")(lambda: None)

@@ -117,6 +117,6 @@ def test_kkt_residual_at_the_solution(N):
 
 
 def test_suite_and_bad_n():
-    assert optkit.registry.get_suite("pde-control") == ["pde-control:N=32", "pde-control:N=64", "pde-control:N=128"]
+    assert optkit.registry.get_suite("pde-control-sizes") == ["pde-control:N=32", "pde-control:N=64", "pde-control:N=128"]
     with pytest.raises(ValueError, match="N must be an integer >= 1"):
         optkit.get_problem("pde-control", N=0)
