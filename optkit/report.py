@@ -11,7 +11,8 @@
     solver on that problem. A pair that did not converge (or was skipped, or failed)
     counts as failed, i.e. costs infinity.
 ``conv_<problem>_<metric>.png``
-    For each problem and each metric recorded in the traces: the metric against time
+    For each problem and each metric that every solver on it records in its trace: the
+    metric against time
     (left) and against iterations (right), one line per solver (every repetition
     drawn, in the solver's colour); log-scale y for residual-like metrics.
 ``index.html``
@@ -208,8 +209,11 @@ def make_report(out_dir: str | Path) -> Path:
     used = set()
     for problem in dict.fromkeys(r["problem"] for r in summary):
         rows = [r for r in results if r["problem"] == problem]
+        solvers = {r["solver"] for r in rows}
         for metric in metrics:
-            if not any(_is_number(r.get(metric)) for r in rows):
+            # a measure that not every solver records is some solver's internal state (a
+            # penalty, a step length), not a comparison
+            if {r["solver"] for r in rows if _is_number(r.get(metric))} != solvers:
                 continue
             name = f"conv_{_slug(problem)}_{_slug(metric)}"
             k = 2
