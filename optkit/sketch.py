@@ -247,11 +247,13 @@ class _SketchRun:
         tol = max(rtol * float(np.linalg.norm(system.b)), atol)
         r = system.residual(x)
         nit = 0
-        # a chunk of steps between residual checks: one sweep of the equations for single
-        # rows, fewer for the costlier block steps
-        chunk = (
-            max(1, system.A.shape[0] // self.block_size) if self.sketch == "row" else max(1, min(50, system.A.shape[0]))
-        )
+        # steps between residual (and deadline) checks: a sweep of the equations for the
+        # compiled one-row steps, fewer for the costlier one-vector and block steps
+        N = system.A.shape[0]
+        if self.block_size == 1:
+            chunk = N if self.sketch == "row" else min(50, N)
+        else:
+            chunk = max(1, min(N // self.block_size, 32))
         while True:
             rnorm = float(np.linalg.norm(r))
             if not np.isfinite(rnorm):
