@@ -186,6 +186,11 @@ class AugmentedLagrangianNewton(IterativeSolver):
         if x.shape != (problem.n,):
             raise ValueError(f"x0 must have shape ({problem.n},), got {x.shape}")
         point = _evaluate(problem, x, problem.y0.copy())
+        if not (isinstance(point.J, np.ndarray) or sp.issparse(point.J)):
+            raise TypeError(
+                f"solver {self.name!r} needs the constraint Jacobian's entries (a numpy array or a scipy sparse "
+                f"matrix) to form the KKT matrix; problem {problem.name!r} returns {type(point.J).__name__}"
+            )
         return _State(point, self.eta1, self.eta2, self.delta)
 
     def terminate(self, problem: EqualityConstrainedProblem, state: _State) -> Status | None:

@@ -157,6 +157,18 @@ def test_counts_evaluations_and_sketch_steps():
     assert result.status is Status.CONVERGED and result.counters["max_block_size"] == 4
 
 
+def test_a_jacobian_without_entries_is_refused():
+    from optkit.linop import aslinearoperator
+
+    base = hs28()
+    problem = EqualityConstrainedProblem(
+        base._fun, base._grad, base._cons, lambda x: aslinearoperator(np.array([[1.0, 2.0, 3.0]])), base.x0,
+        lag_hess=base._lag_hess, name="operator-jacobian",
+    )
+    with pytest.raises(TypeError, match="needs the constraint Jacobian's entries"):
+        AlmSketch().solve(problem)
+
+
 def test_refuses_unconstrained_problems_and_bad_options():
     smooth = SmoothProblem(lambda x: x @ x, lambda x: 2 * x, np.ones(2))
     assert "EqualityConstrainedProblem" in AlmSketch().check(smooth)
