@@ -32,7 +32,7 @@ from .linop import Dense, LinearOperator, Sparse
 from .result import Status
 from .validation import check_choice, check_int, check_nonnegative
 
-__all__ = ["SketchResult", "count_sketch", "gaussian_sketch", "row_sampling", "sketch_and_project"]
+__all__ = ["SketchProjector", "SketchResult", "count_sketch", "gaussian_sketch", "row_sampling", "sketch_and_project"]
 
 SKETCHES = ("row", "gaussian", "count")
 
@@ -196,22 +196,33 @@ def sketch_and_project(
     x = np.zeros(A.shape[1]) if x0 is None else np.array(x0, dtype=np.float64)
     if x.shape != (A.shape[1],):
         raise ValueError(f"x0 must have shape ({A.shape[1]},), got {x.shape}")
-    return _SketchRun(_System(A, b), sketch, block_size, sampling, np.random.default_rng(rng)).run(
-        x, rtol, atol, max_iter
-    )
+    projector = SketchProjector(A, b, sketch=sketch, sampling=sampling, rng=np.random.default_rng(rng))
+    return projector.run(x, rtol, atol, max_iter, block_size=block_size)
 
 
-class _SketchRun:
-    """The loop of :func:`sketch_and_project`, reusable on one system with several right-hand
-    accuracies (the constrained solvers tighten their accuracy while keeping the iterate)."""
+class SketchProjector:
+    """Sketch-and-project on one system ``A x = b``, run as often as needed.
 
-    def __init__(self, system: _System, sketch: str, block_size: int, sampling: str, rng: np.random.Generator) -> None:
-        self.system, self.sketch, self.rng = system, sketch, rng
-        self.block_size = min(block_size, system.A.shape[0])
-        diag = system.diag
-        self.probs = None
-        if sampling == "row_norm" and diag.sum() > 0:
-            self.probs = diag / diag.sum()
+    Holds the system, its Gram matrix ``A A^T`` and the random stream, so a caller can resume
+    from an iterate with a tighter accuracy or a larger block (the constrained solvers do).
+    :func:`sketch_and_project` is one call of :meth:`run`.
+
+    Parameters
+    ----------
+    A : ndarray (N, n) or scipy sparse matrix
+    b : ndarray (N,)
+    sketch, sampling :
+        As in :func:`sketch_and_project`.
+    rng : numpy Generator
+    """
+
+    def __init__(self, A, b: np.ndarray, *, sketch: str, sampling: str, rng: np.random.Generator) -> None:
+        check_choice("sketch", sketch, SKETCHES)
+        check_choice("sampling", sampling, ("uniform", "row_norm"))
+        self.system, self.sketch, self.rng = _System(A, b), sketch, rng
+        diag = self.system.diag
+        self.probs = diag / diag.sum() if sampling == "row_norm" and diag.sum() > 0 else None
+        self.block_size = 1
 
     def _draw_rows(self, count: int) -> np.ndarray:
         N = self.system.A.shape[0]
@@ -239,10 +250,20 @@ class _SketchRun:
                 system.sketch_step(x, r, count_sketch(s, N, self.rng))
 
     def run(
-        self, x: np.ndarray, rtol: float, atol: float, max_iter: int, deadline: float | None = None
+        self,
+        x: np.ndarray,
+        rtol: float,
+        atol: float,
+        max_iter: int,
+        *,
+        block_size: int = 1,
+        deadline: float | None = None,
     ) -> SketchResult:
-        """Steps from ``x`` (updated in place) until the tolerance, ``max_iter`` steps or the
+        """Steps of ``block_size`` rows from ``x`` (updated in place) until
+        ``||A x - b|| <= max(rtol ||b||, atol)``, ``max_iter`` steps or the
         ``time.perf_counter()`` value ``deadline`` (status ``TIME_LIMIT``)."""
+        check_int("block_size", block_size, 1)
+        self.block_size = min(block_size, self.system.A.shape[0])
         system = self.system
         tol = max(rtol * float(np.linalg.norm(system.b)), atol)
         r = system.residual(x)

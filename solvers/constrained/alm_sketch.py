@@ -27,7 +27,7 @@ import numpy as np
 
 from optkit.registry import register_solver
 from optkit.result import Status
-from optkit.sketch import SKETCHES, _SketchRun, _System
+from optkit.sketch import SKETCHES, SketchProjector
 from optkit.validation import check_choice, check_int
 
 from ._alm_merit import AugmentedLagrangianNewton, KKTSolve, _State
@@ -101,15 +101,16 @@ class AlmSketch(AugmentedLagrangianNewton):
 
     def solve_kkt(self, K: Any, b: np.ndarray, rtol: float, state: _State, z: np.ndarray | None) -> KKTSolve:
         keep, scratch = state.memory, state.scratch
-        if "system" not in scratch:
-            scratch["system"] = _System(K, b)
+        if "projector" not in scratch:
+            scratch["projector"] = SketchProjector(K, b, sketch=self.sketch, sampling=self.sampling, rng=keep["rng"])
         N = b.shape[0]
         x = np.zeros(N) if z is None else z.copy()
         steps = 0
         while True:
-            run = _SketchRun(scratch["system"], self.sketch, keep["block_size"], self.sampling, keep["rng"])
             budget = min(self.max_sketch_iter, self.max_sweeps * N) // keep["block_size"]
-            result = run.run(x, rtol, 0.0, max(1, budget), keep["deadline"])
+            result = scratch["projector"].run(
+                x, rtol, 0.0, max(1, budget), block_size=keep["block_size"], deadline=keep["deadline"]
+            )
             steps += result.nit
             x = result.x
             if result.status is not Status.MAX_ITER or not self.adaptive_block or keep["block_size"] >= N:
