@@ -65,6 +65,9 @@ __all__ = [
 ]
 
 _WARMUP_ITERS = 2
+# the warm-up only has to compile and import: a solver whose first iterations are long (a
+# sketched Newton solve) must not spend a second full time limit on it
+_WARMUP_SECONDS = 30.0
 
 
 class SpecError(ValueError):
@@ -284,7 +287,8 @@ def _warm_up(problem, pspec: ProblemSpec, sspec: SolverSpec, env: tuple) -> None
         return
     _WARMED.add(key)
     try:
-        sspec.solver.replace(max_iter=min(sspec.solver.max_iter, _WARMUP_ITERS)).solve(problem)
+        limit = min(sspec.solver.time_limit or _WARMUP_SECONDS, _WARMUP_SECONDS)
+        sspec.solver.replace(max_iter=min(sspec.solver.max_iter, _WARMUP_ITERS), time_limit=limit).solve(problem)
     except Exception:  # the timed run reports the failure
         pass
 

@@ -135,15 +135,17 @@ class ToyInterrupt(ToyGD):
 
 
 SOLVE_CALLS: list = []
+SOLVE_LIMITS: list = []
 
 
 @register_solver("test-counting")
 @dataclass(frozen=True, kw_only=True)
 class ToyCounting(ToyGD):
-    """Gradient descent that logs the max_iter of every solve() call in SOLVE_CALLS."""
+    """Gradient descent that logs the max_iter (and time_limit) of every solve() call."""
 
     def solve(self, problem, *, x0=None, callback=None):
         SOLVE_CALLS.append(self.max_iter)
+        SOLVE_LIMITS.append(self.time_limit)
         return super().solve(problem, x0=x0, callback=callback)
 
 
@@ -302,6 +304,13 @@ def test_warmup_is_one_short_untimed_run_per_pair(tmp_path, warmup):
     assert all(r.counters == {"grad": r.nit + 1} for r in bench.runs)  # the warm-up's evaluations are not counted
     rows = read_csv(tmp_path / "results.csv")
     assert len(rows) == sum(r.nit + 2 for r in bench.runs)
+
+
+@pytest.mark.parametrize(("time_limit", "warmup_limit"), [(None, 30.0), (100.0, 30.0), (5.0, 5.0)])
+def test_warmup_time_is_capped(tmp_path, time_limit, warmup_limit):
+    SOLVE_LIMITS.clear()
+    run_benchmark("test/quadratic:n=4", ["test-counting"], time_limit=time_limit, out_dir=tmp_path, progress=False)
+    assert SOLVE_LIMITS == [warmup_limit, time_limit]
 
 
 def test_jobs_2_gives_the_same_summary_as_jobs_1(tmp_path):
