@@ -37,6 +37,7 @@ It stops when ``kkt = max(||grad_x L||_inf, ||c||_inf) <= tol`` at the solver's 
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -100,6 +101,7 @@ class _State:
     penalty_updates: int = 0
     failure: Status | None = None
     message: str = ""
+    deadline: float | None = None
     scratch: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
 
@@ -177,7 +179,8 @@ class AugmentedLagrangianNewton(IterativeSolver):
     @abc.abstractmethod
     def solve_kkt(self, K: Any, b: np.ndarray, rtol: float, state: _State, z: np.ndarray | None) -> KKTSolve:
         """Solve ``K z = b`` to ``||K z - b|| <= rtol ||b||``, starting from ``z`` when given
-        (a refinement of the previous solve of the same system). ``state.scratch`` is the
+        (a refinement of the previous solve of the same system); stop at ``state.deadline``
+        with ``timed_out=True``. ``state.scratch`` is the
         subclass's space for one outer iteration, ``state.memory`` for the whole run."""
 
     # ------------------------------------------------------------------ driver hooks
@@ -191,7 +194,10 @@ class AugmentedLagrangianNewton(IterativeSolver):
                 f"solver {self.name!r} needs the constraint Jacobian's entries (a numpy array or a scipy sparse "
                 f"matrix) to form the KKT matrix; problem {problem.name!r} returns {type(point.J).__name__}"
             )
-        return _State(point, self.eta1, self.eta2, self.delta)
+        # an inner solve can take longer than the whole run may: it stops at this
+        # time.perf_counter() value (KKTSolve.timed_out) and the run ends with TIME_LIMIT
+        deadline = None if self.time_limit is None else time.perf_counter() + self.time_limit
+        return _State(point, self.eta1, self.eta2, self.delta, deadline=deadline)
 
     def terminate(self, problem: EqualityConstrainedProblem, state: _State) -> Status | None:
         if state.failure is not None:

@@ -11,6 +11,7 @@ solvers comes from the inner solve.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ import scipy.sparse.linalg as spla
 
 from optkit.krylov import minres
 from optkit.registry import register_solver
+from optkit.result import Status
 from optkit.validation import check_choice
 
 from ._alm_merit import AugmentedLagrangianNewton, KKTSolve, _State
@@ -51,8 +53,10 @@ class AlmNewton(AugmentedLagrangianNewton):
 
     def solve_kkt(self, K: Any, b: np.ndarray, rtol: float, state: _State, z: np.ndarray | None) -> KKTSolve:
         if self.kkt_solver == "minres":
-            result = minres(K, b, z, rtol=rtol, max_iter=10 * b.shape[0])
-            return KKTSolve(np.asarray(result.x), result.nit, result.success, result.message)
+            past_deadline = None if state.deadline is None else (lambda _: time.perf_counter() >= state.deadline)
+            result = minres(K, b, z, rtol=rtol, max_iter=10 * b.shape[0], callback=past_deadline)
+            timed_out = result.status is Status.USER_STOPPED
+            return KKTSolve(np.asarray(result.x), result.nit, result.success, result.message, timed_out)
         if z is not None:  # an exact solve needs no refinement
             return KKTSolve(z, 0, True)
         if sp.issparse(K):

@@ -19,7 +19,6 @@ direction is used as it is, as the reference code does after 1e5 steps.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,15 +87,7 @@ class AlmSketch(AugmentedLagrangianNewton):
 
     def init(self, problem, x0) -> _State:
         state = super().init(problem, x0)
-        # a sketched solve can take longer than a whole run should; it stops at the deadline
-        # and the driver then ends the run with TIME_LIMIT
-        deadline = None if self.time_limit is None else time.perf_counter() + self.time_limit
-        state.memory.update(
-            rng=np.random.default_rng(self.seed),
-            block_size=self.block_size,
-            max_block=self.block_size,
-            deadline=deadline,
-        )
+        state.memory.update(rng=np.random.default_rng(self.seed), block_size=self.block_size, max_block=self.block_size)
         return state
 
     def solve_kkt(self, K: Any, b: np.ndarray, rtol: float, state: _State, z: np.ndarray | None) -> KKTSolve:
@@ -109,7 +100,7 @@ class AlmSketch(AugmentedLagrangianNewton):
         while True:
             budget = min(self.max_sketch_iter, self.max_sweeps * N) // keep["block_size"]
             result = scratch["projector"].run(
-                x, rtol, 0.0, max(1, budget), block_size=keep["block_size"], deadline=keep["deadline"]
+                x, rtol, 0.0, max(1, budget), block_size=keep["block_size"], deadline=state.deadline
             )
             steps += result.nit
             x = result.x
