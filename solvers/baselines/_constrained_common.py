@@ -8,16 +8,19 @@ them with the problem's uncounted callables while the clock is paused.
 
 from __future__ import annotations
 
-from typing import Any
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 
 from optkit.constrained_problem import EqualityConstrainedProblem, kkt_residual, least_squares_multipliers
+from optkit.problem import Problem
 from optkit.result import Result, Status
 from optkit.solver import Callback, Recorder, Solver
 
-__all__ = ["HESSIANS", "ConstrainedRun", "hessian_reason", "use_exact_hessian"]
+__all__ = ["HESSIANS", "ConstrainedBaseline", "ConstrainedRun", "hessian_reason", "use_exact_hessian"]
 
 HESSIANS = ("auto", "exact", "quasi-newton")
 
@@ -64,8 +67,7 @@ class ConstrainedRun:
 
     def _point(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, Any]:
         p = self.problem
-        return (float(p._fun(x)), np.asarray(p._grad(x), dtype=float), np.asarray(p._cons(x), dtype=float),
-                p._jac(x))
+        return (float(p._fun(x)), np.asarray(p._grad(x), dtype=float), np.asarray(p._cons(x), dtype=float), p._jac(x))
 
     def begin(self) -> Status | None:
         """Record row 0 at the starting point and keep its Jacobian in ``jac0``.
@@ -160,3 +162,28 @@ class ConstrainedRun:
             problem=self.problem.name,
             extras={"y": y},
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConstrainedBaseline(Solver):
+    """A wrapped library solver of :class:`~optkit.constrained_problem.EqualityConstrainedProblem`.
+
+    :meth:`solve` checks the problem, records the start (which may already end the run) and
+    hands the :class:`ConstrainedRun` to :meth:`run_library`.
+    """
+
+    accepts: ClassVar = (EqualityConstrainedProblem,)
+    requires: ClassVar = frozenset({"fun", "grad", "cons", "jac"})
+    backends: ClassVar = frozenset({"numpy"})
+
+    def solve(self, problem: Problem, *, x0: Any = None, callback: Callback | None = None) -> Result:
+        self.ensure_compatible(problem)
+        run = ConstrainedRun(self, problem, x0, callback)
+        status = run.begin()
+        if status is not None:
+            return run.finish(status)
+        return self.run_library(problem, run)
+
+    @abc.abstractmethod
+    def run_library(self, problem: EqualityConstrainedProblem, run: ConstrainedRun) -> Result:
+        """Run the library from ``run.x``, report its iterates to ``run`` and return ``run.finish(...)``."""

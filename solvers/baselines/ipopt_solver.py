@@ -19,10 +19,10 @@ from optkit.constrained_problem import EqualityConstrainedProblem
 from optkit.problem import Problem
 from optkit.registry import register_solver
 from optkit.result import Result, Status
-from optkit.solver import Callback, Solver
+from optkit.solver import Callback
 from optkit.validation import check_choice, check_int
 
-from ._constrained_common import HESSIANS, ConstrainedRun, hessian_reason, use_exact_hessian
+from ._constrained_common import HESSIANS, ConstrainedBaseline, ConstrainedRun, hessian_reason, use_exact_hessian
 
 __all__ = ["Ipopt"]
 
@@ -137,7 +137,7 @@ class _ExactHessianCallbacks(_Callbacks):
 
 @register_solver("ipopt")
 @dataclass(frozen=True, kw_only=True)
-class Ipopt(Solver):
+class Ipopt(ConstrainedBaseline):
     """IPOPT (interior point, filter line search) through ``cyipopt.Problem``.
 
     Options
@@ -168,10 +168,6 @@ class Ipopt(Solver):
     Needs cyipopt: ``pip install 'optkit[ipopt]'`` on top of Debian's ``coinor-libipopt-dev``.
     """
 
-    accepts = (EqualityConstrainedProblem,)
-    requires = frozenset({"fun", "grad", "cons", "jac"})
-    backends = frozenset({"numpy"})
-
     hessian: str = "auto"
     memory: int = 6
 
@@ -199,13 +195,11 @@ class Ipopt(Solver):
         return options
 
     def solve(self, problem: Problem, *, x0: Any = None, callback: Callback | None = None) -> Result:
+        _cyipopt()  # without cyipopt: the ImportError with install hints, before the compatibility check
+        return super().solve(problem, x0=x0, callback=callback)
+
+    def run_library(self, problem: EqualityConstrainedProblem, run: ConstrainedRun) -> Result:
         cyipopt = _cyipopt()
-        self.ensure_compatible(problem)
-        assert isinstance(problem, EqualityConstrainedProblem)
-        run = ConstrainedRun(self, problem, x0, callback)
-        status = run.begin()
-        if status is not None:
-            return run.finish(status)
         jac = _Pattern(run.jac0, lower=False, what="jac")
         exact = use_exact_hessian(self, problem)
         if exact:
@@ -224,6 +218,11 @@ class Ipopt(Solver):
             nlp.close()
         if callbacks.stop is not None:
             return run.finish(callbacks.stop, x=x, y=info["mult_g"])
-        return run.finish(None, x=x, y=info["mult_g"], success=info["status"] in _SUCCESS,
-                          max_iter_reached=info["status"] == _MAX_ITER,
-                          message=info["status_msg"].decode(errors="replace"))
+        return run.finish(
+            None,
+            x=x,
+            y=info["mult_g"],
+            success=info["status"] in _SUCCESS,
+            max_iter_reached=info["status"] == _MAX_ITER,
+            message=info["status_msg"].decode(errors="replace"),
+        )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,17 +23,17 @@ from optkit.constrained_problem import EqualityConstrainedProblem
 from optkit.problem import Problem
 from optkit.registry import register_solver
 from optkit.result import Result
-from optkit.solver import Callback, Solver, StopSolver
+from optkit.solver import StopSolver
 from optkit.validation import check_choice, check_positive
 
-from ._constrained_common import HESSIANS, ConstrainedRun, hessian_reason, use_exact_hessian
+from ._constrained_common import HESSIANS, ConstrainedBaseline, ConstrainedRun, hessian_reason, use_exact_hessian
 
 __all__ = ["ScipySLSQP", "ScipyTrustConstr"]
 
 
 @register_solver("scipy-trust-constr")
 @dataclass(frozen=True, kw_only=True)
-class ScipyTrustConstr(Solver):
+class ScipyTrustConstr(ConstrainedBaseline):
     """``scipy.optimize.minimize(method="trust-constr")`` on an equality-constrained problem.
 
     Options
@@ -60,10 +59,6 @@ class ScipyTrustConstr(Solver):
     ``jac``, ``lag_hess``; the exact Hessian costs two ``lag_hess`` calls per iteration).
     """
 
-    accepts = (EqualityConstrainedProblem,)
-    requires = frozenset({"fun", "grad", "cons", "jac"})
-    backends = frozenset({"numpy"})
-
     hessian: str = "auto"
     xtol: float = 1e-8
 
@@ -75,15 +70,9 @@ class ScipyTrustConstr(Solver):
     def check(self, problem: Problem) -> str | None:
         return super().check(problem) or hessian_reason(self, problem)
 
-    def solve(self, problem: Problem, *, x0: Any = None, callback: Callback | None = None) -> Result:
+    def run_library(self, problem: EqualityConstrainedProblem, run: ConstrainedRun) -> Result:
         from scipy.optimize import BFGS, NonlinearConstraint, minimize
 
-        self.ensure_compatible(problem)
-        assert isinstance(problem, EqualityConstrainedProblem)
-        run = ConstrainedRun(self, problem, x0, callback)
-        status = run.begin()
-        if status is not None:
-            return run.finish(status)
         if use_exact_hessian(self, problem):
             no_multipliers = np.zeros(problem.m)
 
@@ -109,17 +98,32 @@ class ScipyTrustConstr(Solver):
             with warnings.catch_warnings():
                 # BFGS on a linear constraint sees no change of its gradient: SciPy warns at each update
                 warnings.filterwarnings("ignore", message="delta_grad == 0.0", category=UserWarning)
-                res = minimize(problem.fun, run.x, jac=problem.grad, hess=hess, method="trust-constr",
-                               constraints=[constraint], options=options, callback=on_iteration)
+                res = minimize(
+                    problem.fun,
+                    run.x,
+                    jac=problem.grad,
+                    hess=hess,
+                    method="trust-constr",
+                    constraints=[constraint],
+                    options=options,
+                    callback=on_iteration,
+                )
         except StopSolver as stop:
             return run.finish(stop.status)
-        return run.finish(None, x=res.x, y=res.v[0], nit=res.nit - 1, success=res.success,
-                          max_iter_reached=res.status == 0, message=str(res.message))
+        return run.finish(
+            None,
+            x=res.x,
+            y=res.v[0],
+            nit=res.nit - 1,
+            success=res.success,
+            max_iter_reached=res.status == 0,
+            message=str(res.message),
+        )
 
 
 @register_solver("scipy-slsqp")
 @dataclass(frozen=True, kw_only=True)
-class ScipySLSQP(Solver):
+class ScipySLSQP(ConstrainedBaseline):
     """``scipy.optimize.minimize(method="SLSQP")`` on an equality-constrained problem.
 
     Options
@@ -145,10 +149,6 @@ class ScipySLSQP(Solver):
     Counters are the problem's (``fun``, ``grad``, ``cons``, ``jac``).
     """
 
-    accepts = (EqualityConstrainedProblem,)
-    requires = frozenset({"fun", "grad", "cons", "jac"})
-    backends = frozenset({"numpy"})
-
     ftol: float | None = None
 
     def validate(self) -> None:
@@ -156,15 +156,9 @@ class ScipySLSQP(Solver):
         if self.ftol is not None:
             check_positive("ftol", self.ftol)
 
-    def solve(self, problem: Problem, *, x0: Any = None, callback: Callback | None = None) -> Result:
+    def run_library(self, problem: EqualityConstrainedProblem, run: ConstrainedRun) -> Result:
         from scipy.optimize import minimize
 
-        self.ensure_compatible(problem)
-        assert isinstance(problem, EqualityConstrainedProblem)
-        run = ConstrainedRun(self, problem, x0, callback)
-        status = run.begin()
-        if status is not None:
-            return run.finish(status)
         # SciPy calls back when SLSQP starts iteration k, at its first trial point; the iterate
         # x_{k-1} is where the Jacobian was last evaluated
         last = {"x": run.x, "started": 0}
@@ -184,12 +178,26 @@ class ScipySLSQP(Solver):
         constraint = {"type": "eq", "fun": problem.cons, "jac": jac}
         options = {"ftol": self.tol if self.ftol is None else self.ftol, "maxiter": self.max_iter}
         try:
-            res = minimize(problem.fun, run.x, jac=problem.grad, method="SLSQP", constraints=[constraint],
-                           options=options, callback=on_iteration)
+            res = minimize(
+                problem.fun,
+                run.x,
+                jac=problem.grad,
+                method="SLSQP",
+                constraints=[constraint],
+                options=options,
+                callback=on_iteration,
+            )
         except StopSolver as stop:
             return run.finish(stop.status)
         if res.nit > run.nit:  # the final iterate, recorded once SLSQP has returned
             run.iteration(res.x, res.nit)
         y = -np.asarray(res["multipliers"]) if "multipliers" in res else None
-        return run.finish(None, x=res.x, y=y, nit=res.nit, success=res.success, max_iter_reached=res.status == 9,
-                          message=str(res.message))
+        return run.finish(
+            None,
+            x=res.x,
+            y=y,
+            nit=res.nit,
+            success=res.success,
+            max_iter_reached=res.status == 9,
+            message=str(res.message),
+        )
