@@ -1,0 +1,24 @@
+"""GaLore-family low-rank optimizers and layer-wise stepping.
+
+Nothing heavy (torch) is imported here, because the registry imports every solver package:
+the optimizers are loaded on first access, ``from solvers.lowrank import GaLoreAdamW``.
+"""
+
+import importlib
+
+_LAZY = {
+    "GaLoreAdamW": "galore_adamw",
+    "GaLoreAdafactor": "galore_adafactor",
+    "GaLoreAdamW8bit": "galore_adamw8bit",
+    "LayerwiseOptimizer": "layerwise",
+    "galore_param_groups": "param_groups",
+    "select_linear_modules": "param_groups",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
