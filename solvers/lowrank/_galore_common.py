@@ -10,13 +10,21 @@ each parameter's projector state is a dict of tensors and numbers in ``state[p][
 from __future__ import annotations
 
 import math
+from itertools import chain
 from typing import Any
 
 import torch
 
 from optkit.projection import AdaptiveGap, FixedGap, Projected, Projector
 
-__all__ = ["GALORE_DEFAULTS", "GaLoreMixin", "check_galore_group"]
+__all__ = [
+    "GALORE_DEFAULTS",
+    "GaLoreMixin",
+    "check_adam_options",
+    "check_galore_group",
+    "galore_defaults",
+    "restore_state_dtypes",
+]
 
 GALORE_DEFAULTS: dict[str, Any] = {
     "rank": None,
@@ -58,6 +66,40 @@ class GaLoreMixin:
                     raise ValueError("GaLore optimizers do not support complex parameters")
                 self._param_keys[p] = ordinal
                 ordinal += 1
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step on every parameter with a gradient; returns ``closure()``'s loss if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._step_parameter(group, p)
+        return loss
+
+    def begin_step(self, group: dict[str, Any], p: torch.Tensor) -> tuple[dict, int, Projected | None, torch.Tensor]:
+        """The common start of a parameter's step: its state, the step index (0 first), the
+        projection (``None`` for a full-rank parameter) and the gradient to feed the moments."""
+        if p.grad.is_sparse:
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = torch.tensor(0.0)
+        step = int(state["step"])
+        projected = self.project_gradient(group, p, p.grad, step) if self.uses_projection(group, p) else None
+        return state, step, projected, p.grad if projected is None else projected.low
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``, keeping the dtypes the state was saved with.
+
+        torch casts every state tensor to its parameter's dtype: int32 DCT indices, uint8
+        8-bit moments and float32 moments of half-precision parameters would all change.
+        """
+        super().load_state_dict(state_dict)
+        restore_state_dtypes(self, state_dict)
 
     def projector_for(self, group: dict[str, Any]) -> Projector:
         """The (validated, cached) projector described by ``group``'s GaLore options."""
@@ -114,6 +156,26 @@ class GaLoreMixin:
         return {"moments": moments, "projector": projector}
 
 
+def galore_defaults(galore: dict[str, Any], **base: Any) -> dict[str, Any]:
+    """An optimizer's defaults: ``base`` plus the GaLore options (``TypeError`` naming unknown ones)."""
+    unknown = set(galore) - set(GALORE_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown GaLore options {sorted(unknown)}; expected some of {list(GALORE_DEFAULTS)}")
+    return {**base, **GALORE_DEFAULTS, **galore}
+
+
+def check_adam_options(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+    """Validate AdamW's hyperparameters (errors name the option)."""
+    if not 0.0 <= lr:
+        raise ValueError(f"lr must be >= 0, got {lr!r}")
+    if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+        raise ValueError(f"betas must be in [0, 1), got {betas!r}")
+    if not eps >= 0.0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+
+
 def check_galore_group(group: dict[str, Any]) -> None:
     """Validate a group's GaLore options before any work (errors name the option)."""
     rank = group["rank"]
@@ -124,3 +186,28 @@ def check_galore_group(group: dict[str, Any]) -> None:
         raise ValueError(f"update_proj_gap must be a positive integer, got {gap!r}")
     if not (isinstance(group["scale"], (int, float)) and 0 < group["scale"] < math.inf):
         raise ValueError(f"scale must be a positive finite number, got {group['scale']!r}")
+
+
+def restore_state_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+    """Give the state just loaded by ``Optimizer.load_state_dict`` the dtypes it was saved with.
+
+    ``torch.optim.Optimizer.load_state_dict`` casts every state tensor (except ``step``) to
+    its parameter's dtype: that turns uint8 8-bit moments and int32 DCT indices into floats
+    (indices above 256 are rounded for bf16 parameters) and float32 moments or quantization
+    scales of bf16 parameters into bf16. Call this right after it, with the same
+    ``state_dict``; tensors whose dtype was changed are taken from ``state_dict`` again,
+    moved to the parameter's device.
+    """
+    saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+    params = chain.from_iterable(g["params"] for g in optimizer.param_groups)
+    for saved_id, p in zip(saved_ids, params):
+        if saved_id in state_dict["state"]:
+            optimizer.state[p] = _with_saved_dtypes(optimizer.state[p], state_dict["state"][saved_id], p.device)
+
+
+def _with_saved_dtypes(loaded: Any, saved: Any, device: torch.device) -> Any:
+    if torch.is_tensor(saved):
+        return loaded if loaded.dtype == saved.dtype else saved.to(device)
+    if isinstance(saved, dict):
+        return {key: _with_saved_dtypes(loaded[key], value, device) for key, value in saved.items()}
+    return loaded

@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 import torch
 
-from ._galore_common import GALORE_DEFAULTS, GaLoreMixin
+from ._galore_common import GaLoreMixin, check_adam_options, galore_defaults
 
 __all__ = ["GaLoreAdamW"]
 
@@ -61,42 +61,13 @@ class GaLoreAdamW(GaLoreMixin, torch.optim.Optimizer):
         weight_decay: float = 0.0,
         **galore: Any,
     ) -> None:
-        unknown = set(galore) - set(GALORE_DEFAULTS)
-        if unknown:
-            raise TypeError(f"unknown GaLore options {sorted(unknown)}; expected some of {list(GALORE_DEFAULTS)}")
-        if not 0.0 <= lr:
-            raise ValueError(f"lr must be >= 0, got {lr!r}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"betas must be in [0, 1), got {betas!r}")
-        if not eps >= 0.0:
-            raise ValueError(f"eps must be >= 0, got {eps!r}")
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **{**GALORE_DEFAULTS, **galore})
+        check_adam_options(lr, betas, eps, weight_decay)
+        defaults = galore_defaults(galore, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self._init_galore()
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One AdamW step on every parameter with a gradient; returns ``closure()``'s loss if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_parameter(group, p)
-        return loss
-
     def _step_parameter(self, group: dict[str, Any], p: torch.Tensor) -> None:
-        grad = p.grad
-        if grad.is_sparse:
-            raise RuntimeError("GaLoreAdamW does not support sparse gradients")
-        state = self.state[p]
-        if "step" not in state:
-            state["step"] = torch.tensor(0.0)
-        step = int(state["step"])
-        projected = self.project_gradient(group, p, grad, step) if self.uses_projection(group, p) else None
-        low = grad if projected is None else projected.low
+        state, step, projected, low = self.begin_step(group, p)
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(low, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(low, memory_format=torch.preserve_format)

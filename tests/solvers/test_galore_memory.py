@@ -52,3 +52,20 @@ def test_workspace_formulas():
     assert refresh_workspace_bytes((64, 48), 8, "dct") == 4 * 4 * 48 * 64
     w = 16
     assert refresh_workspace_bytes((64, 48), 8, "randomized") == 4 * (64 * w + 2 * 48 * w + w * 64 + 2 * w * w)
+
+
+def test_estimate_equals_measurement_for_8bit_moments():
+    pytest.importorskip("bitsandbytes")
+    from solvers.lowrank import GaLoreAdamW8bit
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.Linear(128, 40))
+    groups = galore_param_groups(model, ["0"], rank=64)
+    opt = GaLoreAdamW8bit(groups, lr=1e-3)
+    model(torch.randn(4, 256)).square().mean().backward()
+    opt.step()
+    measured = measure_memory(model, opt)
+    assert measured == estimate_memory(groups, optimizer="galore-adamw8bit")
+    # (128, 256) at rank 64 (left side): 8-bit moments of 64 x 256 plus a float32 scale per
+    # 256 values; the (40, 128) weight full-rank in 8 bits; the biases (< 4096 values) in float32
+    assert measured["optimizer_states"] == 2 * (64 * 256 + 4 * 64) + 2 * (40 * 128 + 4 * 20) + 2 * 4 * (128 + 40)
