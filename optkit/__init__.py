@@ -26,6 +26,7 @@ from .registry import (
 )
 from .result import Result, Status
 from .solver import IterativeSolver, Solver
+from .training import TrainingTask
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "SmoothProblem",
     "Solver",
     "Status",
+    "TrainingTask",
     "aslinearoperator",
     "get_problem",
     "get_solver",

@@ -6,6 +6,8 @@ the optimizers are loaded on first access, ``from solvers.lowrank import GaLoreA
 
 import importlib
 
+from . import trainer
+
 _LAZY = {
     "GaLoreAdamW": "galore_adamw",
     "GaLoreAdafactor": "galore_adafactor",
@@ -16,6 +18,7 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
+__all__ += ["trainer"]
 
 
 def __getattr__(name):

@@ -133,6 +133,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self._layers[p] = _Layer(inner, index)
             self._handles.append(p.register_post_accumulate_grad_hook(self._on_gradient))
 
+    @property
+    def inner_optimizers(self) -> list[torch.optim.Optimizer]:
+        """The per-parameter optimizers, in parameter order."""
+        return [layer.optimizer for layer in self._layers.values()]
+
     def remove_hooks(self) -> None:
         """Remove the post-accumulate-grad hooks: backward no longer steps or counts.
 
