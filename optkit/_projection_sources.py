@@ -33,8 +33,14 @@ def svd_basis(G: torch.Tensor, r: int) -> torch.Tensor:
     return U[:, :r].contiguous()
 
 
-def randomized_range(G: torch.Tensor, r: int, *, oversample: int, power_iters: int, seed: int) -> torch.Tensor:
-    """Randomized range finder (Halko, Martinsson & Tropp 2011, Alg. 4.4 + 5.1), shape ``(d, r)``.
+def randomized_range(
+    G: torch.Tensor, r: int, *, oversample: int, power_iters: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Randomized range finder (Halko, Martinsson & Tropp 2011, Alg. 4.4 + 5.1).
+
+    Returns the basis ``B`` of shape ``(d, r)`` (float32) and the projected gradient ``Bᵀ G``
+    of shape ``(r, k)`` in ``G``'s dtype, read off the small matrix ``QᵀG`` the method forms
+    anyway (saving one product with ``G``).
 
     The GEMMs with ``G`` run in ``G``'s dtype (bf16 on GPU stays on the tensor cores);
     re-orthonormalisation between power iterations runs in float32, the small eigenproblem
@@ -55,7 +61,8 @@ def randomized_range(G: torch.Tensor, r: int, *, oversample: int, power_iters: i
     # vectors are there in case r exceeds k.
     M = Q.mT @ G.float()
     _, vectors = torch.linalg.eigh((M @ M.mT).double())
-    return (Q @ vectors.flip(1)[:, :r].float()).contiguous()
+    leading = vectors.flip(1)[:, :r].float()
+    return (Q @ leading).contiguous(), (leading.mT @ M).to(G.dtype)
 
 
 def orthonormal_random(d: int, r: int, *, device: torch.device, seed: int) -> torch.Tensor:

@@ -286,32 +286,33 @@ class Projector:
         seed = state["seed"] * 7919 + state["refreshes"]
         if self.source == "dct":
             method = self.dct_method if self.dct_method != "auto" else ("matmul" if grad.is_cuda else "fft")
-            indices, low = sources.select_dct(oriented, rank, method=method)
-            state["indices"] = indices
-            low = low if side == LEFT else low.mT
-        else:
-            if self.source == "svd":
-                try:
-                    basis = sources.svd_basis(oriented, rank)
-                except torch.linalg.LinAlgError:
-                    # LAPACK's divide-and-conquer can fail on ill-conditioned gradients (GaLore#58)
-                    basis = sources.randomized_range(
-                        oriented, rank, oversample=self.oversample, power_iters=2, seed=seed
-                    )
-            elif self.source == "randomized":
-                basis = sources.randomized_range(
-                    oriented, rank, oversample=self.oversample, power_iters=self.power_iters, seed=seed
+            state["indices"], low = sources.select_dct(oriented, rank, method=method)
+        elif self.source == "svd":
+            try:
+                state["basis"] = sources.svd_basis(oriented, rank).to(grad.dtype)
+            except torch.linalg.LinAlgError:
+                # LAPACK's divide-and-conquer can fail on ill-conditioned gradients (GaLore#58)
+                basis, low = sources.randomized_range(
+                    oriented, rank, oversample=self.oversample, power_iters=2, seed=seed
                 )
-            else:
-                basis = sources.orthonormal_random(oriented.shape[0], rank, device=grad.device, seed=seed)
+                state["basis"] = basis.to(grad.dtype)
+        elif self.source == "randomized":
+            basis, low = sources.randomized_range(
+                oriented, rank, oversample=self.oversample, power_iters=self.power_iters, seed=seed
+            )
             state["basis"] = basis.to(grad.dtype)
+        else:
+            state["basis"] = sources.orthonormal_random(oriented.shape[0], rank, device=grad.device, seed=seed).to(
+                grad.dtype
+            )
         rotation = None
         if old is not None:
             rotation = self.basis(state).float().mT @ old
             self._adapt_gap(state, rotation)
         if low is None:
-            basis = state["basis"]
-            low = basis.mT @ grad if side == LEFT else grad @ basis
+            low = state["basis"].mT @ oriented
+        # sources return the projection of the oriented gradient, (r, k)
+        low = low if side == LEFT else low.mT
         state["refreshes"] += 1
         state["next_refresh"] = step + state["gap"]
         if grad.is_cuda:
