@@ -308,6 +308,13 @@ class Projector:
         rotation = None
         if old is not None:
             rotation = self.basis(state).float().mT @ old
+            if "basis" in state:
+                # A singular vector's sign is arbitrary: flip each new direction to agree with the
+                # old basis, so that moments kept across the refresh are not reversed at random.
+                signs = torch.where(torch.diagonal(rotation) < 0, -1.0, 1.0)
+                state["basis"] = state["basis"] * signs.to(state["basis"].dtype)
+                rotation = rotation * signs[:, None]
+                low = None if low is None else low * signs[:, None].to(low.dtype)
             self._adapt_gap(state, rotation)
         if low is None:
             low = state["basis"].mT @ oriented

@@ -263,3 +263,19 @@ def test_every_source_gives_the_same_projection_when_rank_is_full():
         state = projector.init_state(G.shape)
         back = projector.project_back(state, projector.project(state, G, 0).low)
         np.testing.assert_allclose(back, G, atol=1e-6)
+
+
+@pytest.mark.parametrize("source", ["svd", "randomized", "random"])
+def test_refreshed_bases_are_sign_aligned_with_the_previous_one(source):
+    projector = Projector(6, source=source, side="left", refresh=1)
+    state = projector.init_state((20, 15))
+    G = _grad((20, 15), seed=20)
+    projector.project(state, G, 0)
+    for t in range(1, 6):
+        old = projector.basis(state).clone()
+        G = G + 0.3 * _grad((20, 15), seed=20 + t)
+        out = projector.project(state, -G if t % 2 else G, t)
+        new = projector.basis(state)
+        assert torch.all(torch.diagonal(new.mT @ old) >= 0)
+        np.testing.assert_allclose(out.rotation, (new.mT @ old).float(), atol=1e-6)
+        np.testing.assert_allclose(out.low, new.mT @ (-G if t % 2 else G), atol=1e-6)
