@@ -232,12 +232,17 @@ class Projector:
 
     def project_back(self, state: dict[str, Any], low: torch.Tensor) -> torch.Tensor:
         """``scale · B low`` (left) or ``scale · low Bᵀ`` (right): back to the parameter's shape."""
+        full = self.lift(state, low)
+        return full * self.scale if self.scale != 1.0 else full
+
+    def lift(self, state: dict[str, Any], low: torch.Tensor) -> torch.Tensor:
+        """``B low`` (left) or ``low Bᵀ`` (right), unscaled: the orthogonal projection of the gradient
+        is ``lift(project(G))``."""
         side = state["side"]
         if side == IDENTITY:
-            return low * self.scale if self.scale != 1.0 else low
+            return low
         basis = self.basis(state).to(low.dtype)
-        full = basis @ low if side == LEFT else low @ basis.mT
-        return full.mul_(self.scale) if self.scale != 1.0 else full
+        return basis @ low if side == LEFT else low @ basis.mT
 
     def basis(self, state: dict[str, Any]) -> torch.Tensor:
         """The current orthonormal basis ``B``, shape ``(m, r)`` (left) or ``(n, r)`` (right)."""

@@ -37,6 +37,7 @@ GALORE_DEFAULTS: dict[str, Any] = {
     "power_iters": 1,
     "oversample": 8,
     "proj_seed": 0,
+    "error_feedback": False,
 }
 
 
@@ -89,8 +90,16 @@ class GaLoreMixin:
         if "step" not in state:
             state["step"] = torch.tensor(0.0)
         step = int(state["step"])
-        projected = self.project_gradient(group, p, p.grad, step) if self.uses_projection(group, p) else None
-        return state, step, projected, p.grad if projected is None else projected.low
+        if not self.uses_projection(group, p):
+            return state, step, None, p.grad
+        grad = p.grad
+        if group["error_feedback"]:
+            grad = grad + state["error"] if "error" in state else grad
+        projected = self.project_gradient(group, p, grad, step)
+        if group["error_feedback"]:
+            # what the projection dropped is added to the next gradient (MicroAdam, DCT-AdamW)
+            state["error"] = grad - self.projector_for(group).lift(state["projector"], projected.low)
+        return state, step, projected, projected.low
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As ``torch.optim.Optimizer.load_state_dict``, keeping the dtypes the state was saved with.

@@ -474,6 +474,14 @@ _OPTKIT_GALORE_OPTIONS = """
         GaLore's r, T and alpha (defaults 128, 200, 0.25).
     proj : {"svd", "randomized", "dct", "random"}
         Basis source of :class:`optkit.projection.Projector`.
+    moments : {"keep", "reset", "rotate"}
+        What happens to the moments when the basis changes.
+    refresh : {"fixed", "adaptive"}
+        Refresh every ``update_proj_gap`` steps, or start there and grow the gap while the
+        subspace is stable.
+    error_feedback : bool
+        Add what the projection dropped at one step to the next gradient (a full-size buffer
+        per projected weight).
     target : str
         Which linear weights are projected (``"attn-mlp"``: the paper's choice; ``"all-linear"``;
         or a regular expression over module names), see
@@ -494,14 +502,21 @@ class _OptkitGaLore(_GaLoreOptions):
     optimizer_path: ClassVar[tuple[str, str]] = ("", "")
 
     proj: str = "svd"
+    moments: str = "keep"
+    refresh: str = "fixed"
+    error_feedback: bool = False
     target: str = "attn-mlp"
     layerwise: bool = False
 
     def validate(self) -> None:
         super().validate()
         check_choice("proj", self.proj, ("svd", "randomized", "dct", "random"))
+        check_choice("moments", self.moments, ("keep", "reset", "rotate"))
+        check_choice("refresh", self.refresh, ("fixed", "adaptive"))
         if not isinstance(self.target, str) or not self.target:
             raise ValueError(f"target must be 'attn-mlp', 'all-linear' or a regular expression, got {self.target!r}")
+        if not isinstance(self.error_feedback, bool):
+            raise ValueError(f"error_feedback must be true or false, got {self.error_feedback!r}")
         if not isinstance(self.layerwise, bool):
             raise ValueError(f"layerwise must be true or false, got {self.layerwise!r}")
         if self.layerwise and self.grad_clip is not None:
@@ -519,7 +534,15 @@ class _OptkitGaLore(_GaLoreOptions):
         module, cls_name = self.optimizer_path
         cls = getattr(importlib.import_module(f"{__package__}.{module}"), cls_name)
         groups = galore_param_groups(
-            model, self.target, rank=self.rank, update_proj_gap=self.update_proj_gap, scale=self.scale, proj=self.proj
+            model,
+            self.target,
+            rank=self.rank,
+            update_proj_gap=self.update_proj_gap,
+            scale=self.scale,
+            proj=self.proj,
+            moments=self.moments,
+            refresh=self.refresh,
+            error_feedback=self.error_feedback,
         )
         if not self.layerwise:
             return cls(groups, lr=self.lr, weight_decay=self.weight_decay)

@@ -208,3 +208,21 @@ def test_groups_without_rank_are_adamw():
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     assert all("projector" not in state for state in opt.state.values())
+
+
+def test_error_feedback_carries_what_the_projection_dropped():
+    weight = torch.nn.Parameter(torch.zeros(12, 8))
+    opt = GaLoreAdamW([weight], lr=1e-3, rank=3, proj="random", update_proj_gap=1, error_feedback=True)
+    gen = torch.Generator().manual_seed(5)
+    carried = torch.zeros(12, 8)
+    for _ in range(3):
+        grad = torch.randn(12, 8, generator=gen)
+        weight.grad = grad.clone()
+        opt.step()
+        state = opt.state[weight]
+        B = opt.projector_for(opt.param_groups[0]).basis(state["projector"])
+        fed = grad + carried
+        # (12, 8): the right side, so the kept part is A B Bᵀ
+        carried = fed - fed @ B @ B.T
+        torch.testing.assert_close(state["error"], carried, rtol=1e-5, atol=1e-6)
+    assert carried.norm() > 0.1
