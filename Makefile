@@ -7,7 +7,9 @@ PIP := $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
 OUT ?= demo-results
 # Each problem's anchor (ratio 1.00) is the first solver in this list that runs on it.
-DEMO_SOLVERS ?= scipy-cg,cg,pcg:preconditioner=ichol,pyamg,scipy-lbfgsb,pot-sinkhorn-log,sinkhorn,sns,scipy-trust-constr,alm-sketch,alm-newton
+DEMO_SOLVERS ?= scipy-cg,cg,pcg:preconditioner=ichol,pyamg,scipy-lbfgsb,pot-sinkhorn-log,sinkhorn,sns,scipy-trust-constr,alm-sketch,alm-newton,$(DEMO_TRAINERS)
+# the training task of the demo (llm/llama-micro): AdamW against GaLore with an SVD-free projector
+DEMO_TRAINERS ?= adamw:max_iter=150,lr=3e-3,galore-adamw:max_iter=150,lr=0.01,rank=16,update_proj_gap=50,proj=randomized
 # cyipopt (the `ipopt` baseline) has no binary wheel: it builds against a system Ipopt.
 IPOPT_APT ?= coinor-libipopt-dev liblapack-dev libblas-dev pkg-config gcc
 
@@ -15,7 +17,7 @@ IPOPT_APT ?= coinor-libipopt-dev liblapack-dev libblas-dev pkg-config gcc
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[torch,ml,pyamg,ot,cutest]"
+	$(PIP) install --quiet -e ".[torch,ml,pyamg,ot,cutest,llm]"
 
 # Ipopt from Debian's packages (only as root with apt-get), then cyipopt; without Ipopt the
 # ipopt tests are skipped.

@@ -11,11 +11,20 @@ Comparisons (each anchored on the CPU baseline of the same run):
   1e-9 on the hard large OT cases: 2-D point clouds (squared-Euclidean cost / max) with
   reg = 2e-4, and random assignment with eta = 2.4 n, at n = 5000 and 20000 (issue: OT).
   POT runs under a time limit; a limited run reports the error it reached.
+* GaLore on LLaMA-1B (byte vocabulary, bf16; issue: GaLore):
+  - one refresh of the projectors of all 168 attention and MLP matrices at rank 512, on
+    synthetic gradients of their shapes: galore-torch's exact SVD (the anchor) against
+    optkit's ``svd``, ``randomized`` and ``dct`` sources;
+  - 200 training steps of 16 x 256 tokens: ``adamw`` (the anchor), ``galore-torch``, and
+    optkit's ``galore-adamw`` (randomized) and ``galore-adamw8bit`` layer-wise, reporting
+    the final validation loss, steady tokens/s (after the first 10 steps) and peak memory.
+  ``--sections`` picks which comparisons run.
 """
 
 import argparse
+import time
 
-from optkit.bench import run_benchmark
+from optkit.bench import format_summary, run_benchmark
 
 
 def comparisons(small: bool):
@@ -24,19 +33,112 @@ def comparisons(small: bool):
     # reg = 2e-4 (eta = 5000) on point clouds, eta = 2.4 n on random assignment; the smoke
     # test keeps the shapes of the runs but not their difficulty
     sizes = (100,) if small else (5000, 20000)
-    ot_problems = [spec for n in sizes for spec in (
-        f"ot/point-clouds:n={n},eta={100 if small else 5000}",
-        f"ot/random-assignment:n={n},eta={100 if small else int(2.4 * n)}",
-    )]
+    ot_problems = [
+        spec
+        for n in sizes
+        for spec in (
+            f"ot/point-clouds:n={n},eta={100 if small else 5000}",
+            f"ot/random-assignment:n={n},eta={100 if small else int(2.4 * n)}",
+        )
+    ]
     return [
         ([f"linear/poisson-3d:n={n3}"], ["scipy-cg", "cg@{target}"], {"tol": 1e-8}),
         (ot_problems, ["pot-sinkhorn-log@{target}", "sns@{target}"], {"tol": 1e-9, "time_limit": 60}),
     ]
 
 
-def main(target: str, small: bool, repeat: int) -> None:
+def _synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def galore_refresh_rows(device: str, small: bool) -> list[dict]:
+    """Time one refresh of every attention/MLP projector of LLaMA-1B (bf16, rank 512)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from optkit.projection import Projector
+    from problems.llm import llama_config
+    from solvers.lowrank import select_linear_modules
+
+    size, rank = ("micro", 8) if small else ("1b", 512)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(llama_config(size))
+    modules = dict(model.named_modules())
+    shapes = [tuple(modules[name].weight.shape) for name in select_linear_modules(model, "attn-mlp")]
+    generator = torch.Generator(device).manual_seed(0)
+    grads = [torch.randn(s, generator=generator, device=device).to(torch.bfloat16) for s in shapes]
+    candidates = {}
+    try:
+        from galore_torch.galore_projector import GaLoreProjector
+
+        candidates["galore-torch (svd)"] = lambda g: GaLoreProjector(rank, update_proj_gap=200).project(g, 0)
+    except ImportError:
+        pass
+    for source in ("svd", "randomized", "dct"):
+        projector = Projector(rank, source=source)
+        candidates[f"optkit {source}"] = lambda g, p=projector: p.project(p.init_state(tuple(g.shape)), g, 0)
+    rows, anchor = [], None
+    problem = f"llama-{size}: refresh {len(shapes)} projectors"
+    for name, refresh in candidates.items():
+        refresh(grads[0])  # library set-up (cuSOLVER handles, FFT plans) out of the timing
+        _synchronize(device)
+        start = time.perf_counter()
+        for g in grads:
+            refresh(g)
+        _synchronize(device)
+        elapsed = time.perf_counter() - start
+        anchor = anchor or elapsed
+        rows.append(
+            {
+                "problem": problem,
+                "solver": name,
+                "status": "converged",
+                "refresh_s": elapsed,
+                "time_s": elapsed,
+                "ratio": elapsed / anchor,
+            }
+        )
+    return rows
+
+
+def galore_training_rows(target: str, small: bool) -> list[dict]:
+    """200 steps of LLaMA-1B pre-training in bf16: loss, steady tokens/s and peak memory per recipe."""
+    galore = "rank=512,update_proj_gap=200,scale=0.25,lr=0.01"
+    problem = "llm/llama-micro:batch=4,seq=32" if small else "llm/llama-1b:batch=16,seq=256"
+    steps = 12 if small else 200
+    bench = run_benchmark(
+        [problem],
+        [
+            "adamw:lr=0.001",
+            f"galore-torch:{galore}",
+            f"galore-adamw:{galore},proj=randomized",
+            f"galore-adamw8bit:{galore},proj=randomized,layerwise=true",
+        ],
+        solver_options={"max_iter": steps, "eval_every": steps},
+        backend="torch",
+        device="cuda" if target == "cuda" else "cpu",
+        dtype="bfloat16",
+        progress=False,
+        warmup=False,
+    )
+    runs = {run.solver: run for run in bench.runs}
     rows = []
-    for problems, solvers, options in comparisons(small):
+    for row in bench.summary:
+        trace = [r for r in runs[row["solver"]].trace if "tokens_per_s" in r]
+        steady = (trace[-1]["tokens"] - trace[9]["tokens"]) / (trace[-1]["time"] - trace[9]["time"])
+        peak = max(r["peak_mem_mb"] for r in trace) / 1024
+        rows.append({**row, "message": f"steady {steady:,.0f} tok/s, peak {peak:.2f} GiB"})
+    return rows
+
+
+def main(target: str, small: bool, repeat: int, sections: list[str]) -> None:
+    rows = []
+    for name, (problems, solvers, options) in zip(("cg", "ot"), comparisons(small)):
+        if name not in sections:
+            continue
         bench = run_benchmark(
             problems,
             [s.format(target=target) for s in solvers],
@@ -45,9 +147,10 @@ def main(target: str, small: bool, repeat: int) -> None:
             progress=False,
         )
         rows.extend(bench.summary)
-    from optkit.bench import format_summary
-
-    print(format_summary(rows))
+    if "galore" in sections:
+        rows.extend(galore_refresh_rows("cuda" if target == "cuda" else "cpu", small))
+        rows.extend(galore_training_rows(target, small))
+    print(format_summary(rows, note_width=None))
 
 
 if __name__ == "__main__":
@@ -55,5 +158,6 @@ if __name__ == "__main__":
     parser.add_argument("--target", default="cuda", choices=("cuda", "torch"), help="where the GPU solvers run")
     parser.add_argument("--small", action="store_true", help="small sizes (CPU smoke test)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sections", nargs="+", default=["cg", "ot", "galore"], choices=["cg", "ot", "galore"])
     args = parser.parse_args()
-    main(args.target, args.small, args.repeat)
+    main(args.target, args.small, args.repeat, args.sections)

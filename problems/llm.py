@@ -462,4 +462,5 @@ for _name in LLAMA_SIZES:
     _register(_name)
 
 register_suite("llm-cpu", ["llm/llama-tiny"])
+register_suite("demo", ["llm/llama-micro"], extend=True)
 register_suite("llm-paper", ["llm/llama-60m", "llm/llama-130m", "llm/llama-350m", "llm/llama-1b"])

@@ -1,5 +1,6 @@
 """Every example runs (small sizes, CPU) and prints what it promises."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def run_example(name, *args):
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=300
-    )
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -30,19 +29,32 @@ def test_gpu_check_runs_on_the_cpu_with_small_sizes():
     out = run_example("gpu_check.py", "--target", "torch", "--small", "--repeat", "1")
     lines = [line.split() for line in out.splitlines() if line.startswith(("linear/", "ot/"))]
     assert [(row[0].split(":")[0], row[1]) for row in lines] == [
-        ("linear/poisson-3d", "scipy-cg"), ("linear/poisson-3d", "cg@torch"),
-        ("ot/point-clouds", "pot-sinkhorn-log@torch"), ("ot/point-clouds", "sns@torch"),
-        ("ot/random-assignment", "pot-sinkhorn-log@torch"), ("ot/random-assignment", "sns@torch"),
+        ("linear/poisson-3d", "scipy-cg"),
+        ("linear/poisson-3d", "cg@torch"),
+        ("ot/point-clouds", "pot-sinkhorn-log@torch"),
+        ("ot/point-clouds", "sns@torch"),
+        ("ot/random-assignment", "pot-sinkhorn-log@torch"),
+        ("ot/random-assignment", "sns@torch"),
     ]
     assert all(row[2] == "converged" for row in lines)
+    refresh = [re.split(r"\s{2,}", line) for line in out.splitlines() if line.startswith("llama-micro: refresh")]
+    assert [cells[1] for cells in refresh] == ["galore-torch (svd)", "optkit svd", "optkit randomized", "optkit dct"]
+    training = [line.split() for line in out.splitlines() if line.startswith("llm/llama-micro")]
+    assert [row[1].split(":")[0] for row in training] == ["adamw", "galore-torch", "galore-adamw", "galore-adamw8bit"]
+    assert all(row[2] == "max_iter" and "tok/s," in " ".join(row) for row in training)
 
 
 def test_ot_example_plots_three_solvers(tmp_path):
     pytest.importorskip("ot")
     out_png = tmp_path / "ot.png"
     out = run_example(
-        "ot_sns_vs_sinkhorn.py", "--problem", "ot/random-assignment:n=60,eta=50", "--time-limit", "20",
-        "--out", str(out_png),
+        "ot_sns_vs_sinkhorn.py",
+        "--problem",
+        "ot/random-assignment:n=60,eta=50",
+        "--time-limit",
+        "20",
+        "--out",
+        str(out_png),
     )
     rows = [line.split() for line in out.splitlines() if line.startswith("ot/")]
     assert [row[1] for row in rows] == ["pot-sinkhorn-log", "sinkhorn", "sns"]
@@ -58,3 +70,66 @@ def test_cutest_profile_draws_a_performance_profile(tmp_path):
     for solver in ("scipy-trust-constr", "alm-sketch", "alm-newton"):
         assert f"{solver:20s} solved 3/3 to KKT <= 1e-06" in out
     assert (tmp_path / "profile" / "profile_time.png").stat().st_size > 10_000
+
+
+def test_galore_first_step_table_has_every_source():
+    pytest.importorskip("torch")
+    out = run_example("galore_first_step.py", "--shape", "96", "64", "--rank", "8", "--repeats", "1")
+    names = [line.split("  ")[0] for line in out.splitlines()[2:]]
+    assert [n for n in names if n.startswith("optkit")] == ["optkit svd", "optkit randomized", "optkit dct"]
+
+
+def test_pretraining_resumes_from_its_checkpoint_exactly(tmp_path):
+    pytest.importorskip("transformers")
+    common = [
+        "--size",
+        "micro",
+        "--seq",
+        "32",
+        "--rank",
+        "8",
+        "--gap",
+        "2",
+        "--eval-every",
+        "4",
+        "--layerwise",
+        "--accumulation",
+        "2",
+    ]
+    straight = run_example("pretrain_llama_galore.py", *common, "--steps", "4")
+    first_half = run_example(
+        "pretrain_llama_galore.py",
+        *common,
+        "--steps",
+        "2",
+        "--checkpoint",
+        str(tmp_path / "half.pt"),
+        "--eval-every",
+        "2",
+    )
+    assert "step 2: validation loss" in first_half
+    resumed = run_example(
+        "pretrain_llama_galore.py", *common, "--steps", "4", "--checkpoint", str(tmp_path / "half.pt")
+    )
+    final = [line for line in straight.splitlines() if line.startswith("step 4:")]
+    assert final and final == [line for line in resumed.splitlines() if line.startswith("step 4:")]
+    assert float(final[0].split()[-1]) < 5.0  # ln 256 = 5.55 untrained
+
+
+def test_hf_trainer_trains_with_a_galore_optimizer(tmp_path):
+    pytest.importorskip("accelerate")
+    out = run_example(
+        "hf_trainer_galore.py",
+        "--size",
+        "micro",
+        "--seq",
+        "32",
+        "--steps",
+        "10",
+        "--rank",
+        "8",
+        "--output-dir",
+        str(tmp_path / "hf"),
+    )
+    val = float(out.split("validation loss after 10 steps: ")[1].split()[0])
+    assert val < 4.5  # from ln 256 = 5.55
