@@ -479,6 +479,8 @@ _OPTKIT_GALORE_OPTIONS = """
     refresh : {"fixed", "adaptive"}
         Refresh every ``update_proj_gap`` steps, or start there and grow the gap while the
         subspace is stable.
+    power_iters : int
+        Power iterations of the ``"randomized"`` source.
     error_feedback : bool
         Add what the projection dropped at one step to the next gradient (a full-size buffer
         per projected weight).
@@ -505,6 +507,7 @@ class _OptkitGaLore(_GaLoreOptions):
     moments: str = "keep"
     refresh: str = "fixed"
     error_feedback: bool = False
+    power_iters: int = 1
     target: str = "attn-mlp"
     layerwise: bool = False
 
@@ -515,6 +518,7 @@ class _OptkitGaLore(_GaLoreOptions):
         check_choice("refresh", self.refresh, ("fixed", "adaptive"))
         if not isinstance(self.target, str) or not self.target:
             raise ValueError(f"target must be 'attn-mlp', 'all-linear' or a regular expression, got {self.target!r}")
+        check_int("power_iters", self.power_iters, 0)
         if not isinstance(self.error_feedback, bool):
             raise ValueError(f"error_feedback must be true or false, got {self.error_feedback!r}")
         if not isinstance(self.layerwise, bool):
@@ -543,6 +547,7 @@ class _OptkitGaLore(_GaLoreOptions):
             moments=self.moments,
             refresh=self.refresh,
             error_feedback=self.error_feedback,
+            power_iters=self.power_iters,
         )
         if not self.layerwise:
             return cls(groups, lr=self.lr, weight_decay=self.weight_decay)
