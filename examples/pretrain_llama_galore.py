@@ -11,7 +11,7 @@ Run::
 
     python examples/pretrain_llama_galore.py --size tiny --steps 300 --proj randomized
     python examples/pretrain_llama_galore.py --size tiny --steps 300 --layerwise --accumulation 2 \\
-        --optimizer galore-adamw8bit --checkpoint run.pt          # rerun the same line to resume
+        --optimizer galore-adamw8bit --checkpoint run.pt --stop-after 100   # rerun the same line to go on
     python examples/pretrain_llama_galore.py --size 1b --device cuda --dtype bfloat16 --rank 512 --layerwise
 """
 
@@ -74,6 +74,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--checkpoint", help="save here every --save-every steps, and resume from it if it exists")
     parser.add_argument("--save-every", type=int, default=100)
+    parser.add_argument("--stop-after", type=int, help="end this invocation after so many steps (a job's time slot)")
     parser.add_argument("--eval-every", type=int, default=100)
     args = parser.parse_args(argv)
 
@@ -92,7 +93,8 @@ def main(argv=None) -> dict:
         next(batches)  # the stream is seeded: skip what the checkpointed run consumed
 
     history = {}
-    progress = tqdm(range(step, args.steps), initial=step, total=args.steps, desc=f"{args.size} {args.optimizer}")
+    last = args.steps if args.stop_after is None else min(args.steps, step + args.stop_after)
+    progress = tqdm(range(step, last), initial=step, total=args.steps, desc=f"{args.size} {args.optimizer}")
     for step in progress:
         for _ in range(args.accumulation):
             loss = task.loss(model, next(batches))
@@ -105,7 +107,7 @@ def main(argv=None) -> dict:
         if done % args.eval_every == 0 or done == args.steps:
             history[done] = task.evaluate(model)["val_loss"]
             progress.write(f"step {done}: validation loss {history[done]:.4f}")
-        if args.checkpoint and (done % args.save_every == 0 or done == args.steps):
+        if args.checkpoint and (done % args.save_every == 0 or done == last):
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
             torch.save({**state, "scheduler": scheduler.state_dict(), "step": done}, args.checkpoint)
 
