@@ -6,7 +6,7 @@ the optimizers are loaded on first access, ``from solvers.lowrank import GaLoreA
 
 import importlib
 
-from . import trainer
+from . import recipes
 
 _LAZY = {
     "GaLoreAdamW": "galore_adamw",
@@ -18,7 +18,7 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-__all__ += ["trainer"]
+__all__ += ["recipes"]
 
 
 def __getattr__(name):
