@@ -163,8 +163,13 @@ def test_a_jacobian_without_entries_is_refused():
 
     base = hs28()
     problem = EqualityConstrainedProblem(
-        base._fun, base._grad, base._cons, lambda x: aslinearoperator(np.array([[1.0, 2.0, 3.0]])), base.x0,
-        lag_hess=base._lag_hess, name="operator-jacobian",
+        base._fun,
+        base._grad,
+        base._cons,
+        lambda x: aslinearoperator(np.array([[1.0, 2.0, 3.0]])),
+        base.x0,
+        lag_hess=base._lag_hess,
+        name="operator-jacobian",
     )
     with pytest.raises(TypeError, match="needs the constraint Jacobian's entries"):
         AlmSketch().solve(problem)

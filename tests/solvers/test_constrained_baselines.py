@@ -41,8 +41,9 @@ def problem(fun, grad, cons, jac, x0, lag_hess=None, name="test", calls=None, **
             calls["fun"] += 1
         return fun(x)
 
-    return EqualityConstrainedProblem(counted_fun, grad, cons, jac, np.asarray(x0, dtype=float),
-                                      lag_hess=lag_hess, name=name, metadata=metadata)
+    return EqualityConstrainedProblem(
+        counted_fun, grad, cons, jac, np.asarray(x0, dtype=float), lag_hess=lag_hess, name=name, metadata=metadata
+    )
 
 
 def hs28(**kw):
@@ -54,7 +55,11 @@ def hs28(**kw):
         lambda x: np.array([[1.0, 2.0, 3.0]]),
         [-4.0, 1.0, 1.0],
         lambda x, y, obj_factor: obj_factor * h,
-        name="hs28", f_opt=0.0, x_opt=np.array([0.5, -0.5, 0.5]), y_opt=np.array([0.0]), **kw,
+        name="hs28",
+        f_opt=0.0,
+        x_opt=np.array([0.5, -0.5, 0.5]),
+        y_opt=np.array([0.0]),
+        **kw,
     )
 
 
@@ -66,7 +71,11 @@ def hs6(**kw):
         lambda x: np.array([[-20 * x[0], 10.0]]),
         [-1.2, 1.0],
         lambda x, y, obj_factor: np.array([[2 * obj_factor - 20 * y[0], 0.0], [0.0, 0.0]]),
-        name="hs6", f_opt=0.0, x_opt=np.array([1.0, 1.0]), y_opt=np.array([0.0]), **kw,
+        name="hs6",
+        f_opt=0.0,
+        x_opt=np.array([1.0, 1.0]),
+        y_opt=np.array([0.0]),
+        **kw,
     )
 
 
@@ -75,8 +84,9 @@ def hs7(scale=1.0, **kw):
 
     def lag_hess(x, y, obj_factor):
         t = 1 + x[0] ** 2
-        return np.array([[obj_factor * scale * 2 * (1 - x[0] ** 2) / t**2 + y[0] * (4 + 12 * x[0] ** 2), 0.0],
-                         [0.0, 2 * y[0]]])
+        return np.array(
+            [[obj_factor * scale * 2 * (1 - x[0] ** 2) / t**2 + y[0] * (4 + 12 * x[0] ** 2), 0.0], [0.0, 2 * y[0]]]
+        )
 
     # at (0, sqrt 3): grad f = (0, -1), grad c = (0, 2 sqrt 3), so y = 1 / (2 sqrt 3)
     return problem(
@@ -86,8 +96,11 @@ def hs7(scale=1.0, **kw):
         lambda x: np.array([[4 * x[0] * (1 + x[0] ** 2), 2 * x[1]]]),
         [2.0, 2.0],
         lag_hess,
-        name="hs7", f_opt=-scale * np.sqrt(3), x_opt=np.array([0.0, np.sqrt(3)]),
-        y_opt=np.array([scale * 0.5 / np.sqrt(3)]), **kw,
+        name="hs7",
+        f_opt=-scale * np.sqrt(3),
+        x_opt=np.array([0.0, np.sqrt(3)]),
+        y_opt=np.array([scale * 0.5 / np.sqrt(3)]),
+        **kw,
     )
 
 
@@ -97,9 +110,17 @@ def min_norm(**kw):
     b = np.array([1.0, -2.0])
     w = np.linalg.solve(A @ A.T, b)
     return problem(
-        lambda x: 0.5 * float(x @ x), lambda x: x.copy(), lambda x: A @ x - b, lambda x: A, np.zeros(4),
+        lambda x: 0.5 * float(x @ x),
+        lambda x: x.copy(),
+        lambda x: A @ x - b,
+        lambda x: A,
+        np.zeros(4),
         lambda x, y, obj_factor: obj_factor * np.eye(4),
-        name="min-norm", f_opt=0.5 * float(w @ (A @ A.T) @ w), x_opt=A.T @ w, y_opt=-w, **kw,
+        name="min-norm",
+        f_opt=0.5 * float(w @ (A @ A.T) @ w),
+        x_opt=A.T @ w,
+        y_opt=-w,
+        **kw,
     )
 
 
@@ -114,9 +135,16 @@ def sparse_projection(n=2000, m=1000, seed=0):
     z, b = x_opt + A.T @ y_opt, A @ x_opt
     eye = sp.identity(n, format="csr")
     return problem(
-        lambda x: 0.5 * float((x - z) @ (x - z)), lambda x: x - z, lambda x: A @ x - b, lambda x: A, np.zeros(n),
+        lambda x: 0.5 * float((x - z) @ (x - z)),
+        lambda x: x - z,
+        lambda x: A @ x - b,
+        lambda x: A,
+        np.zeros(n),
         lambda x, y, obj_factor: obj_factor * eye,
-        name="sparse-projection", f_opt=0.5 * float(y_opt @ (A @ (A.T @ y_opt))), x_opt=x_opt, y_opt=y_opt,
+        name="sparse-projection",
+        f_opt=0.5 * float(y_opt @ (A @ (A.T @ y_opt))),
+        x_opt=x_opt,
+        y_opt=y_opt,
     )
 
 
@@ -142,8 +170,11 @@ def test_reaches_the_optimum_and_its_multipliers(solver, hessian, make):
     # trace: iterations 0..nit, starting at x0 with least-squares multipliers
     assert [row["iter"] for row in res.trace] == list(range(res.nit + 1))
     start = p.evaluate(p.x0)
-    np.testing.assert_allclose([res.trace[0][k] for k in ("fun", "feasibility", "kkt")],
-                               [start[k] for k in ("fun", "feasibility", "kkt")], rtol=1e-12)
+    np.testing.assert_allclose(
+        [res.trace[0][k] for k in ("fun", "feasibility", "kkt")],
+        [start[k] for k in ("fun", "feasibility", "kkt")],
+        rtol=1e-12,
+    )
     assert res.counters["fun"] > 0 and res.counters["jac"] > 0
     assert (res.counters.get("lag_hess", 0) > 0) is (hessian == "auto")
 
@@ -153,8 +184,14 @@ def test_closed_form_multiplier_sign(solver):
     # min ||x||^2 / 2 s.t. a^T x = 1: x* = a / ||a||^2, y* = -1 / ||a||^2 = -1/9
     needs(solver)
     a = np.array([1.0, 2.0, 2.0])
-    p = problem(lambda x: 0.5 * float(x @ x), lambda x: x.copy(), lambda x: np.array([a @ x - 1]),
-                lambda x: a[None, :], np.zeros(3), lambda x, y, obj_factor: obj_factor * np.eye(3))
+    p = problem(
+        lambda x: 0.5 * float(x @ x),
+        lambda x: x.copy(),
+        lambda x: np.array([a @ x - 1]),
+        lambda x: a[None, :],
+        np.zeros(3),
+        lambda x, y, obj_factor: obj_factor * np.eye(3),
+    )
     res = optkit.solve(p, solver, tol=1e-10)
     assert res.status is Status.CONVERGED, res.message
     np.testing.assert_allclose(res.x, a / 9, rtol=1e-8)
@@ -174,8 +211,14 @@ def test_slsqp_success_is_checked_against_the_kkt_residual():
 def test_trace_rows_are_the_iterates_of_shorter_runs(solver, hessian):
     needs(solver)
     seen = {}
-    res = optkit.solve(hs7(), solver, tol=1e-10, max_iter=100,
-                       callback=lambda info: seen.update({info["iter"]: info["x"].copy()}), **options(hessian))
+    res = optkit.solve(
+        hs7(),
+        solver,
+        tol=1e-10,
+        max_iter=100,
+        callback=lambda info: seen.update({info["iter"]: info["x"].copy()}),
+        **options(hessian),
+    )
     assert res.nit >= 4 and sorted(seen) == list(range(res.nit + 1))
     assert all({"iter", "time", "fun", "feasibility", "stationarity", "kkt"} <= set(row) for row in res.trace)
     times = [row["time"] for row in res.trace]
@@ -222,8 +265,9 @@ def test_callback_stop_max_iter_and_start_at_the_optimum(solver):
     np.testing.assert_allclose(at_opt.extras["y"], [0.0], atol=1e-14)
 
 
-@pytest.mark.parametrize("solver,n,m", [("scipy-trust-constr", 2000, 1000), ("ipopt", 2000, 1000),
-                                         ("scipy-slsqp", 60, 30)])
+@pytest.mark.parametrize(
+    "solver,n,m", [("scipy-trust-constr", 2000, 1000), ("ipopt", 2000, 1000), ("scipy-slsqp", 60, 30)]
+)
 def test_sparse_jacobian_and_hessian(solver, n, m):
     needs(solver)
     p = sparse_projection(n, m)

@@ -1,7 +1,9 @@
 """GaLoreAdafactor against HF's Adafactor and galore-torch, moment rules on a refresh, resumed runs, bad options."""
 
+import functools
 import math
 
+import galore_cases
 import pytest
 import torch
 
@@ -9,30 +11,12 @@ from solvers.lowrank.galore_adafactor import GaLoreAdafactor
 from solvers.lowrank.param_groups import galore_param_groups
 
 
-class Block(torch.nn.Module):
-    """Linear layers of both orientations, biases and a norm (unfactored, unprojected parameters)."""
-
-    def __init__(self, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.attn_proj = torch.nn.Linear(12, 16)
-        self.norm = torch.nn.LayerNorm(16)
-        self.mlp_out = torch.nn.Linear(16, 10)
-
-    def forward(self, x):
-        return self.mlp_out(self.norm(torch.tanh(self.attn_proj(x))))
+def Block(seed=0):
+    return galore_cases.Block(12, 16, 10, seed=seed)
 
 
-def _batches(n, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(24, 12, generator=gen), torch.randn(24, 10, generator=gen)) for _ in range(n)]
-
-
-def _train(model, opt, batches, dtype=torch.float32):
-    for x, y in batches:
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x.to(dtype)).float(), y).backward()
-        opt.step()
+_batches = functools.partial(galore_cases.batches, n_in=12, n_out=10)
+_train = galore_cases.train
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
 """GaLoreAdamW against torch's AdamW, the official galore-torch, resumed runs and DDP; param-group selection."""
 
 import copy
+import functools
 import socket
 
+import galore_cases
 import numpy as np
 import pytest
 import torch
@@ -13,31 +15,12 @@ from solvers.lowrank.param_groups import galore_param_groups, select_linear_modu
 SOURCES = ("svd", "randomized", "dct", "random")
 
 
-class Block(torch.nn.Module):
-    """A two-layer block with attention/MLP-like names, biases and a norm (non-2-D parameters)."""
-
-    def __init__(self, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.attn_proj = torch.nn.Linear(12, 16)
-        self.norm = torch.nn.LayerNorm(16)
-        self.mlp_out = torch.nn.Linear(16, 10)
-        self.lm_head = torch.nn.Linear(10, 4, bias=False)
-
-    def forward(self, x):
-        return self.lm_head(torch.tanh(self.mlp_out(self.norm(torch.tanh(self.attn_proj(x))))))
+def Block(seed=0):
+    return galore_cases.Block(12, 16, 10, head=4, seed=seed)
 
 
-def _batches(n, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(24, 12, generator=gen), torch.randn(24, 4, generator=gen)) for _ in range(n)]
-
-
-def _train(model, opt, batches):
-    for x, y in batches:
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
+_batches = functools.partial(galore_cases.batches, n_in=12, n_out=4)
+_train = galore_cases.train
 
 
 def test_full_rank_galore_equals_adamw_bit_for_bit():

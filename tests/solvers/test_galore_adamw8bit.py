@@ -1,7 +1,9 @@
 """GaLoreAdamW8bit against bitsandbytes' AdamW8bit and fp32 GaLoreAdamW; moment rules, resume, memory, bad options."""
 
+import functools
 import sys
 
+import galore_cases
 import pytest
 import torch
 
@@ -13,30 +15,13 @@ bnb = pytest.importorskip("bitsandbytes")
 bnb_functional = pytest.importorskip("bitsandbytes.functional")
 
 
-class Block(torch.nn.Module):
+def Block(seed=0):
     """A weight big enough for 8-bit moments (96·64 ≥ 4096), a small one, biases and a norm."""
-
-    def __init__(self, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.attn_proj = torch.nn.Linear(64, 96)
-        self.norm = torch.nn.LayerNorm(96)
-        self.mlp_out = torch.nn.Linear(96, 8)
-
-    def forward(self, x):
-        return self.mlp_out(self.norm(torch.tanh(self.attn_proj(x))))
+    return galore_cases.Block(64, 96, 8, seed=seed)
 
 
-def _batches(n, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(32, 64, generator=gen), torch.randn(32, 8, generator=gen)) for _ in range(n)]
-
-
-def _train(model, opt, batches, dtype=torch.float32):
-    for x, y in batches:
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x.to(dtype)).float(), y).backward()
-        opt.step()
+_batches = functools.partial(galore_cases.batches, n_in=64, n_out=8, size=32)
+_train = galore_cases.train
 
 
 def test_full_rank_equals_bitsandbytes_adamw8bit_bit_for_bit():
