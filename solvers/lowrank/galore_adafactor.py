@@ -56,7 +56,7 @@ class GaLoreAdafactor(GaLoreMixin, torch.optim.Optimizer):
         ``lr``. Off by default, as HF's GaLore integration forces.
     warmup_init : bool
         Needs ``relative_step``.
-    rank, update_proj_gap, scale, proj, proj_side, moments, refresh, power_iters, oversample, proj_seed
+    rank, update_proj_gap, scale, proj, proj_side, moments, refresh, power_iters, oversample, proj_seed, error_feedback
         GaLore options, as in :class:`solvers.lowrank.galore_adamw.GaLoreAdamW`.
 
     Notes

@@ -44,6 +44,9 @@ class GaLoreAdamW(GaLoreMixin, torch.optim.Optimizer):
         Randomized source only.
     proj_seed : int
         Base seed of the randomized and random sources (the same on every rank).
+    error_feedback : bool
+        Add what the projection dropped at one step to the next gradient (MicroAdam, DCT-AdamW);
+        costs a full-size buffer ``state["error"]`` per projected weight.
 
     Notes
     -----

@@ -63,7 +63,7 @@ class GaLoreAdamW8bit(GaLoreMixin, torch.optim.Optimizer):
     min_8bit_size : int
         Moments of fewer elements than this (counted in the projected shape) stay float32,
         as bitsandbytes' ``min_8bit_size``.
-    rank, update_proj_gap, scale, proj, proj_side, moments, refresh, power_iters, oversample, proj_seed
+    rank, update_proj_gap, scale, proj, proj_side, moments, refresh, power_iters, oversample, proj_seed, error_feedback
         GaLore options, as in :class:`solvers.lowrank.galore_adamw.GaLoreAdamW`.
 
     Raises
