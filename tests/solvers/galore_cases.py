@@ -32,3 +32,25 @@ def train(model, opt, data, dtype=torch.float32):
         opt.zero_grad()
         torch.nn.functional.mse_loss(model(x.to(dtype)).float(), y).backward()
         opt.step()
+
+
+def assert_resume_is_exact(build, data, path, *, dtype=torch.float32, split=3, after_load=None):
+    """An uninterrupted run equals one checkpointed after ``split`` batches, reloaded with
+    ``torch.load(weights_only=True)`` into a fresh ``build()`` and continued, bit for bit.
+
+    ``after_load(model, optimizer)`` may check the reloaded state before training goes on.
+    """
+    model, opt = build()
+    train(model, opt, data, dtype)
+    first, opt_first = build()
+    train(first, opt_first, data[:split], dtype)
+    torch.save({"model": first.state_dict(), "opt": opt_first.state_dict()}, path)
+    resumed, opt_resumed = build()
+    checkpoint = torch.load(path, weights_only=True)
+    resumed.load_state_dict(checkpoint["model"])
+    opt_resumed.load_state_dict(checkpoint["opt"])
+    if after_load is not None:
+        after_load(resumed, opt_resumed)
+    train(resumed, opt_resumed, data[split:], dtype)
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

@@ -118,24 +118,14 @@ def test_resume_from_state_dict_equals_an_uninterrupted_run(tmp_path, moments, d
         model = Block().to(dtype)
         return model, GaLoreAdafactor(galore_param_groups(model, **options), lr=1e-2, beta1=0.9, weight_decay=0.01)
 
-    model, opt = build()
-    _train(model, opt, batches, dtype)
+    def check_dtypes(model, opt):
+        # torch's loader casts state to the parameter dtype; float32 moments and int32 indices must survive
+        state = opt.state[model.attn_proj.weight]
+        assert state["exp_avg"].dtype == state["exp_avg_sq_row"].dtype == torch.float32
+        if proj == "dct":
+            assert state["projector"]["indices"].dtype == torch.int32
 
-    first, opt_first = build()
-    _train(first, opt_first, batches[:3], dtype)
-    torch.save({"model": first.state_dict(), "opt": opt_first.state_dict()}, tmp_path / "ckpt.pt")
-    resumed, opt_resumed = build()
-    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    resumed.load_state_dict(checkpoint["model"])
-    opt_resumed.load_state_dict(checkpoint["opt"])
-    state = opt_resumed.state[resumed.attn_proj.weight]
-    # torch's loader casts state to the parameter dtype; float32 moments and int32 indices must survive
-    assert state["exp_avg"].dtype == state["exp_avg_sq_row"].dtype == torch.float32
-    if proj == "dct":
-        assert state["projector"]["indices"].dtype == torch.int32
-    _train(resumed, opt_resumed, batches[3:], dtype)
-    for p, q in zip(model.parameters(), resumed.parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    galore_cases.assert_resume_is_exact(build, batches, tmp_path / "ckpt.pt", dtype=dtype, after_load=check_dtypes)
 
 
 def test_factored_state_has_the_projected_shape_and_counted_bytes():

@@ -63,19 +63,7 @@ def test_resume_from_state_dict_equals_an_uninterrupted_run(tmp_path, source, mo
         model = Block()
         return model, GaLoreAdamW(galore_param_groups(model, rank=3, **options), lr=1e-2, weight_decay=0.01)
 
-    model, opt = build()
-    _train(model, opt, batches)
-
-    first, opt_first = build()
-    _train(first, opt_first, batches[:3])
-    torch.save({"model": first.state_dict(), "opt": opt_first.state_dict()}, tmp_path / "ckpt.pt")
-    resumed, opt_resumed = build()
-    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    resumed.load_state_dict(checkpoint["model"])
-    opt_resumed.load_state_dict(checkpoint["opt"])
-    _train(resumed, opt_resumed, batches[3:])
-    for p, q in zip(model.parameters(), resumed.parameters()):
-        assert torch.equal(p, q)
+    galore_cases.assert_resume_is_exact(build, batches, tmp_path / "ckpt.pt")
 
 
 def test_projected_state_has_the_low_rank_shape_and_counted_bytes():

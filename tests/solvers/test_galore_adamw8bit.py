@@ -174,23 +174,13 @@ def test_resume_from_state_dict_equals_an_uninterrupted_run(tmp_path, moments, d
             galore_param_groups(model, **options), lr=1e-2, weight_decay=0.01, min_8bit_size=256
         )
 
-    model, opt = build()
-    _train(model, opt, batches, dtype)
+    def check_dtypes(model, opt):
+        # torch's loader casts state to the parameter dtype; the uint8 codes and float32 scales must survive
+        state = opt.state[model.attn_proj.weight]
+        assert state["state1"].dtype == torch.uint8 and state["state1"].shape == (96, 8)
+        assert state["absmax1"].dtype == state["qmap2"].dtype == torch.float32
 
-    first, opt_first = build()
-    _train(first, opt_first, batches[:3], dtype)
-    torch.save({"model": first.state_dict(), "opt": opt_first.state_dict()}, tmp_path / "ckpt.pt")
-    resumed, opt_resumed = build()
-    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    resumed.load_state_dict(checkpoint["model"])
-    opt_resumed.load_state_dict(checkpoint["opt"])
-    # torch's loader casts state to the parameter dtype; the uint8 codes and float32 scales must survive
-    state = opt_resumed.state[resumed.attn_proj.weight]
-    assert state["state1"].dtype == torch.uint8 and state["state1"].shape == (96, 8)
-    assert state["absmax1"].dtype == state["qmap2"].dtype == torch.float32
-    _train(resumed, opt_resumed, batches[3:], dtype)
-    for p, q in zip(model.parameters(), resumed.parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    galore_cases.assert_resume_is_exact(build, batches, tmp_path / "ckpt.pt", dtype=dtype, after_load=check_dtypes)
 
 
 def test_moments_take_a_quarter_of_fp32_galore_memory():
