@@ -26,7 +26,7 @@ import torch
 
 from optkit.projection import Projector
 
-__all__ = ["estimate_memory", "measure_memory", "refresh_workspace_bytes"]
+__all__ = ["CATEGORIES", "estimate_memory", "measure_memory", "refresh_workspace_bytes"]
 
 CATEGORIES = ("weights", "gradients", "optimizer_states", "projector", "refresh_workspace")
 # bitsandbytes' block-wise 8-bit state: one byte per element plus a float32 scale per block
