@@ -63,6 +63,8 @@ class TrainState:
         Learning rate of the first param group in the last step.
     peak_bytes : int
         Largest parameters + gradients + optimizer-state footprint seen (see :func:`state_bytes`).
+    optimizer_bytes : int
+        The optimizer state's bytes after the last step.
     val_step : int
         The step whose validation measures ``val`` holds (-1: none yet).
     val : dict
@@ -79,6 +81,7 @@ class TrainState:
     loss: float | None = None
     lr: float | None = None
     peak_bytes: int = 0
+    optimizer_bytes: int = 0
     val_step: int = -1
     val: dict | None = None
 
@@ -255,7 +258,8 @@ class TorchTrainer(IterativeSolver):
         torch.manual_seed(self.seed)
         optimizer = self.make_optimizer(model)
         state = TrainState(model, optimizer, problem.train_batches(), [g["lr"] for g in optimizer.param_groups])
-        state.peak_bytes = sum(state_bytes(model, optimizer).values())
+        footprint = state_bytes(model, optimizer)
+        state.peak_bytes, state.optimizer_bytes = sum(footprint.values()), footprint["optimizer"]
         return state
 
     def step(self, problem: Problem, state: TrainState) -> TrainState:
@@ -279,7 +283,9 @@ class TorchTrainer(IterativeSolver):
         synchronize(problem.device)
         elapsed = time.perf_counter() - start
         # the state is updated only now, so an interrupted step leaves it at the last finished one
-        state.peak_bytes = max(state.peak_bytes, sum(state_bytes(state.model, state.optimizer).values()))
+        footprint = state_bytes(state.model, state.optimizer)
+        state.peak_bytes = max(state.peak_bytes, sum(footprint.values()))
+        state.optimizer_bytes = footprint["optimizer"]
         state.optimizer.zero_grad(set_to_none=True)
         state.train_s += elapsed
         state.tokens += tokens
@@ -297,7 +303,7 @@ class TorchTrainer(IterativeSolver):
             out.update(loss=state.loss, tokens_per_s=state.tokens / state.train_s if state.train_s > 0 else 0.0)
             out["lr"] = state.lr
         out["peak_mem_mb"] = self._peak_bytes(problem, state) / _MB
-        out["opt_state_mb"] = state_bytes(state.model, state.optimizer)["optimizer"] / _MB
+        out["opt_state_mb"] = state.optimizer_bytes / _MB
         refresh = _refresh_seconds(state.optimizer)
         if refresh is not None or not self.projects:
             out["refresh_s"] = float(refresh or 0.0)
