@@ -13,7 +13,7 @@ Run: ``python examples/cutest_profile.py [--problems cutest/HS28,cutest/BT2] [--
 
 import argparse
 
-from optkit._backend import has_module
+from optkit.backend import has_module
 from optkit.bench import format_summary, run_benchmark
 from optkit.report import make_report
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import convert, get_namespace, is_torch, torch_or_none
+from .backend import convert, get_namespace, is_torch, torch_or_none
 
 __all__ = ["TAGS", "LinearOperator"]
 
@@ -386,7 +386,7 @@ class LinearOperator:
         """
         from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
 
-        from ._backend import to_numpy
+        from .backend import to_numpy
 
         op, back = self, self._backend
         dev = self._device

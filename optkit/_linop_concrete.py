@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ._backend import (
+from .backend import (
     backend_name,
     convert,
     device_of,

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import registry
-from ._backend import has_module
+from .backend import has_module
 from ._records import RESULT_COLUMNS, SUMMARY_COLUMNS, ResultWriter, read_csv, write_csv
 from ._summary import ERROR, INTERRUPTED, SKIPPED, format_summary, main_metric, summarize, summary_cells
 from .solver import Solver

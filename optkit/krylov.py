@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import backend_name, device_of, get_namespace
+from .backend import backend_name, device_of, get_namespace
 from ._linop_base import _is_complex, _result_dtype
 from .linop import LinearOperator, aslinearoperator
 from .result import Status
@@ -88,7 +88,7 @@ def _check_vector(name: str, v, A: LinearOperator):
     if backend_name(v) != A.backend or (A.backend == "torch" and device_of(v) != A.device):
         raise TypeError(
             f"{name} is a {backend_name(v)} array on {device_of(v)!r} but A is a {A.backend} operator "
-            f"on {A.device!r}; convert one of them (A.to(...) or optkit._backend.convert)"
+            f"on {A.device!r}; convert one of them (A.to(...) or optkit.backend.convert)"
         )
     n = A.shape[1]
     if tuple(v.shape) != (n,):

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from ._backend import convert, get_namespace, torch_or_none
+from .backend import convert, get_namespace, torch_or_none
 from ._linop_base import TAGS, LinearOperator, _is_complex
 from ._linop_concrete import (
     Dense,

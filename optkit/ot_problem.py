@@ -21,9 +21,8 @@ import math
 from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
-from array_api_compat import device as array_device
 
-from ._backend import backend_name, device_of, get_namespace, is_torch, to_numpy
+from .backend import backend_name, device_of, get_namespace, is_torch, to_numpy
 from .problem import Problem
 
 __all__ = ["OTProblem", "dual_objective", "marginal_error", "plan_cost", "round_to_marginals"]
@@ -147,7 +146,7 @@ class OTProblem(Problem):
         if len({backend_name(v) for v in arrays}) > 1 or len({device_of(v) for v in arrays}) > 1:
             raise TypeError("a, b and C must share one backend and device")
         xp = get_namespace(C)
-        super().__init__(name, xp.zeros(n + m, dtype=C.dtype, device=array_device(C)), metadata)
+        super().__init__(name, xp.zeros(n + m, dtype=C.dtype, device=device_of(C)), metadata)
         self.a, self.b, self.C, self.reg = a, b, C, float(reg)
 
     @property

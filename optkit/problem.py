@@ -9,11 +9,12 @@ do not fit, before any work is done.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable, ClassVar, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import numpy as np
 
-from ._backend import backend_name, convert, device_of, to_numpy
+from .backend import backend_name, convert, device_of, to_numpy
 
 __all__ = ["LinearSystemProblem", "Problem", "SmoothProblem"]
 
@@ -39,7 +40,9 @@ class Problem:
     ----------
     counters : collections.Counter
         Evaluation counts by kind (``"fun"``, ``"grad"``, ``"hvp"``, ``"matvec"`` ...),
-        incremented by the problem's own evaluation methods.
+        incremented by the problem's own evaluation methods. Evaluations that are not the
+        solver's work (measuring a trace row, checking a library's iterate) are made inside
+        :meth:`uncounted` and leave them alone.
     """
 
     kind: ClassVar[str] = "problem"
@@ -88,6 +91,24 @@ class Problem:
     def reset_counters(self) -> None:
         """Set every evaluation counter back to zero."""
         self.counters.clear()
+
+    @contextmanager
+    def uncounted(self) -> Iterator["Problem"]:
+        """Evaluate without counting: inside the block the problem's evaluation methods
+        (``fun``, ``grad``, ``cons``, ``jac`` ...) count into a scratch counter that is
+        thrown away, so ``counters`` holds only the solver's own evaluations.
+
+        Examples
+        --------
+        >>> with problem.uncounted():          # doctest: +SKIP
+        ...     row = {"fun": problem.fun(x), "grad": problem.grad(x)}
+        """
+        kept = self.counters
+        self.counters = Counter()
+        try:
+            yield self
+        finally:
+            self.counters = kept
 
     def to(self, backend: str = "numpy", device: str | None = None, dtype: Any = None) -> "Problem":
         """A copy of this problem on another backend, device or dtype.

@@ -37,7 +37,10 @@ __all__ = [
 # the member placeholder of a family name, as listed: "cutest/<name>"
 FAMILY_MEMBER = "<name>"
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)?$")
+_WORD = r"[a-z0-9][a-z0-9._-]*"
+# "cg", "linear/poisson-2d", "ml/lasso/a9a": at most three words joined by "/"
+_NAME = re.compile(rf"^{_WORD}(/{_WORD}){{0,2}}$")
+_PREFIX = re.compile(rf"^{_WORD}(/{_WORD})?$")
 
 
 class Registry:
@@ -56,7 +59,7 @@ class Registry:
         if not _NAME.match(key):
             raise ValueError(
                 f"{self.kind} name {name!r} must be lowercase words joined by '-', "
-                "optionally 'family/name' (e.g. 'linear/poisson-2d')"
+                "optionally 'family/name' or 'family/kind/name' (e.g. 'linear/poisson-2d')"
             )
         current = self._items.get(key)
         if current is not None and current is not obj:
@@ -67,8 +70,10 @@ class Registry:
         """Register every ``prefix/<member>`` name at once: ``resolve(member)`` returns the
         object (``member`` as the user spelled it) or raises ``KeyError`` with a hint."""
         key = prefix.lower()
-        if not _NAME.match(key) or "/" in key:
-            raise ValueError(f"{self.kind} family prefix {prefix!r} must be one lowercase word (e.g. 'cutest')")
+        if not _PREFIX.match(key):
+            raise ValueError(
+                f"{self.kind} family prefix {prefix!r} must be one or two lowercase words (e.g. 'cutest', 'ml/lasso')"
+            )
         if key in self._families and self._families[key] is not resolve:
             raise ValueError(f"{self.kind} family {prefix!r} is already registered")
         self._families[key] = resolve
@@ -89,7 +94,7 @@ class Registry:
             raise TypeError(f"{self.kind} name must be a string, got {type(name).__name__}")
         self._load()
         key = name.lower()
-        family, _, member = name.partition("/")
+        family, _, member = name.rpartition("/")
         if key not in self._items and member and family.lower() in self._families:
             resolve = self._families[family.lower()]
             # "family/<name>" stands for the whole family (what `optkit list` shows)
@@ -152,7 +157,9 @@ def register_problem_family(prefix: str, resolve: Callable[[str], Callable]) -> 
     or raises ``KeyError`` naming close matches. Used for collections too large to list
     one by one, such as the ~1,100 CUTEst problems of S2MPJ (``cutest/HS28``);
     ``optkit list problems`` shows the family once, as ``prefix/<name>``, with the
-    docstring of ``resolve``.
+    docstring of ``resolve``. ``prefix`` is one or two words (``"cutest"``, ``"ml/lasso"``),
+    and a family may share its prefix with a registered problem: ``ml/logistic`` (one
+    problem) and ``ml/logistic/<name>`` (a family) live side by side.
     """
     PROBLEMS.add_family(prefix, resolve)
 
@@ -231,11 +238,20 @@ def get_problem(name: str, **params: Any):
 
 
 def get_solver(name: str, **options: Any):
-    """An instance of the registered solver ``name`` with ``options``.
+    """An instance of the registered solver ``name`` (or a spec ``"name:key=value,..."``) with ``options``.
 
-    An unknown option is a ``TypeError`` that names it and lists the valid ones.
+    The spelling is the one ``optkit bench`` and the command line take:
+    ``get_solver("pcg:preconditioner=ichol", tol=1e-8)``; keyword ``options`` override the
+    spec's. An unknown option is a ``TypeError`` that names it and lists the valid ones.
+
+    Examples
+    --------
+    >>> optkit.get_solver("pcg:preconditioner=ichol,tol=1e-8").tol  # doctest: +SKIP
+    1e-08
     """
-    cls = SOLVERS.get(name)
+    base, spec_options = parse_spec(name, what="solver spec")
+    cls = SOLVERS.get(base)
+    options = {**spec_options, **options}
     cls.check_option_names(options)
     return cls(**options)
 

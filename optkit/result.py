@@ -22,6 +22,7 @@ class Status(enum.Enum):
     INFEASIBLE = "the problem is infeasible"
     USER_STOPPED = "stopped by the callback or by an interrupt (Ctrl-C)"
     FAILED = "the underlying solver reported a failure"
+    STALLED = "stopped making progress before the requested tolerance was met"
 
     @property
     def message(self) -> str:
@@ -58,6 +59,8 @@ class Result:
     message : str
         Human-readable reason; the status message, possibly refined by the solver
         (e.g. which breakdown happened).
+    jac : array or None
+        The gradient of the objective at ``x`` (shape (n,)), when the solver has it.
     nit : int
         Iterations performed (the solver's natural unit: CG steps, Newton steps, ...).
     counters : Mapping[str, int]
@@ -71,12 +74,15 @@ class Result:
     solver, problem : str
         Names of the solver and problem that produced this result.
     extras : Mapping[str, Any]
-        Method-specific outputs (dual potentials, multipliers ...).
+        Method-specific outputs (dual potentials, multipliers ...). A wrapped library's
+        own verdict is kept as ``library_status`` (its code) and ``library_message``;
+        ``hess_inv``, when present, is the method's inverse-Hessian approximation.
     """
 
     x: Any
     status: Status
     fun: float | None = None
+    jac: Any = None
     message: str = ""
     nit: int = 0
     counters: Mapping[str, int] = field(default_factory=dict)
@@ -104,23 +110,33 @@ class Result:
     def to_scipy(self):
         """This result as a :class:`scipy.optimize.OptimizeResult` (numpy ``x``).
 
-        Counters map to scipy's names where one exists (``fun`` -> ``nfev``,
-        ``grad`` -> ``njev``, ``hvp`` -> ``nhev``); all others are kept under their own names.
+        ``status`` is the wrapped library's own code when the solver wraps one (so a
+        ``scipy-lbfgsb`` result reads as SciPy's L-BFGS-B result would), otherwise
+        :attr:`Status.code`; ``optkit_status`` is always the :class:`Status` name. ``jac``
+        (the gradient at ``x``) and ``hess_inv`` are present when the solver has them.
+        Counters map to scipy's names where one exists (``fun`` -> ``nfev``, ``grad`` ->
+        ``njev``, ``hvp`` -> ``nhev``); all others are kept under their own names, and so
+        are the metrics.
         """
         from scipy.optimize import OptimizeResult
 
-        from ._backend import to_numpy
+        from .backend import to_numpy
 
         scipy_names = {"fun": "nfev", "grad": "njev", "hvp": "nhev"}
         out = OptimizeResult(
             x=to_numpy(self.x),
             fun=self.fun,
             success=self.success,
-            status=self.status.code,
+            status=self.extras.get("library_status", self.status.code),
+            optkit_status=self.status.name,
             message=self.message,
             nit=self.nit,
             time_s=self.time_s,
         )
+        if self.jac is not None:
+            out["jac"] = to_numpy(self.jac)
+        if self.extras.get("hess_inv") is not None:
+            out["hess_inv"] = self.extras["hess_inv"]
         for key, value in self.counters.items():
             out[scipy_names.get(key, key)] = value
         out.update(self.metrics)

@@ -6,7 +6,15 @@ solver), ``max_iter`` and ``time_limit`` (seconds). Iterative solvers implement
 ``init / step / terminate / postprocess`` and inherit :meth:`IterativeSolver.solve`,
 which owns the loop: trace recording, the callback, ``max_iter``, ``time_limit`` and
 Ctrl-C (which returns the partial result). Baselines that wrap a black box override
-:meth:`Solver.solve` and use :class:`Recorder` for the same trace and limits.
+:meth:`Solver.solve` and run the library through :class:`optkit.blackbox.BlackBoxRun`,
+which gives them the same trace, limits, status rule and result.
+
+**The clock.** ``Result.time_s`` and the trace's ``time`` count the solver's work only:
+``init``, ``step``, ``terminate`` and ``postprocess`` (forming the returned solution) run
+with the clock running; measuring for the trace (``metrics``, ``final_metrics``, a
+wrapper's ``measure``) and the user's callback run with it paused, after a device
+synchronisation. Measuring may therefore cost (a validation pass, a true residual), but it
+must not change the iteration: the iterates are the same whether or not it runs.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from ._backend import synchronize
+from .backend import synchronize
 from .problem import Problem
 from .result import Result, Status
 from .validation import check_int, check_positive
@@ -136,7 +144,9 @@ class Recorder:
     """Clock, trace and limits of one run.
 
     The clock runs only while the solver works: it is paused (after a CUDA
-    synchronisation on ``device``) while a trace row is recorded and the callback runs.
+    synchronisation on ``device``) while a trace row is measured and recorded and the
+    callback runs. The clock is ``time.perf_counter``, looked up at each reading, so a
+    test that replaces it with a fake clock checks time limits deterministically.
     """
 
     def __init__(self, *, time_limit: float | None, callback: Callback | None, device: str = "cpu") -> None:
@@ -196,8 +206,9 @@ class IterativeSolver(Solver):
     ``init(problem, x0) -> state``,
     ``step(problem, state) -> state``,
     ``terminate(problem, state) -> Status | None`` (``CONVERGED`` or a failure, ``None`` to go on),
-    ``metrics(problem, state) -> dict[str, float]`` (cheap: recorded every iteration), and
-    may override ``postprocess`` (default: ``x = state.x``, final metrics) and ``iterate``.
+    ``metrics(problem, state) -> dict[str, float]`` (the trace row; measured with the clock
+    paused, see the module docstring), and may override ``postprocess`` (default: ``x =
+    state.x``), ``final_metrics`` (default: ``metrics``) and ``iterate``.
     """
 
     @abc.abstractmethod
@@ -214,16 +225,25 @@ class IterativeSolver(Solver):
 
     @abc.abstractmethod
     def metrics(self, problem: Problem, state: Any) -> dict[str, float]:
-        """The measures recorded in the trace for ``state`` (cheap: read from the state)."""
+        """The measures recorded in the trace for ``state``.
+
+        Run with the clock paused; it may cost, but must not change what the iteration does."""
+
+    def final_metrics(self, problem: Problem, state: Any) -> dict[str, float]:
+        """The result's measures at the last state (clock paused); default :meth:`metrics`.
+
+        Measures that ``postprocess`` returns (taken on the solution it formed) take precedence."""
+        return self.metrics(problem, state)
 
     def iterate(self, state: Any) -> Any:
         """The current iterate held by ``state``."""
         return state.x
 
     def postprocess(self, problem: Problem, state: Any, status: Status) -> dict[str, Any]:
-        """Final fields of the :class:`Result`: ``x``, and optionally ``fun``, ``metrics``,
-        ``counters``, ``extras``, ``message``."""
-        return {"x": self.iterate(state), "metrics": self.metrics(problem, state)}
+        """Final fields of the :class:`Result` (timed: forming the solution is the solver's
+        work): ``x``, and optionally ``fun``, ``jac``, ``metrics``, ``counters``, ``extras``,
+        ``message``."""
+        return {"x": self.iterate(state)}
 
     def solve(self, problem: Problem, *, x0: Any = None, callback: Callback | None = None) -> Result:
         self.ensure_compatible(problem)
@@ -235,6 +255,7 @@ class IterativeSolver(Solver):
             state = self.init(problem, problem.x0 if x0 is None else x0)
             while True:
                 done = self.terminate(problem, state)
+                recorder.pause()
                 stop = recorder.record(nit, self.metrics(problem, state), self.iterate(state))
                 status = done or stop
                 if status is not None:
@@ -248,20 +269,22 @@ class IterativeSolver(Solver):
             if state is None:
                 raise
             status = Status.USER_STOPPED
-        # building the returned solution (a dense plan, final measures) is part of the work
+        # building the returned solution (a dense plan) is part of the work; measuring it is not
         out = self.postprocess(problem, state, status)
         recorder.pause()
+        metrics = {**self.final_metrics(problem, state), **out.get("metrics", {})}
         counters = {k: v - counters_before.get(k, 0) for k, v in problem.counters.items()}
         counters.update(out.get("counters", {}))
         return Result(
             x=out["x"],
-            fun=out.get("fun"),
+            fun=out.get("fun", metrics.get("fun")),
+            jac=out.get("jac"),
             status=status,
             message=out.get("message", ""),
             nit=nit,
             counters=counters,
             time_s=recorder.elapsed,
-            metrics=out.get("metrics", {}),
+            metrics=metrics,
             trace=recorder.rows,
             solver=self.name,
             problem=problem.name,

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from optkit._backend import has_module, optional_import
+from optkit.backend import has_module, optional_import
 from optkit.constrained_problem import EqualityConstrainedProblem
 from optkit.registry import register_problem_family, register_suite
 

@@ -283,7 +283,7 @@ def llama_config(size: str | LlamaSize, vocab_size: int = ByteTokenizer.vocab_si
     ``max_position_embeddings = seq_len``; no KV cache (training only); NUL (id 0) is the
     end-of-sequence id of the byte vocabulary, and there are no BOS or padding ids.
     """
-    from optkit._backend import optional_import
+    from optkit.backend import optional_import
 
     transformers = optional_import("transformers", "the llm/* problems")
     s = _size(size)

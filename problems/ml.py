@@ -13,9 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from array_api_compat import device as _device
 
-from optkit._backend import get_namespace, optional_import
+from optkit.backend import device_of, get_namespace, optional_import
 from optkit.problem import SmoothProblem
 from optkit.registry import register_problem, register_suite
 from optkit.validation import check_int, check_nonnegative
@@ -57,7 +56,7 @@ class LeastSquaresProblem(SmoothProblem):
     def _hess(self, x: Any) -> Any:
         xp = get_namespace(self.A)
         n = self.A.shape[1]
-        return self.A.T @ self.A / self.A.shape[0] + self.lam * xp.eye(n, dtype=self.A.dtype, device=_device(self.A))
+        return self.A.T @ self.A / self.A.shape[0] + self.lam * xp.eye(n, dtype=self.A.dtype, device=device_of(self.A))
 
     def _converted(self, conv: Callable[[Any], Any]) -> LeastSquaresProblem:
         return LeastSquaresProblem(
@@ -115,7 +114,7 @@ class LogisticProblem(SmoothProblem):
         xp = get_namespace(x)
         n = self.A.shape[1]
         w = self._weights(x)
-        eye = xp.eye(n, dtype=self.A.dtype, device=_device(self.A))
+        eye = xp.eye(n, dtype=self.A.dtype, device=device_of(self.A))
         return self.A.T @ (w[:, None] * self.A) / self.A.shape[0] + self.lam * eye
 
     def _converted(self, conv: Callable[[Any], Any]) -> LogisticProblem:

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from optkit._backend import has_module, optional_import
+from optkit.backend import has_module, optional_import
 from optkit.data import Dataset, find_dataset, register_dataset
 from optkit.ot_problem import OTProblem
 from optkit.registry import register_problem, register_suite

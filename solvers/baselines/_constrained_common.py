@@ -1,9 +1,10 @@
 """What the equality-constrained baselines (``scipy-trust-constr``, ``scipy-slsqp``, ``ipopt``)
-share: the trace measures, the record of one run, and the :class:`~optkit.result.Result`.
+share: the trace measures and the run (:class:`ConstrainedRun`, a
+:class:`~optkit.blackbox.BlackBoxRun` judged by the KKT residual).
 
 Each wrapper hands the library the problem's counted ``fun``, ``grad``, ``cons``, ``jac`` (and
-``lag_hess``) and reports the library's iterates to a :class:`ConstrainedRun`, which measures
-them with the problem's uncounted callables while the clock is paused.
+``lag_hess``) and reports the library's iterates to its :class:`ConstrainedRun`, which measures
+them uncounted while the clock is paused.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
+from optkit.blackbox import BlackBoxRun, LibraryVerdict
 from optkit.constrained_problem import EqualityConstrainedProblem, kkt_residual, least_squares_multipliers
 from optkit.problem import Problem
 from optkit.result import Result, Status
-from optkit.solver import Callback, Recorder, Solver
+from optkit.solver import Callback, Solver
 
 __all__ = ["HESSIANS", "ConstrainedBaseline", "ConstrainedRun", "hessian_reason", "use_exact_hessian"]
 
@@ -37,8 +39,8 @@ def use_exact_hessian(solver: Solver, problem: EqualityConstrainedProblem) -> bo
     return solver.hessian == "exact" or (solver.hessian == "auto" and "lag_hess" in problem.capabilities)
 
 
-class ConstrainedRun:
-    """The clock, trace and counters of one run of a wrapped constrained solver.
+class ConstrainedRun(BlackBoxRun):
+    """A :class:`~optkit.blackbox.BlackBoxRun` of a wrapped constrained solver.
 
     Parameters
     ----------
@@ -48,120 +50,67 @@ class ConstrainedRun:
     x0 : array or None
         Starting point (``problem.x0`` when ``None``).
     callback : callable or None
-        The user's callback, run by the :class:`~optkit.solver.Recorder`.
+        The user's callback.
 
     Trace rows hold ``fun``, ``stationarity``, ``feasibility`` (``||c||_inf``) and ``kkt``
-    (:func:`~optkit.constrained_problem.kkt_residual` with least-squares multipliers), computed
-    with the problem's private callables, so they count neither in the problem's counters nor
-    in the clock.
+    (:func:`~optkit.constrained_problem.kkt_residual` with least-squares multipliers),
+    measured uncounted and untimed. The criterion is ``kkt``: a returned point whose KKT
+    residual (with the library's multipliers) is ``<= tol`` is ``CONVERGED``.
     """
 
     def __init__(self, solver: Solver, problem: EqualityConstrainedProblem, x0: Any, callback: Callback | None):
-        self.solver = solver
-        self.problem = problem
-        self.x = np.array(problem.x0 if x0 is None else x0, dtype=float)
-        self.nit = 0
+        super().__init__(solver, problem, callback, measure=self._kkt_row, criterion="kkt")
+        self.start = np.array(problem.x0 if x0 is None else x0, dtype=float)
         self.jac0: Any = None
-        self._counters_before = dict(problem.counters)
-        self.recorder = Recorder(time_limit=solver.time_limit, callback=callback, device="cpu")
 
-    def _point(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, Any]:
+    def _kkt_row(self, x: np.ndarray, y: np.ndarray | None = None) -> dict[str, float]:
         p = self.problem
-        return (float(p._fun(x)), np.asarray(p._grad(x), dtype=float), np.asarray(p._cons(x), dtype=float), p._jac(x))
+        return {"fun": p.fun(x), **kkt_residual(p.grad(x), p.jac(x), p.cons(x), y)}
 
-    def begin(self) -> Status | None:
-        """Record row 0 at the starting point and keep its Jacobian in ``jac0``.
-
-        Returns the status that ends the run before the library starts (callback, time limit,
-        ``max_iter = 0``, or a start that already meets ``tol``), else ``None``. Raises a
-        ``TypeError`` when the Jacobian has no entries (a LinearOperator): the libraries need them.
-        """
-        self.recorder.start()
-        self.recorder.pause()
-        f, g, c, self.jac0 = self._point(self.x)
+    def begin(self) -> Status | None:  # type: ignore[override]
+        """Record row 0 at the start and keep its Jacobian in ``jac0`` (see
+        :meth:`BlackBoxRun.begin`). Raises a ``TypeError`` when the Jacobian has no entries
+        (a LinearOperator): the libraries need them."""
+        with self.problem.uncounted():
+            self.jac0 = self.problem.jac(self.start)
         if not (isinstance(self.jac0, np.ndarray) or sp.issparse(self.jac0)):
             raise TypeError(
                 f"solver {self.solver.name!r} needs the constraint Jacobian's entries (a numpy array or a scipy "
                 f"sparse matrix); problem {self.problem.name!r} returns {type(self.jac0).__name__}"
             )
-        row = {"fun": f, **kkt_residual(g, self.jac0, c)}
-        status = self.recorder.record(0, row, self.x)
-        if status is None and (self.solver.max_iter == 0 or row["kkt"] <= self.solver.tol):
-            status = Status.CONVERGED if row["kkt"] <= self.solver.tol else Status.MAX_ITER
-        return status
+        return super().begin(self.start)
 
-    def iteration(self, x: np.ndarray, nit: int) -> Status | None:
-        """Record iterate ``nit`` (the clock is paused first); the status that ends the run, or ``None``."""
-        self.recorder.pause()
-        self.x = np.array(x, dtype=float)
-        self.nit = nit
-        f, g, c, J = self._point(self.x)
-        return self.recorder.record(nit, {"fun": f, **kkt_residual(g, J, c)}, self.x)
-
-    def finish(
+    def finish(  # type: ignore[override]
         self,
-        status: Status | None,
+        verdict: LibraryVerdict | None = None,
         *,
         x: np.ndarray | None = None,
         y: np.ndarray | None = None,
         nit: int | None = None,
-        success: bool = False,
-        max_iter_reached: bool = False,
-        message: str = "",
     ) -> Result:
-        """Stop the clock and build the :class:`~optkit.result.Result`.
+        """The :class:`~optkit.result.Result` by the status rule of :mod:`optkit.blackbox`.
 
         Parameters
         ----------
-        status : Status or None
-            The status when the run was ended by :meth:`begin` or :meth:`iteration`; ``None``
-            when the library returned, and then: ``CONVERGED`` if it reported ``success`` and the
-            final ``kkt`` is ``<= tol``, ``MAX_ITER`` if it reached its iteration limit, else
-            ``FAILED`` with the library's ``message``.
+        verdict : LibraryVerdict, optional
+            The library's verdict when it returned (``None`` when the run stopped it).
         x, y : ndarray, optional
             The library's final iterate and multipliers in optkit's convention
-            (``L = f + y^T c``); defaults: the last recorded iterate and least-squares multipliers.
+            (``L = f + y^T c``); defaults: the last recorded iterate and least-squares
+            multipliers there.
         nit : int, optional
             The library's iteration count (default: the last recorded iteration).
-        success, max_iter_reached, message :
-            The library's verdict, used when ``status`` is ``None``.
 
-        ``metrics`` are ``fun`` and :func:`~optkit.constrained_problem.kkt_residual` with ``y``
-        (what ``problem.evaluate(x, extras)`` reports); ``extras["y"]`` holds ``y``.
+        ``metrics`` are ``fun`` and the KKT residual with ``y`` (what
+        ``problem.evaluate(x, extras)`` reports); ``extras["y"]`` holds ``y``.
         """
         self.recorder.pause()
-        if x is not None:
-            self.x = np.array(x, dtype=float)
-        if nit is not None:
-            self.nit = nit
-        f, g, c, J = self._point(self.x)
-        y = least_squares_multipliers(g, J) if y is None else np.asarray(y, dtype=float).reshape(-1)
-        metrics = {"fun": f, **kkt_residual(g, J, c, y)}
-        tol = self.solver.tol
-        if status is None:
-            if success and metrics["kkt"] <= tol:
-                status = Status.CONVERGED
-            elif max_iter_reached:
-                status = Status.MAX_ITER
-            else:
-                status = Status.FAILED
-                if success:
-                    message = f"{message} (but the KKT residual {metrics['kkt']:.3g} > tol = {tol:g})"
-        counters = {k: v - self._counters_before.get(k, 0) for k, v in self.problem.counters.items()}
-        return Result(
-            x=self.x,
-            fun=f,
-            status=status,
-            message=message if status is Status.FAILED else "",
-            nit=self.nit,
-            counters=counters,
-            time_s=self.recorder.elapsed,
-            metrics=metrics,
-            trace=self.recorder.rows,
-            solver=self.solver.name,
-            problem=self.problem.name,
-            extras={"y": y},
-        )
+        point = self.x if x is None or self.status is not None else np.array(x, dtype=float)
+        with self.problem.uncounted():
+            g, J = self.problem.grad(point), self.problem.jac(point)
+            y = least_squares_multipliers(g, J) if y is None else np.asarray(y, dtype=float).reshape(-1)
+            metrics = self._kkt_row(point, y)
+        return super().finish(x=point, nit=nit, verdict=verdict, metrics=metrics, extras={"y": y})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,11 +128,11 @@ class ConstrainedBaseline(Solver):
     def solve(self, problem: Problem, *, x0: Any = None, callback: Callback | None = None) -> Result:
         self.ensure_compatible(problem)
         run = ConstrainedRun(self, problem, x0, callback)
-        status = run.begin()
-        if status is not None:
-            return run.finish(status)
+        if run.begin() is not None:
+            return run.finish()
         return self.run_library(problem, run)
 
     @abc.abstractmethod
     def run_library(self, problem: EqualityConstrainedProblem, run: ConstrainedRun) -> Result:
-        """Run the library from ``run.x``, report its iterates to ``run`` and return ``run.finish(...)``."""
+        """Run the library from ``run.start`` inside ``run.library()``, report its iterates to
+        ``run.iteration`` and return ``run.finish(verdict, x=..., y=...)``."""

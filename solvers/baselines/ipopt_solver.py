@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from optkit._backend import has_module, optional_import
+from optkit.backend import has_module, optional_import
+from optkit.blackbox import LibraryVerdict
 from optkit.constrained_problem import EqualityConstrainedProblem
 from optkit.problem import Problem
 from optkit.registry import register_solver
 from optkit.result import Result, Status
-from optkit.solver import Callback
+from optkit.solver import Callback, StopSolver
 from optkit.validation import check_choice, check_int
 
 from ._constrained_common import HESSIANS, ConstrainedBaseline, ConstrainedRun, hessian_reason, use_exact_hessian
@@ -96,8 +97,7 @@ class _Callbacks:
 
     def __init__(self, problem: EqualityConstrainedProblem, run: ConstrainedRun, jac: _Pattern) -> None:
         self.problem, self.run, self.jac = problem, run, jac
-        self.x = run.x
-        self.stop: Status | None = None
+        self.x = run.start
 
     def objective(self, x):
         return self.problem.fun(x)
@@ -117,8 +117,11 @@ class _Callbacks:
 
     def intermediate(self, alg_mod, iter_count, *_):
         if iter_count > 0:  # iteration 0 is the start, recorded by run.begin()
-            self.stop = self.run.iteration(self.x, iter_count)
-        return self.stop is None
+            try:
+                self.run.iteration(np.array(self.x), iter_count)
+            except StopSolver:  # run.status says why; IPOPT stops when this returns False
+                return False
+        return True
 
 
 class _ExactHessianCallbacks(_Callbacks):
@@ -204,7 +207,8 @@ class Ipopt(ConstrainedBaseline):
         exact = use_exact_hessian(self, problem)
         if exact:
             # the pattern of f's Hessian and of every constraint's (structural zeros kept)
-            hess = _Pattern(problem._lag_hess(run.x, np.ones(problem.m), 1.0), lower=True, what="lag_hess")
+            with problem.uncounted():
+                hess = _Pattern(problem.lag_hess(run.start, np.ones(problem.m), 1.0), lower=True, what="lag_hess")
             callbacks: _Callbacks = _ExactHessianCallbacks(problem, run, jac, hess)
         else:
             callbacks = _Callbacks(problem, run, jac)
@@ -212,17 +216,15 @@ class Ipopt(ConstrainedBaseline):
         nlp = cyipopt.Problem(n=int(problem.n), m=int(problem.m), problem_obj=callbacks, cl=zeros, cu=zeros)
         for key, value in self._options(exact).items():
             nlp.add_option(key, value)
-        try:
-            x, info = nlp.solve(run.x)
-        finally:
-            nlp.close()
-        if callbacks.stop is not None:
-            return run.finish(callbacks.stop, x=x, y=info["mult_g"])
-        return run.finish(
-            None,
-            x=x,
-            y=info["mult_g"],
-            success=info["status"] in _SUCCESS,
-            max_iter_reached=info["status"] == _MAX_ITER,
-            message=info["status_msg"].decode(errors="replace"),
-        )
+        info = None
+        with run.library():
+            try:
+                x, info = nlp.solve(run.start)
+            finally:
+                nlp.close()
+        if run.status is not None:  # IPOPT's multipliers belong to the iterate it was stopped at
+            return run.finish(y=None if info is None else info["mult_g"])
+        code = int(info["status"])
+        outcome = Status.CONVERGED if code in _SUCCESS else Status.MAX_ITER if code == _MAX_ITER else Status.FAILED
+        verdict = LibraryVerdict(outcome, code, "IPOPT: " + info["status_msg"].decode(errors="replace"))
+        return run.finish(verdict, x=x, y=info["mult_g"])

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from optkit._backend import get_namespace, optional_import
+from optkit.backend import get_namespace, optional_import
 from optkit.ot_problem import OTProblem, marginal_error
 from optkit.problem import Problem
 from optkit.registry import register_solver

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from optkit._backend import optional_import
+from optkit.backend import optional_import
 from optkit.problem import LinearSystemProblem, Problem
 from optkit.registry import register_solver
 from optkit.result import Result, Status

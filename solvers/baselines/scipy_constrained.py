@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from optkit.blackbox import LibraryVerdict
 from optkit.constrained_problem import EqualityConstrainedProblem
 from optkit.problem import Problem
 from optkit.registry import register_solver
-from optkit.result import Result
-from optkit.solver import StopSolver
+from optkit.result import Result, Status
 from optkit.validation import check_choice, check_positive
 
 from ._constrained_common import HESSIANS, ConstrainedBaseline, ConstrainedRun, hessian_reason, use_exact_hessian
@@ -51,7 +51,8 @@ class ScipyTrustConstr(ConstrainedBaseline):
         ``"auto"`` (default): exact when the problem has ``lag_hess``.
     xtol : float
         SciPy's ``xtol``: it also stops (reporting success) when the trust radius falls below
-        it; the status is then ``CONVERGED`` only if the KKT residual is ``<= tol``. Default 1e-8.
+        it; the status is then ``CONVERGED`` only if the KKT residual is ``<= tol``, else
+        ``STALLED``. Default 1e-8.
 
     The Jacobian (dense or scipy sparse) is passed as the problem returns it, so sparse
     Jacobians use SciPy's sparse factorisation. ``extras["y"]`` is SciPy's ``v``, which has
@@ -89,36 +90,28 @@ class ScipyTrustConstr(ConstrainedBaseline):
         def on_iteration(intermediate_result):
             nit = intermediate_result.nit - 1  # SciPy's first call is at the start, recorded by begin()
             if nit > 0:
-                stop = run.iteration(intermediate_result.x, nit)
-                if stop is not None:
-                    raise StopSolver(stop)
+                run.iteration(np.array(intermediate_result.x), nit)
 
         options = {"gtol": self.tol, "xtol": self.xtol, "maxiter": self.max_iter + 1, "verbose": 0}
-        try:
-            with warnings.catch_warnings():
-                # BFGS on a linear constraint sees no change of its gradient: SciPy warns at each update
-                warnings.filterwarnings("ignore", message="delta_grad == 0.0", category=UserWarning)
-                res = minimize(
-                    problem.fun,
-                    run.x,
-                    jac=problem.grad,
-                    hess=hess,
-                    method="trust-constr",
-                    constraints=[constraint],
-                    options=options,
-                    callback=on_iteration,
-                )
-        except StopSolver as stop:
-            return run.finish(stop.status)
-        return run.finish(
-            None,
-            x=res.x,
-            y=res.v[0],
-            nit=res.nit - 1,
-            success=res.success,
-            max_iter_reached=res.status == 0,
-            message=str(res.message),
-        )
+        with run.library(), warnings.catch_warnings():
+            # BFGS on a linear constraint sees no change of its gradient: SciPy warns at each update
+            warnings.filterwarnings("ignore", message="delta_grad == 0.0", category=UserWarning)
+            res = minimize(
+                problem.fun,
+                run.start,
+                jac=problem.grad,
+                hess=hess,
+                method="trust-constr",
+                constraints=[constraint],
+                options=options,
+                callback=on_iteration,
+            )
+        if run.status is not None:
+            return run.finish()
+        # SciPy's status: 0 iteration limit, 1 gtol met, 2 xtol met (both "success"), 3 callback, -1 error
+        outcome = {0: Status.MAX_ITER, 1: Status.CONVERGED, 2: Status.CONVERGED}.get(res.status, Status.FAILED)
+        verdict = LibraryVerdict(outcome, int(res.status), f"trust-constr: {res.message}")
+        return run.finish(verdict, x=res.x, y=res.v[0], nit=res.nit - 1)
 
 
 @register_solver("scipy-slsqp")
@@ -161,7 +154,7 @@ class ScipySLSQP(ConstrainedBaseline):
 
         # SciPy calls back when SLSQP starts iteration k, at its first trial point; the iterate
         # x_{k-1} is where the Jacobian was last evaluated
-        last = {"x": run.x, "started": 0}
+        last = {"x": run.start, "started": 0}
 
         def jac(x):
             last["x"] = x.copy()  # SLSQP updates its x in place
@@ -171,33 +164,26 @@ class ScipySLSQP(ConstrainedBaseline):
         def on_iteration(_trial):
             last["started"] += 1
             if last["started"] > 1:
-                stop = run.iteration(last["x"], last["started"] - 1)
-                if stop is not None:
-                    raise StopSolver(stop)
+                run.iteration(last["x"], last["started"] - 1)
 
         constraint = {"type": "eq", "fun": problem.cons, "jac": jac}
         options = {"ftol": self.tol if self.ftol is None else self.ftol, "maxiter": self.max_iter}
-        try:
+        with run.library():
             res = minimize(
                 problem.fun,
-                run.x,
+                run.start,
                 jac=problem.grad,
                 method="SLSQP",
                 constraints=[constraint],
                 options=options,
                 callback=on_iteration,
             )
-        except StopSolver as stop:
-            return run.finish(stop.status)
-        if res.nit > run.nit:  # the final iterate, recorded once SLSQP has returned
-            run.iteration(res.x, res.nit)
+            if res.nit > run.nit:  # the final iterate, recorded once SLSQP has returned
+                run.iteration(np.array(res.x), res.nit)
+        if run.status is not None:
+            return run.finish()
         y = -np.asarray(res["multipliers"]) if "multipliers" in res else None
-        return run.finish(
-            None,
-            x=res.x,
-            y=y,
-            nit=res.nit,
-            success=res.success,
-            max_iter_reached=res.status == 9,
-            message=str(res.message),
-        )
+        # SLSQP's status: 0 success, 9 iteration limit, others failures (a singular LSQ subproblem ...)
+        outcome = {0: Status.CONVERGED, 9: Status.MAX_ITER}.get(res.status, Status.FAILED)
+        verdict = LibraryVerdict(outcome, int(res.status), f"SLSQP: {res.message}")
+        return run.finish(verdict, x=res.x, y=y, nit=res.nit)

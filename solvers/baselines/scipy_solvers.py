@@ -1,24 +1,24 @@
 """Baselines wrapping SciPy: ``scipy-cg`` (sparse.linalg.cg) and ``scipy-lbfgsb`` (L-BFGS-B).
 
-Both run the SciPy routine unchanged and record the optkit trace from its callback, with
-the clock paused while a row is recorded; the time limit (and a callback's request to
-stop) ends the routine by raising :class:`~optkit.solver.StopSolver` from that callback,
-and the last iterate it reported is returned.
+Both run the SciPy routine unchanged through :class:`optkit.blackbox.BlackBoxRun`: the trace
+is recorded from SciPy's callback with the clock paused, the time limit (and a callback's
+request to stop) end the routine from that callback, and the last iterate it reported is
+returned; Ctrl-C returns it too.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from optkit.blackbox import BlackBoxRun, LibraryVerdict, krylov_verdict
 from optkit.problem import LinearSystemProblem, Problem, SmoothProblem
 from optkit.registry import register_solver
 from optkit.result import Result, Status
-from optkit.solver import Callback, Recorder, Solver, StopSolver
+from optkit.solver import Callback, Solver
+from optkit.validation import check_int, check_nonnegative
 
 __all__ = ["ScipyCG", "ScipyLBFGSB"]
 
@@ -44,7 +44,8 @@ class ScipyCG(Solver):
     -------
     tol : float
         Relative residual: stops when ``||b - A x|| < tol * ||b||`` (SciPy's ``rtol``,
-        with ``atol = 0``), ``||r||`` being CG's recurrence residual.
+        with ``atol = 0``), ``||r||`` being CG's recurrence residual. SciPy tests optkit's
+        measure itself, so its verdict decides the status (``info < 0``: ``BREAKDOWN``).
     max_iter : int
         CG iterations (SciPy's ``maxiter``).
     time_limit : float or None
@@ -66,50 +67,25 @@ class ScipyCG(Solver):
         assert isinstance(problem, LinearSystemProblem)
         A = problem.matrix if problem.matrix is not None else problem.A.to_scipy()
         b = np.asarray(problem.b)
-        x = np.array(problem.x0 if x0 is None else x0, dtype=b.dtype)
         bnorm = float(np.linalg.norm(b)) or 1.0
         counters = {"matvec": 0}
-        op = _scipy_operator(A, counters)
-        recorder = Recorder(time_limit=self.time_limit, callback=callback, device="cpu")
-        state = {"x": x, "nit": 0}
 
-        def relres(v):
-            return float(np.linalg.norm(b - A @ v)) / bnorm
+        def relative_residual(v):
+            return {"residual": float(np.linalg.norm(b - A @ v)) / bnorm}
 
-        def on_iteration(xk):
-            recorder.pause()
-            state["nit"] += 1
-            state["x"] = xk.copy()
-            status = recorder.record(state["nit"], {"residual": relres(xk)}, xk)
-            if status is not None:
-                raise StopSolver(status)
-
-        # the clock starts when record() returns: measuring x0 is not the solver's work
-        r0 = relres(x)
-        status = recorder.record(0, {"residual": r0}, x)
-        if status is None and self.max_iter == 0:
-            status = Status.CONVERGED if r0 < self.tol else Status.MAX_ITER
-        if status is None:
-            try:
-                x_out, info = cg(op, b, x0=x, rtol=self.tol, atol=0.0, maxiter=self.max_iter, callback=on_iteration)
-            except StopSolver as stop:
-                status = stop.status
-            else:
-                state["x"] = x_out
-                status = Status.CONVERGED if info == 0 else Status.MAX_ITER if info > 0 else Status.FAILED
-        recorder.pause()
-        residual = recorder.rows[-1]["residual"] if recorder.rows[-1]["iter"] == state["nit"] else relres(state["x"])
-        return Result(
-            x=state["x"],
-            status=status,
-            nit=state["nit"],
-            counters=counters,
-            time_s=recorder.elapsed,
-            metrics={"residual": residual},
-            trace=recorder.rows,
-            solver=self.name,
-            problem=problem.name,
-        )
+        run = BlackBoxRun(self, problem, callback, measure=relative_residual)
+        x = np.array(problem.x0 if x0 is None else x0, dtype=b.dtype)
+        if run.begin(x) is None and relative_residual(x)["residual"] < self.tol:
+            run.status = Status.CONVERGED
+        verdict = x_out = None
+        if run.status is None:
+            with run.library():
+                x_out, info = cg(
+                    _scipy_operator(A, counters), b, x0=x, rtol=self.tol, atol=0.0, maxiter=self.max_iter,
+                    callback=lambda xk: run.iteration(xk.copy()),
+                )
+                verdict = krylov_verdict(info, "scipy.sparse.linalg.cg")
+        return run.finish(x=x_out, verdict=verdict, counters=counters)
 
 
 @register_solver("scipy-lbfgsb")
@@ -129,9 +105,15 @@ class ScipyLBFGSB(Solver):
         Stored correction pairs (SciPy's ``maxcor``), default 10.
     ftol : float
         SciPy's relative-decrease test ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ftol``.
-        Default 0: only ``tol`` ends a run as converged. When SciPy stops for any other
-        reason (``ftol``, a failed line search) the status is ``CONVERGED`` only if the
-        gradient test holds, else ``FAILED`` with SciPy's message.
+        Default 0, so that it fires only when ``f`` stops changing in floating point.
+
+    Status (the rule of :mod:`optkit.blackbox`): ``CONVERGED`` when ``grad_inf <= tol`` at
+    the returned point; ``STALLED`` when SciPy reports success on its other test (the
+    relative reduction of ``f``: ``f`` no longer decreases in floating point, so ``tol`` was
+    below what the problem's rounding allows), ``MAX_ITER`` at its iteration or evaluation
+    limit, ``FAILED`` otherwise (e.g. an abnormal line search), each with SciPy's message.
+    ``extras["library_status"]`` is SciPy's ``status`` and ``extras["hess_inv"]`` its
+    ``LbfgsInvHessProduct``; ``Result.jac`` is the gradient at ``x``.
 
     Trace rows hold ``fun``, ``grad_norm`` (Euclidean, as ``problem.evaluate``) and
     ``grad_inf`` (the stopping measure). Counters are the problem's (``fun``, ``grad``).
@@ -147,19 +129,14 @@ class ScipyLBFGSB(Solver):
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.memory, bool) or not isinstance(self.memory, numbers.Integral) or self.memory < 1:
-            raise ValueError(f"memory must be a positive integer, got {self.memory!r}")
-        if isinstance(self.ftol, bool) or not isinstance(self.ftol, numbers.Real) or not 0 <= self.ftol < math.inf:
-            raise ValueError(f"ftol must be a finite number >= 0, got {self.ftol!r}")
+        check_int("memory", self.memory, 1)
+        check_nonnegative("ftol", self.ftol)
 
     def solve(self, problem: Problem, *, x0: Any = None, callback: Callback | None = None) -> Result:
         from scipy.optimize import minimize
 
         self.ensure_compatible(problem)
         assert isinstance(problem, SmoothProblem)
-        counters_before = dict(problem.counters)
-        recorder = Recorder(time_limit=self.time_limit, callback=callback, device="cpu")
-        x = np.array(problem.x0 if x0 is None else x0, dtype=float)
         last: dict[str, Any] = {}
 
         def fun_and_grad(v):
@@ -171,30 +148,17 @@ class ScipyLBFGSB(Solver):
         def measures(v):
             if "x" in last and np.array_equal(last["x"], v):
                 f, g = last["f"], last["g"]
-            else:  # not counted: an evaluation for the trace only
-                f, g = float(problem._f(v)), np.asarray(problem._g(v), dtype=float)
+            else:  # a point L-BFGS-B did not evaluate (the start): measured for the trace only
+                f, g = problem.fun_and_grad(v)
+                g = np.asarray(g, dtype=float)
+            measured["g"] = g
             return {"fun": f, "grad_norm": float(np.linalg.norm(g)), "grad_inf": float(np.max(np.abs(g), initial=0.0))}
 
-        state = {"x": x, "nit": 0, "metrics": None}
-
-        def on_iteration(intermediate_result):
-            recorder.pause()
-            xk = np.array(intermediate_result.x)
-            state["nit"] += 1
-            state["x"] = xk
-            state["metrics"] = measures(xk)
-            status = recorder.record(state["nit"], state["metrics"], xk)
-            if status is not None:
-                raise StopSolver(status)
-
-        recorder.start()
-        recorder.pause()
-        state["metrics"] = measures(x)
-        status = recorder.record(0, state["metrics"], x)
-        message = ""
-        if status is None and (self.max_iter == 0 or state["metrics"]["grad_inf"] <= self.tol):
-            status = Status.CONVERGED if state["metrics"]["grad_inf"] <= self.tol else Status.MAX_ITER
-        if status is None:
+        measured: dict[str, np.ndarray] = {}
+        run = BlackBoxRun(self, problem, callback, measure=measures, criterion="grad_inf")
+        x = np.array(problem.x0 if x0 is None else x0, dtype=float)
+        res = verdict = None
+        if run.begin(x) is None:
             options = {
                 "maxiter": self.max_iter,
                 "maxfun": 20 * self.max_iter + 20,
@@ -202,33 +166,14 @@ class ScipyLBFGSB(Solver):
                 "ftol": self.ftol,
                 "maxcor": self.memory,
             }
-            try:
-                res = minimize(fun_and_grad, x, jac=True, method="L-BFGS-B", options=options, callback=on_iteration)
-            except StopSolver as stop:
-                status = stop.status
-            else:
-                recorder.pause()
-                state["x"] = np.asarray(res.x)
-                state["metrics"] = measures(state["x"])
-                message = str(res.message)
-                if state["metrics"]["grad_inf"] <= self.tol:
-                    status = Status.CONVERGED
-                elif res.status == 1:
-                    status = Status.MAX_ITER
-                else:
-                    status = Status.FAILED
-        recorder.pause()
-        counters = {k: v - counters_before.get(k, 0) for k, v in problem.counters.items()}
-        return Result(
-            x=state["x"],
-            fun=state["metrics"]["fun"],
-            status=status,
-            message=message if status is Status.FAILED else "",
-            nit=state["nit"],
-            counters=counters,
-            time_s=recorder.elapsed,
-            metrics=state["metrics"],
-            trace=recorder.rows,
-            solver=self.name,
-            problem=problem.name,
-        )
+            with run.library():
+                res = minimize(
+                    fun_and_grad, x, jac=True, method="L-BFGS-B", options=options,
+                    callback=lambda xk: run.iteration(np.array(xk)),
+                )
+                outcome = {0: Status.CONVERGED, 1: Status.MAX_ITER}.get(int(res.status), Status.FAILED)
+                verdict = LibraryVerdict(outcome, int(res.status), f"L-BFGS-B: {res.message}")
+        extras = {} if res is None else {"hess_inv": res.hess_inv}
+        result = run.finish(x=None if res is None else np.asarray(res.x), verdict=verdict, extras=extras)
+        # the last measurement was taken at the returned point
+        return replace(result, jac=measured["g"])

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from optkit._backend import synchronize
+from optkit.backend import synchronize
 from optkit.krylov import CGIteration, CGState
 from optkit.linop import Diagonal, diagonal
 from optkit.problem import LinearSystemProblem, Problem

@@ -12,7 +12,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from optkit._backend import has_module, optional_import
+from optkit.backend import has_module, optional_import
 from optkit.problem import Problem
 from optkit.registry import register_solver
 from optkit.validation import check_choice, check_int, check_positive

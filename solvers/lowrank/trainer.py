@@ -18,7 +18,7 @@ import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
-from optkit._backend import optional_import, synchronize
+from optkit.backend import optional_import, synchronize
 from optkit.problem import Problem
 from optkit.result import Status
 from optkit.solver import IterativeSolver

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from optkit._backend import get_namespace, is_torch
+from optkit.backend import get_namespace, is_torch
 
 __all__ = [
     "log_plan",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from optkit._backend import to_numpy
+from optkit.backend import to_numpy
 from optkit.validation import check_int
 
 __all__ = ["sparse_dual", "sparse_plan"]

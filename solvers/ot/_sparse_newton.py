@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from optkit._backend import get_namespace, is_torch
+from optkit.backend import device_of, get_namespace, is_torch
 from optkit.krylov import KrylovResult, cg
 from optkit.linop import Diagonal, FunctionOperator, Sparse
 from optkit.result import Status
@@ -127,7 +127,7 @@ def sparsified_hessian(
         rows, cols, vals, _ = select_entries(P, float(xp.sum(P1)), START_FACTOR * max(n, m), drop_tol)
     else:
         rows, cols, vals, _ = select_entries(P, float(xp.sum(P1)), keep_count(n, m, density), None)
-    device = _device(P)
+    device = device_of(P)
     idx_n = xp.arange(n, device=device)
     idx_m = xp.arange(m, device=device)
     all_rows = xp.concat((idx_n, n + idx_m, rows, n + cols))
@@ -180,7 +180,7 @@ def _newton_direction(
     xp = get_namespace(P1)
     n, m = P1.shape[0], PT1.shape[0]
     rows, cols, vals = selection
-    dtype, device = P1.dtype, _device(P1)
+    dtype, device = P1.dtype, device_of(P1)
     if n >= m:
         d_e, d_s, h_e, h_s, ei, si, ne, ns = P1, PT1, gf, gg, rows, cols, n, m
     else:
@@ -283,7 +283,3 @@ def _plan_and_sums(f, g, C, reg):
     """``(P 1, P^T 1, P)`` at ``(f, g)``, from :func:`_dual.log_plan` and :func:`_exp_`."""
     P = _exp_(log_plan(f, g, C, reg))
     return P.sum(1), P.sum(0), P
-
-
-def _device(x: Any) -> Any:
-    return x.device if is_torch(x) else None

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from optkit._backend import get_namespace, is_torch
+from optkit.backend import get_namespace, is_torch
 from optkit.ot_problem import OTProblem
 from optkit.problem import Problem
 from optkit.registry import register_solver

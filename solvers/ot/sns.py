@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from optkit._backend import get_namespace, is_torch
+from optkit.backend import device_of, get_namespace, is_torch
 from optkit.krylov import cg
 from optkit.ot_problem import OTProblem
 from optkit.problem import Problem
@@ -71,7 +71,6 @@ from ._dual import log_plan, marginal_violation, marginals, plan, update_f, upda
 from ._sparse_newton import (
     START_FACTOR,
     _curvature_term,
-    _device,
     _exp_,
     _max_abs_sum,
     _newton_direction,
@@ -111,7 +110,7 @@ def dual_hessian(f: Any, g: Any, C: Any, reg: float) -> Any:
 
 
 def _diag(xp, d):
-    return xp.eye(d.shape[0], dtype=d.dtype, device=_device(d)) * d[None, :]
+    return xp.eye(d.shape[0], dtype=d.dtype, device=device_of(d)) * d[None, :]
 
 
 # ----------------------------------------------------------------------------- solver
@@ -466,8 +465,8 @@ class SNS(IterativeSolver):
         if state.support is not None:
             xp = get_namespace(problem.C)
             rows, cols = state.support
-            f_full = xp.full(problem.shape[0], -math.inf, dtype=problem.C.dtype, device=_device(problem.C))
-            g_full = xp.full(problem.shape[1], -math.inf, dtype=problem.C.dtype, device=_device(problem.C))
+            f_full = xp.full(problem.shape[0], -math.inf, dtype=problem.C.dtype, device=device_of(problem.C))
+            g_full = xp.full(problem.shape[1], -math.inf, dtype=problem.C.dtype, device=device_of(problem.C))
             f_full[rows] = f
             g_full[cols] = g
             f, g = f_full, g_full

@@ -68,7 +68,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from optkit._backend import to_numpy
+from optkit.backend import to_numpy
 from optkit.ot_problem import OTProblem
 from optkit.problem import Problem
 from optkit.registry import register_solver

@@ -5,7 +5,7 @@ import pytest
 
 import optkit
 from optkit import LinearSystemProblem, Result, SmoothProblem, Status
-from optkit._backend import convert, get_namespace, optional_import
+from optkit.backend import convert, get_namespace, optional_import
 from optkit.data import Dataset, data_dir, find_dataset, register_dataset
 from optkit.validation import check_choice, check_int, check_nonnegative, check_positive
 
@@ -140,3 +140,17 @@ def test_validation_returns_normalised_values():
     assert check_int("n", np.int64(3), 1) == 3 and type(check_int("n", np.int64(3), 1)) is int
     assert check_positive("reg", 2) == 2.0 and check_nonnegative("lam", 0) == 0.0
     assert check_choice("rhs", "ones", ("ones",)) == "ones"
+
+
+def test_uncounted_evaluations_leave_the_counters_alone():
+    p = SmoothProblem(lambda x: float(x @ x), lambda x: 2 * x, np.ones(3), name="toy/uncounted")
+    p.fun(p.x0)
+    with p.uncounted() as same:
+        assert same is p
+        p.fun(p.x0), p.grad(p.x0), p.fun_and_grad(p.x0)
+    p.grad(p.x0)
+    assert p.counters == {"fun": 1, "grad": 1}
+    with pytest.raises(RuntimeError), p.uncounted():
+        p.fun(p.x0)
+        raise RuntimeError
+    assert p.counters == {"fun": 1, "grad": 1}

@@ -28,7 +28,7 @@ def test_unknown_name_lists_close_matches():
         reg.get("sinkorn")
 
 
-@pytest.mark.parametrize("bad", ["With Space", "under_score/", "a/b/c", "", "-lead"])
+@pytest.mark.parametrize("bad", ["With Space", "under_score/", "a/b/c/d", "", "-lead"])
 def test_bad_names_are_refused(bad):
     with pytest.raises(ValueError, match="must be lowercase words"):
         Registry("widget", None).add(bad, object())
@@ -118,8 +118,12 @@ def test_problem_family_resolves_members_on_demand_and_is_listed_once():
     assert "fam/alpha" in reg and "fam/gamma" not in reg and "plain/one" in reg
     with pytest.raises(KeyError, match="no member 'gamma'"):
         reg.get("fam/gamma")
-    with pytest.raises(ValueError, match="one lowercase word"):
-        reg.add_family("a/b", resolve)
+    with pytest.raises(ValueError, match="one or two lowercase words"):
+        reg.add_family("a/b/c", resolve)
+    # a two-word family beside a plain problem of the same prefix: "plain/one" and "plain/one/<name>"
+    reg.add_family("plain/one", lambda member: {"x": lambda: "X"}[member])
+    assert reg.get("plain/one")() == 1 and reg.get("plain/one/x")() == "X"
+    assert reg.names() == ["fam/<name>", "plain/one", "plain/one/<name>"]
     with pytest.raises(ValueError, match="already registered"):
         reg.add_family("fam", lambda m: None)
 
@@ -130,3 +134,13 @@ def test_suite_and_problem_names_may_not_collide():
         register_suite("linear/poisson-2d", ["linear/poisson-2d:n=8"])
     with pytest.raises(ValueError, match="already a suite name"):
         register_problem("demo")(lambda: None)
+
+
+def test_get_solver_and_solve_take_the_spec_spelling_of_bench():
+    solver = optkit.get_solver("pcg:preconditioner=ichol,tol=1e-8", max_iter=7)
+    assert (solver.preconditioner, solver.tol, solver.max_iter) == ("ichol", 1e-8, 7)
+    assert optkit.get_solver("pcg:tol=1e-8", tol=1e-3).tol == 1e-3  # keywords override the spec
+    with pytest.raises(TypeError, match="unknown option.*'nonsense'"):
+        optkit.get_solver("pcg:nonsense=1")
+    res = optkit.solve("linear/poisson-2d:n=16", "pcg:preconditioner=ichol", tol=1e-10)
+    assert res.status is optkit.Status.CONVERGED and res.metrics["residual"] < 1e-10

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import optkit
-import optkit._backend
+import optkit.backend
 from optkit.bench import resolve_problems
 from optkit.constrained_problem import EqualityConstrainedProblem
 from problems import cutest as cu
@@ -271,8 +271,8 @@ def test_unknown_names_list_close_matches():
 
 
 def test_missing_optiprofiler_names_the_extra(monkeypatch):
-    real = optkit._backend.has_module
-    monkeypatch.setattr(optkit._backend, "has_module", lambda name: name != "optiprofiler" and real(name))
+    real = optkit.backend.has_module
+    monkeypatch.setattr(optkit.backend, "has_module", lambda name: name != "optiprofiler" and real(name))
     with pytest.raises(ImportError, match=r"optkit\[cutest\]"):
         optkit.get_problem("cutest/HS28")
 

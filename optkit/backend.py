@@ -1,11 +1,20 @@
-"""Array backends: numpy on the CPU, torch on the CPU or CUDA.
+"""Array backends: numpy on the CPU, torch on the CPU or CUDA (public: ``optkit.backend``).
 
-Everything in optkit that must tell numpy from torch goes through this module,
-so that solvers are written once against the array namespace returned by
-:func:`get_namespace` (the array API standard, through ``array-api-compat``).
+Everything in optkit that must tell numpy from torch goes through this module, and so
+should a solver or problem written for optkit: code is written once against the array
+namespace returned by :func:`get_namespace` (the array API standard, through
+``array-api-compat``), and creates arrays with ``device=device_of(x)``, which both
+backends accept::
 
-Optional dependencies are imported through :func:`optional_import`, which turns a
-missing package into an ``ImportError`` that says which extra installs it.
+    from optkit.backend import device_of, get_namespace
+
+    xp = get_namespace(A, b)
+    eye = xp.eye(n, dtype=A.dtype, device=device_of(A))
+
+Moving data: :func:`convert` (backend, device, dtype), :func:`to_numpy`. Timing on
+CUDA: :func:`synchronize` before reading a clock. Optional dependencies are imported
+through :func:`optional_import`, which turns a missing package into an ``ImportError``
+that says which extra installs it; :func:`has_module` asks without importing.
 """
 
 from __future__ import annotations
@@ -124,7 +133,11 @@ def get_namespace(*arrays: Any):
 
 
 def device_of(x: Any) -> str:
-    """The device of ``x`` as a string: ``"cpu"`` for numpy, e.g. ``"cuda:0"`` for tensors."""
+    """The device of ``x`` as a string: ``"cpu"`` for numpy, e.g. ``"cuda:0"`` for tensors.
+
+    The string is what the namespace's creation functions take, on either backend:
+    ``xp.zeros(n, dtype=x.dtype, device=device_of(x))`` makes an array beside ``x``.
+    """
     return str(x.device) if is_torch(x) else "cpu"
 
 

@@ -1,0 +1,111 @@
+"""BlackBoxRun: the one sequence and status rule of every wrapped library solver, on a toy library."""
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from optkit import SmoothProblem, Solver, Status
+from optkit.blackbox import BlackBoxRun, LibraryVerdict, krylov_verdict
+
+
+def quadratic():
+    return SmoothProblem(lambda x: 0.5 * float(x @ x), lambda x: x.copy(), np.array([1.0, -2.0]), name="toy/q")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Halving(Solver):
+    """A toy wrapped library: x <- x / 2 for ``steps`` steps, then it returns ``outcome``."""
+
+    accepts = (SmoothProblem,)
+    steps: int = 5
+    outcome: Status = Status.CONVERGED
+    criterion: str | None = "grad_inf"
+    interrupt_at: int = -1
+
+    def library(self, problem, x, callback):
+        for k in range(1, self.steps + 1):
+            if k == self.interrupt_at:
+                raise KeyboardInterrupt
+            x = x / 2
+            problem.grad(x)  # the library's own (counted) evaluation
+            callback(x)
+        return x
+
+    def solve(self, problem, *, x0=None, callback=None):
+        run = BlackBoxRun(
+            self, problem, callback,
+            measure=lambda x: {"fun": problem.fun(x), "grad_inf": float(np.abs(problem.grad(x)).max())},
+            criterion=self.criterion,
+        )
+        verdict = x = None
+        if run.begin(problem.x0 if x0 is None else x0) is None:
+            with run.library():
+                x = self.library(problem, problem.x0, run.iteration)
+                verdict = LibraryVerdict(self.outcome, 7, "toy: done")
+        return run.finish(x=x, verdict=verdict)
+
+
+def test_a_library_success_meeting_tol_converges_with_a_trace_of_every_iterate():
+    p = quadratic()
+    res = Halving(tol=0.2).solve(p)
+    assert res.status is Status.CONVERGED and res.nit == 5
+    np.testing.assert_allclose(res.x, p.x0 / 32)
+    np.testing.assert_allclose([row["grad_inf"] for row in res.trace], [2.0 / 2**k for k in range(6)])
+    # measuring is not counted: only the library's 5 gradients are
+    assert res.counters == {"grad": 5}
+    assert res.extras["library_status"] == 7 and res.to_scipy().status == 7
+
+
+def test_success_above_tol_is_stalled_with_the_criterion_in_the_message():
+    res = Halving(tol=1e-3).solve(quadratic())
+    assert res.status is Status.STALLED and "toy: done (grad_inf = 0.0625 > tol = 0.001)" == res.message
+
+
+def test_without_a_criterion_the_library_verdict_decides():
+    assert Halving(tol=1e-3, criterion=None).solve(quadratic()).status is Status.CONVERGED
+    assert Halving(outcome=Status.BREAKDOWN, criterion=None).solve(quadratic()).status is Status.BREAKDOWN
+
+
+def test_meeting_tol_converges_even_when_the_library_reports_a_failure():
+    assert Halving(tol=0.2, outcome=Status.FAILED).solve(quadratic()).status is Status.CONVERGED
+    failed = Halving(tol=1e-3, outcome=Status.FAILED).solve(quadratic())
+    assert failed.status is Status.FAILED and failed.message == "toy: done"
+
+
+def test_max_iter_callback_time_limit_and_ctrl_c_end_the_library(monkeypatch):
+    capped = Halving(tol=1e-9, max_iter=2).solve(quadratic())
+    assert capped.status is Status.MAX_ITER and capped.nit == 2 and len(capped.trace) == 3
+    stopped = Halving(tol=1e-9).solve(quadratic(), callback=lambda info: info["iter"] == 3)
+    assert stopped.status is Status.USER_STOPPED and stopped.nit == 3
+    np.testing.assert_allclose(stopped.x, quadratic().x0 / 8)
+    interrupted = Halving(tol=1e-9, interrupt_at=4).solve(quadratic())
+    assert interrupted.status is Status.USER_STOPPED and interrupted.nit == 3
+    ticks = itertools.count()
+    monkeypatch.setattr("optkit.solver.time.perf_counter", lambda: float(next(ticks)))
+    limited = Halving(tol=1e-9, time_limit=3.0).solve(quadratic())
+    assert limited.status is Status.TIME_LIMIT and 0 < limited.nit < 5
+
+
+def test_the_start_can_end_the_run():
+    at_tol = Halving(tol=5.0).solve(quadratic())
+    assert at_tol.status is Status.CONVERGED and at_tol.nit == 0 and at_tol.counters == {}
+    zero = Halving(tol=1e-9, max_iter=0).solve(quadratic())
+    assert zero.status is Status.MAX_ITER and zero.nit == 0
+    nan = Halving().solve(quadratic(), x0=np.array([np.nan, 0.0]))
+    assert nan.status is Status.NONFINITE
+
+
+def test_finish_needs_a_verdict_when_the_run_did_not_decide():
+    p = quadratic()
+    run = BlackBoxRun(Halving(tol=1e-9), p, None, measure=lambda x: {"grad_inf": 1.0}, criterion="grad_inf")
+    run.begin(p.x0)
+    with pytest.raises(ValueError, match="verdict"):
+        run.finish(x=p.x0)
+
+
+def test_krylov_info_codes_have_one_reading():
+    assert krylov_verdict(0, "cg").outcome is Status.CONVERGED
+    assert krylov_verdict(12, "cg").outcome is Status.MAX_ITER
+    assert krylov_verdict(-10, "pyamg").outcome is Status.BREAKDOWN
