@@ -10,6 +10,7 @@ The public API::
 
 from ._api import solve
 from .constrained_problem import EqualityConstrainedProblem
+from .finite_sum import FiniteSumProblem
 from .linop import LinearOperator, aslinearoperator
 from .ot_problem import OTProblem
 from .problem import LinearSystemProblem, Problem, SmoothProblem
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EqualityConstrainedProblem",
+    "FiniteSumProblem",
     "IterativeSolver",
     "LinearOperator",
     "LinearSystemProblem",
