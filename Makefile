@@ -9,7 +9,7 @@ OUT ?= demo-results
 # Each problem's anchor (ratio 1.00) is the first solver in this list that runs on it.
 DEMO_SOLVERS ?= scipy-cg,cg,pcg:preconditioner=ichol,pyamg,scipy-lbfgsb,pot-sinkhorn-log,sinkhorn,sns,scipy-trust-constr,alm-sketch,alm-newton,$(DEMO_TRAINERS)
 # the training task of the demo (llm/llama-micro): AdamW against GaLore with an SVD-free projector
-DEMO_TRAINERS ?= adamw:max_iter=150,lr=3e-3,galore-adamw:max_iter=150,lr=0.01,rank=16,update_proj_gap=50,proj=randomized
+DEMO_TRAINERS ?= adamw:max_iter=150,lr=3e-3,galore-adamw:max_iter=150,lr=0.01,rank=16,update_proj_gap=50,scale=0.25,proj=randomized
 # cyipopt (the `ipopt` baseline) has no binary wheel: it builds against a system Ipopt.
 IPOPT_APT ?= coinor-libipopt-dev liblapack-dev libblas-dev pkg-config gcc
 

@@ -1,5 +1,13 @@
 """Baselines wrapped from other libraries, registered like optkit's own solvers."""
 
-from . import ipopt_solver, pot_solvers, pot_sparsity, pyamg_solver, scipy_constrained, scipy_solvers
+from . import ipopt_solver, pot_solvers, pot_sparsity, pyamg_solver, scipy_constrained, scipy_solvers, torch_optimizers
 
-__all__ = ["ipopt_solver", "pot_solvers", "pot_sparsity", "pyamg_solver", "scipy_constrained", "scipy_solvers"]
+__all__ = [
+    "ipopt_solver",
+    "pot_solvers",
+    "pot_sparsity",
+    "pyamg_solver",
+    "scipy_constrained",
+    "scipy_solvers",
+    "torch_optimizers",
+]

@@ -9,7 +9,6 @@ each parameter's projector state is a dict of tensors and numbers in ``state[p][
 
 from __future__ import annotations
 
-import math
 from itertools import chain
 from typing import Any
 
@@ -17,28 +16,15 @@ import torch
 
 from optkit.projection import AdaptiveGap, FixedGap, Projected, Projector
 
+from .options import GALORE_DEFAULTS, check_galore_options
+
 __all__ = [
-    "GALORE_DEFAULTS",
     "GaLoreMixin",
     "check_adam_options",
     "check_galore_group",
     "galore_defaults",
     "restore_state_dtypes",
 ]
-
-GALORE_DEFAULTS: dict[str, Any] = {
-    "rank": None,
-    "update_proj_gap": 200,
-    "scale": 1.0,
-    "proj": "svd",
-    "proj_side": "auto",
-    "moments": "keep",
-    "refresh": "fixed",
-    "power_iters": 1,
-    "oversample": 8,
-    "proj_seed": 0,
-    "error_feedback": False,
-}
 
 
 class GaLoreMixin:
@@ -115,9 +101,7 @@ class GaLoreMixin:
         key = tuple(group[k] for k in GALORE_DEFAULTS)
         if key not in self._projectors:
             gap = group["update_proj_gap"]
-            refresh = {"fixed": FixedGap, "adaptive": AdaptiveGap}.get(group["refresh"])
-            if refresh is None:
-                raise ValueError(f"refresh must be 'fixed' or 'adaptive', got {group['refresh']!r}")
+            refresh = {"fixed": FixedGap, "adaptive": AdaptiveGap}[group["refresh"]]
             self._projectors[key] = Projector(
                 rank=group["rank"],
                 source=group["proj"],
@@ -166,7 +150,8 @@ class GaLoreMixin:
 
 
 def galore_defaults(galore: dict[str, Any], **base: Any) -> dict[str, Any]:
-    """An optimizer's defaults: ``base`` plus the GaLore options (``TypeError`` naming unknown ones)."""
+    """An optimizer's defaults: ``base`` plus the GaLore options of
+    :data:`~solvers.lowrank.options.GALORE_DEFAULTS` (``TypeError`` naming unknown ones)."""
     unknown = set(galore) - set(GALORE_DEFAULTS)
     if unknown:
         raise TypeError(f"unknown GaLore options {sorted(unknown)}; expected some of {list(GALORE_DEFAULTS)}")
@@ -187,14 +172,7 @@ def check_adam_options(lr: float, betas: tuple[float, float], eps: float, weight
 
 def check_galore_group(group: dict[str, Any]) -> None:
     """Validate a group's GaLore options before any work (errors name the option)."""
-    rank = group["rank"]
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0):
-        raise ValueError(f"rank must be a positive integer (or None for full-rank), got {rank!r}")
-    gap = group["update_proj_gap"]
-    if isinstance(gap, bool) or not isinstance(gap, int) or gap <= 0:
-        raise ValueError(f"update_proj_gap must be a positive integer, got {gap!r}")
-    if not (isinstance(group["scale"], (int, float)) and 0 < group["scale"] < math.inf):
-        raise ValueError(f"scale must be a positive finite number, got {group['scale']!r}")
+    check_galore_options({name: group[name] for name in GALORE_DEFAULTS})
 
 
 def restore_state_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:

@@ -117,7 +117,7 @@ def test_nothing_matched_lists_the_linear_modules():
     [
         ({"rank": 0}, ValueError, "rank"),
         ({"rank": 2, "update_proj_gap": 0}, ValueError, "update_proj_gap"),
-        ({"rank": 2, "proj": "qr"}, ValueError, "source"),
+        ({"rank": 2, "proj": "qr"}, ValueError, "proj must be one of"),
         ({"rank": 2, "refresh": "lazy"}, ValueError, "refresh"),
         ({"rank": 2, "projection_type": "std"}, TypeError, "projection_type"),
     ],

@@ -1,4 +1,6 @@
-"""Optimizer recipes on TrainingTask: equality with hand-written loops, schedule, trace, memory, bench."""
+"""The torch-optimizer adapter on training tasks: equality with hand-written loops, schedule, trace, memory, bench.
+
+(On smooth and finite-sum problems: tests/optkit/test_torch_optim_problems.py.)"""
 
 import importlib.util
 import math
@@ -187,11 +189,15 @@ def test_bad_options_name_them(name, options, match):
         optkit.get_solver(name, **options)
 
 
-def test_grad_clip_and_problem_kinds(task):
+def test_grad_clip_and_options_that_do_not_apply(task):
     result = optkit.solve(task, "adamw", max_iter=2, grad_clip=1e-3)
     assert math.isfinite(result.fun)
-    reason = optkit.get_solver("adamw").check(optkit.get_problem("ml/least-squares"))
-    assert "accepts TrainingTask" in reason
+    for options in ({"tol": 1e-6}, {"batch_size": 8}, {"epochs": 1.0}):
+        reason = optkit.get_solver("adamw", **options).check(task)
+        assert f"{next(iter(options))} apply to smooth and finite-sum problems" in reason
+    assert "accepts TrainingTask, SmoothProblem" in optkit.get_solver("adamw").check(
+        optkit.get_problem("linear/poisson-2d", n=4)
+    )
 
 
 def test_bench_and_report(tmp_path):

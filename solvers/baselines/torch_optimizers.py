@@ -1,0 +1,179 @@
+"""Torch optimizers from other libraries as solvers: ``adamw``, ``adam``, ``sgd`` (``torch.optim``),
+``adamw8bit`` (bitsandbytes) and ``galore-torch`` (the reference GaLore).
+
+Each is a :class:`~optkit.torch_optim.TorchOptimizerSolver` that only builds its optimizer, so
+it trains a :class:`~optkit.training.TrainingTask` and runs on any smooth or finite-sum problem
+(the problem's variable is the one parameter). torch and the libraries are imported when a run
+starts, never at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from optkit.backend import has_module, optional_import
+from optkit.problem import Problem
+from optkit.registry import register_solver
+from optkit.torch_optim import TorchOptimizerSolver
+from optkit.training import TrainingTask
+from optkit.validation import check_choice, check_int, check_nonnegative
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Adam", "AdamW", "AdamW8bit", "GaLoreTorch", "SGD"]
+
+
+@register_solver("adamw")
+@dataclass(frozen=True, kw_only=True)
+class AdamW(TorchOptimizerSolver):
+    """``torch.optim.AdamW`` (betas (0.9, 0.999), eps 1e-8) on every parameter: the full-rank baseline.
+
+    Options: those of :class:`~optkit.torch_optim.TorchOptimizerSolver`.
+    """
+
+    def make_optimizer(self, model: torch.nn.Module, problem: Problem) -> torch.optim.Optimizer:
+        import torch
+
+        return torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+@register_solver("adam")
+@dataclass(frozen=True, kw_only=True)
+class Adam(TorchOptimizerSolver):
+    """``torch.optim.Adam`` (betas (0.9, 0.999), eps 1e-8); ``weight_decay`` is L2 added to the gradient.
+
+    Options: those of :class:`~optkit.torch_optim.TorchOptimizerSolver`.
+    """
+
+    def make_optimizer(self, model: torch.nn.Module, problem: Problem) -> torch.optim.Optimizer:
+        import torch
+
+        return torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+@register_solver("sgd")
+@dataclass(frozen=True, kw_only=True)
+class SGD(TorchOptimizerSolver):
+    """``torch.optim.SGD`` with (optionally Nesterov) momentum; ``weight_decay`` is L2 added to the gradient.
+
+    Options
+    -------
+    momentum : float
+        In [0, 1), default 0.9.
+    nesterov : bool
+        Nesterov momentum (needs ``momentum > 0``).
+    Others: those of :class:`~optkit.torch_optim.TorchOptimizerSolver`.
+    """
+
+    momentum: float = 0.9
+    nesterov: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        if check_nonnegative("momentum", self.momentum) >= 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not isinstance(self.nesterov, bool):
+            raise ValueError(f"nesterov must be true or false, got {self.nesterov!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+
+    def make_optimizer(self, model: torch.nn.Module, problem: Problem) -> torch.optim.Optimizer:
+        import torch
+
+        return torch.optim.SGD(
+            model.parameters(), lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
+            weight_decay=self.weight_decay,
+        )
+
+
+@register_solver("adamw8bit")
+@dataclass(frozen=True, kw_only=True)
+class AdamW8bit(TorchOptimizerSolver):
+    """8-bit AdamW from bitsandbytes (``bnb.optim.AdamW8bit``): block-wise quantised moments, CPU or CUDA.
+
+    bitsandbytes 0.50 keeps both Adam moments as ``uint8`` codes with one float32 absmax per block
+    of 256 values (dynamic quantisation map), on CUDA and, since 0.4x, on the CPU; tensors with
+    fewer than 4096 elements keep float32 moments (its ``min_8bit_size``). Options: those of
+    :class:`~optkit.torch_optim.TorchOptimizerSolver`.
+    """
+
+    def check(self, problem: Problem) -> str | None:
+        if not has_module("bitsandbytes"):
+            return "solver 'adamw8bit' needs bitsandbytes (pip install bitsandbytes)"
+        return super().check(problem)
+
+    def make_optimizer(self, model: torch.nn.Module, problem: Problem) -> torch.optim.Optimizer:
+        bnb = optional_import("bitsandbytes", "solver 'adamw8bit'")
+        return bnb.optim.AdamW8bit(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+@register_solver("galore-torch")
+@dataclass(frozen=True, kw_only=True)
+class GaLoreTorch(TorchOptimizerSolver):
+    """The official GaLore (``galore_torch.GaLoreAdamW``, jiaweizzhao/GaLore) with the reference's param groups.
+
+    On a training task, as ``torchrun_main.py``: the weights of ``nn.Linear`` modules whose name
+    contains ``"attn"`` or ``"mlp"`` form the group ``{"rank", "update_proj_gap", "scale",
+    "proj_type"}``; every other parameter (embeddings, norms, output layer) is a plain AdamW group.
+    On a smooth problem the variable is that group when it is a matrix (the reference's projector
+    needs 2-D gradients) and a plain AdamW group otherwise. The optimizer's own defaults otherwise
+    (betas (0.9, 0.999), eps 1e-6, bias correction).
+
+    Options
+    -------
+    rank, update_proj_gap, scale :
+        GaLore's r, T and alpha (defaults 128, 200, 1.0: those of optkit's GaLore recipes, see
+        :data:`solvers.lowrank.options.GALORE_OPTIONS`; the paper pre-trains with scale 0.25).
+    proj_type : {"std", "reverse_std", "right", "left", "full"}
+        The reference projector's side rule.
+    Others: those of :class:`~optkit.torch_optim.TorchOptimizerSolver`. ``refresh_s`` is not
+    recorded: the reference does not time its SVDs. Its 8-bit variant synchronises CUDA inside
+    its step and is not wrapped.
+    """
+
+    projects = True
+
+    rank: int = 128
+    update_proj_gap: int = 200
+    scale: float = 1.0
+    proj_type: str = "std"
+
+    def validate(self) -> None:
+        super().validate()
+        check_int("rank", self.rank, 1)
+        check_int("update_proj_gap", self.update_proj_gap, 1)
+        check_nonnegative("scale", self.scale)
+        check_choice("proj_type", self.proj_type, ("std", "reverse_std", "right", "left", "full"))
+
+    def check(self, problem: Problem) -> str | None:
+        if not has_module("galore_torch"):
+            return "solver 'galore-torch' needs the galore-torch package (pip install galore-torch)"
+        return super().check(problem)
+
+    def make_optimizer(self, model: torch.nn.Module, problem: Problem) -> torch.optim.Optimizer:
+        import torch
+
+        galore_torch = optional_import("galore_torch", "solver 'galore-torch'")
+        if isinstance(problem, TrainingTask):
+            projected = [
+                module.weight
+                for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear) and ("attn" in name or "mlp" in name)
+            ]
+            if not projected:
+                raise ValueError(f"{type(model).__name__} has no nn.Linear module whose name contains 'attn' or 'mlp'")
+        else:
+            projected = [model.weight] if model.weight.dim() == 2 else []
+        ids = {id(p) for p in projected}
+        regular = [p for p in model.parameters() if id(p) not in ids]
+        galore_group = {
+            "params": projected,
+            "rank": self.rank,
+            "update_proj_gap": self.update_proj_gap,
+            "scale": self.scale,
+            "proj_type": self.proj_type,
+        }
+        groups = ([{"params": regular}] if regular else []) + ([galore_group] if projected else [])
+        return galore_torch.GaLoreAdamW(groups, lr=self.lr, weight_decay=self.weight_decay, no_deprecation_warning=True)
