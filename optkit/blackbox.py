@@ -161,12 +161,15 @@ class BlackBoxRun:
         """Start the clock and record row 0 at ``x0`` (measured unless ``metrics`` is given).
 
         Returns the status that ends the run before the library starts, else ``None``:
-        the callback's or the time limit's, ``NONFINITE`` for a non-finite start,
+        the callback's or the time limit's (Ctrl-C: ``USER_STOPPED``), ``NONFINITE`` for a non-finite start,
         ``CONVERGED`` when the start meets ``tol`` on the criterion, ``MAX_ITER`` when
         ``max_iter`` is 0. The clock is running on return.
         """
         self.recorder.start()
-        stop = self._record(x0, 0, metrics)
+        try:
+            stop = self._record(x0, 0, metrics)
+        except KeyboardInterrupt:
+            stop = Status.USER_STOPPED
         if stop is None and self.converged(self.metrics):
             stop = Status.CONVERGED
         elif stop is None and self.solver.max_iter == 0:

@@ -14,8 +14,9 @@ import difflib
 import inspect
 import re
 import warnings
+from contextlib import contextmanager
 from importlib.metadata import entry_points
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 __all__ = [
     "Registry",
@@ -32,6 +33,7 @@ __all__ = [
     "register_problem_family",
     "register_solver",
     "register_suite",
+    "scoped_registrations",
 ]
 
 # the member placeholder of a family name, as listed: "cutest/<name>"
@@ -260,6 +262,32 @@ def load_plugins() -> None:
     """Import every ``optkit.solvers`` and ``optkit.problems`` entry point (once)."""
     SOLVERS._load()
     PROBLEMS._load()
+
+
+@contextmanager
+def scoped_registrations() -> Iterator[None]:
+    """Undo, on exit, every registration made inside the block (solvers, problems, families, suites).
+
+    For tests and notebooks that register throwaway solvers or problems: what they register
+    does not outlive the block, so ``list_solvers()`` elsewhere sees only the real ones. The
+    entry points are loaded first, so they stay registered.
+
+    Examples
+    --------
+    >>> with scoped_registrations():  # doctest: +SKIP
+    ...     register_solver("my-test-solver")(MySolver)
+    ...     optkit.solve(problem, "my-test-solver")
+    """
+    load_plugins()
+    saved = [(reg, dict(reg._items), dict(reg._families)) for reg in (SOLVERS, PROBLEMS, SUITES)]
+    suites = {name: list(specs) for name, specs in SUITES._items.items()}
+    try:
+        yield
+    finally:
+        for reg, items, families in saved:
+            reg._items, reg._families = items, families
+        for name, specs in suites.items():
+            SUITES._items[name][:] = specs
 
 
 def get_suite(name: str) -> list[str]:

@@ -115,8 +115,11 @@ class ScipyLBFGSB(Solver):
     ``extras["library_status"]`` is SciPy's ``status`` and ``extras["hess_inv"]`` its
     ``LbfgsInvHessProduct``; ``Result.jac`` is the gradient at ``x``.
 
-    Trace rows hold ``fun``, ``grad_norm`` (Euclidean, as ``problem.evaluate``) and
-    ``grad_inf`` (the stopping measure). Counters are the problem's (``fun``, ``grad``).
+    Trace rows hold the problem's ``evaluate`` measures (``fun``, ``grad_norm``, ``f_gap`` when
+    the optimum is known, a finite-sum problem's accuracies), ``grad_inf`` (the stopping measure)
+    and ``epoch``: the evaluations of ``f`` and its gradient so far, each a pass over the data of a
+    finite-sum problem (the unit of the torch optimizers' ``epoch``). Counters are the problem's
+    (``fun``, ``grad``).
     """
 
     accepts = (SmoothProblem,)
@@ -137,12 +140,12 @@ class ScipyLBFGSB(Solver):
 
         self.ensure_compatible(problem)
         assert isinstance(problem, SmoothProblem)
-        last: dict[str, Any] = {}
+        last: dict[str, Any] = {"evaluations": 0}
 
         def fun_and_grad(v):
             f, g = problem.fun_and_grad(v)
             g = np.asarray(g, dtype=float)
-            last.update(x=v.copy(), f=f, g=g)
+            last.update(x=v.copy(), f=f, g=g, evaluations=last["evaluations"] + 1)
             return f, g
 
         def measures(v):
@@ -152,7 +155,9 @@ class ScipyLBFGSB(Solver):
                 f, g = problem.fun_and_grad(v)
                 g = np.asarray(g, dtype=float)
             measured["g"] = g
-            return {"fun": f, "grad_norm": float(np.linalg.norm(g)), "grad_inf": float(np.max(np.abs(g), initial=0.0))}
+            row = {"fun": f, "grad_norm": float(np.linalg.norm(g)), "grad_inf": float(np.max(np.abs(g), initial=0.0))}
+            row.update((k, float(m)) for k, m in problem.evaluate(v).items() if k not in row)
+            return {**row, "epoch": float(last["evaluations"])}
 
         measured: dict[str, np.ndarray] = {}
         run = BlackBoxRun(self, problem, callback, measure=measures, criterion="grad_inf")

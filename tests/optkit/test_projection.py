@@ -6,11 +6,13 @@ import itertools
 import numpy as np
 import pytest
 import scipy.fft
-import torch
 
-from optkit import _projection_sources as sources
 from optkit.linop import dottest
-from optkit.projection import AdaptiveGap, FixedGap, Projector, subspace_similarity
+
+torch = pytest.importorskip("torch")
+
+from optkit import _projection_sources as sources  # noqa: E402
+from optkit.projection import AdaptiveGap, FixedGap, Projector, subspace_similarity  # noqa: E402
 
 SHAPES = {"tall": (12, 7), "wide": (7, 12), "square": (9, 9)}
 SOURCES = ("svd", "randomized", "dct", "random")

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 import optkit
-from optkit.registry import Registry, parse_spec, register_problem, register_solver, register_suite
+from optkit.registry import (
+    Registry,
+    parse_spec,
+    register_problem,
+    register_solver,
+    register_suite,
+    scoped_registrations,
+)
 from optkit.solver import Solver
 
 
@@ -57,13 +64,11 @@ def test_broken_entry_point_is_a_warning(monkeypatch):
         assert reg.names() == []
 
 
-@register_problem("test-registry/quadratic")
 def _quadratic(n=3, scale=1.0):
     d = scale * np.arange(1.0, n + 1)
     return optkit.SmoothProblem(lambda x: 0.5 * x @ (d * x), lambda x: d * x, np.ones(n), name="test-registry/quadratic")
 
 
-@register_solver("test-registry-noop")
 @dataclass(frozen=True, kw_only=True)
 class _Noop(Solver):
     depth: int = 1
@@ -72,7 +77,14 @@ class _Noop(Solver):
         return optkit.Result(x=problem.x0, status=optkit.Status.CONVERGED, solver=self.name, problem=problem.name)
 
 
-register_suite("test-registry-suite", ["test-registry/quadratic:n=2", "test-registry/quadratic:n=4"])
+@pytest.fixture(scope="module", autouse=True)
+def test_registrations():
+    """This module's throwaway problem, solver and suite, gone from the registries afterwards."""
+    with scoped_registrations():
+        register_problem("test-registry/quadratic")(_quadratic)
+        register_solver("test-registry-noop")(_Noop)
+        register_suite("test-registry-suite", ["test-registry/quadratic:n=2", "test-registry/quadratic:n=4"])
+        yield
 
 
 def test_public_api_round_trip():
@@ -144,3 +156,13 @@ def test_get_solver_and_solve_take_the_spec_spelling_of_bench():
         optkit.get_solver("pcg:nonsense=1")
     res = optkit.solve("linear/poisson-2d:n=16", "pcg:preconditioner=ichol", tol=1e-10)
     assert res.status is optkit.Status.CONVERGED and res.metrics["residual"] < 1e-10
+
+
+def test_scoped_registrations_leave_nothing_behind():
+    before = (optkit.list_solvers(), optkit.list_problems(), optkit.list_suites(), optkit.get_suite("demo"))
+    with scoped_registrations():
+        register_solver("test-scoped-noop")(dataclass(frozen=True, kw_only=True)(type("Scoped", (_Noop,), {})))
+        register_problem("test-scoped/quadratic")(_quadratic)
+        register_suite("demo", ["test-scoped/quadratic"], extend=True)
+        assert "test-scoped-noop" in optkit.list_solvers() and "test-scoped/quadratic" in optkit.get_suite("demo")
+    assert (optkit.list_solvers(), optkit.list_problems(), optkit.list_suites(), optkit.get_suite("demo")) == before

@@ -3,13 +3,14 @@
 import functools
 import sys
 
-import galore_cases
 import pytest
-import torch
 
-from solvers.lowrank.galore_adamw import GaLoreAdamW
-from solvers.lowrank.galore_adamw8bit import GaLoreAdamW8bit
-from solvers.lowrank.param_groups import galore_param_groups
+torch = pytest.importorskip("torch")
+
+import galore_cases  # noqa: E402
+from solvers.lowrank.galore_adamw import GaLoreAdamW  # noqa: E402
+from solvers.lowrank.galore_adamw8bit import GaLoreAdamW8bit  # noqa: E402
+from solvers.lowrank.param_groups import galore_param_groups  # noqa: E402
 
 bnb = pytest.importorskip("bitsandbytes")
 bnb_functional = pytest.importorskip("bitsandbytes.functional")

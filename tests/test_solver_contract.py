@@ -1,0 +1,187 @@
+"""The solver contract, checked on every registered solver and one tiny problem of each kind it accepts.
+
+A solver added later is in this table automatically (``optkit.list_solvers()``). Each row runs the
+solver through its public ``solve`` and checks what every solver promises: ``max_iter=0`` and
+``max_iter=1``, a time limit on a fake clock, a callback that stops the run, Ctrl-C (a simulated
+``KeyboardInterrupt``) returning the partial result, an unknown option, the ``Result``
+invariants and ``to_scipy()``.
+"""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import OptimizeResult
+
+import optkit
+from optkit import EqualityConstrainedProblem, LinearSystemProblem, Result, Status
+from optkit.registry import SOLVERS
+
+# solvers whose library cannot be interrupted: a time limit is checked once the call returns
+UNINTERRUPTIBLE = {"pot-emd", "pot-sparsity-constrained"}
+
+
+def _equality_constrained():
+    # min x1^2 + x2^2 + x3^2  s.t.  x1 + x2 + x3 = 1,  x1 - x2 = 0.2: one exact solution
+    A = np.array([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0]])
+    return EqualityConstrainedProblem(
+        lambda x: float(x @ x), lambda x: 2 * x, lambda x: A @ x - np.array([1.0, 0.2]), lambda x: A,
+        np.array([2.0, -1.0, 0.5]), lag_hess=lambda x, y, s: 2 * s * np.eye(3), name="tiny/equality",
+    )
+
+
+def _training_task():
+    torch = pytest.importorskip("torch")
+
+    class TwoLayers(torch.nn.Module):  # attention/MLP-like names, so every GaLore recipe finds its weights
+        def __init__(self):
+            super().__init__()
+            self.attn = torch.nn.Linear(6, 8)
+            self.mlp = torch.nn.Linear(8, 6)
+
+        def forward(self, x):
+            return self.mlp(torch.tanh(self.attn(x)))
+
+    def batches():
+        gen = torch.Generator().manual_seed(0)
+        while True:
+            yield torch.randn(4, 6, generator=gen)
+
+    return optkit.TrainingTask(
+        TwoLayers, batches, [torch.ones(4, 6)], tokens_per_batch=4,
+        loss_fn=lambda model, x: ((model(x) - x.flip(1)) ** 2).mean(), name="tiny/training",
+    )
+
+
+TINY = {
+    "linear-system": lambda: optkit.get_problem("linear/poisson-2d", n=6),
+    "smooth": lambda: optkit.get_problem("ml/least-squares", m=20, n=5),
+    "ot": lambda: optkit.get_problem("ot/random-assignment", n=8, eta=10),
+    "equality-constrained": _equality_constrained,
+    "training": _training_task,
+}
+
+
+def _pairs():
+    for name in optkit.list_solvers():
+        for kind, make in TINY.items():
+            yield pytest.param((name, kind), id=f"{name}-{kind}")
+
+
+@pytest.fixture
+def pair(request):
+    name, kind = request.param
+    problem = TINY[kind]()
+    solver = optkit.get_solver(name)
+    reason = solver.check(problem)
+    if reason is not None:
+        pytest.skip(reason)
+    return solver, problem
+
+
+def assert_result_invariants(res, solver, problem):
+    assert isinstance(res, Result) and isinstance(res.status, Status)
+    assert res.solver == solver.name and res.problem == problem.name
+    assert isinstance(res.message, str) and res.message
+    assert isinstance(res.nit, int) and res.nit >= 0
+    assert math.isfinite(res.time_s) and res.time_s >= 0
+    assert res.x is not None and res.trace, "a result holds its iterate and at least the start's trace row"
+    iters = [row["iter"] for row in res.trace]
+    times = [row["time"] for row in res.trace]
+    assert iters[0] == 0 and iters == sorted(iters) and iters[-1] <= res.nit
+    assert times == sorted(times) and times[-1] <= res.time_s + 1e-9
+    assert all(isinstance(v, int) and v >= 0 for v in res.counters.values())
+    if problem.kind != "training":  # a trained model is no array
+        scipy_view = res.to_scipy()
+        assert isinstance(scipy_view, OptimizeResult)
+        assert scipy_view.success == res.success and scipy_view.nit == res.nit
+        assert scipy_view.optkit_status == res.status.name
+
+
+PAIRS = pytest.mark.parametrize("pair", list(_pairs()), indirect=True)
+
+
+@PAIRS
+def test_max_iter_zero_returns_the_start(pair):
+    solver, problem = pair
+    res = solver.replace(max_iter=0).solve(problem)
+    assert res.status in (Status.MAX_ITER, Status.CONVERGED) and res.nit == 0
+    assert [row["iter"] for row in res.trace] == [0]
+    assert_result_invariants(res, solver, problem)
+
+
+@PAIRS
+def test_max_iter_one(pair):
+    solver, problem = pair
+    res = solver.replace(max_iter=1).solve(problem)
+    assert res.nit <= 1 and res.status in (Status.MAX_ITER, Status.CONVERGED, Status.STALLED)
+    assert_result_invariants(res, solver, problem)
+
+
+@PAIRS
+def test_time_limit_on_a_fake_clock(pair, monkeypatch):
+    solver, problem = pair
+    ticks = itertools.count()
+    monkeypatch.setattr("optkit.solver.time.perf_counter", lambda: float(next(ticks)))
+    res = solver.replace(time_limit=3.0).solve(problem)
+    monkeypatch.undo()
+    if solver.name in UNINTERRUPTIBLE:
+        assert res.status in (Status.TIME_LIMIT, Status.CONVERGED)
+    else:
+        # one second per clock reading: the limit falls within the first few iterations
+        assert res.status in (Status.TIME_LIMIT, Status.CONVERGED) and res.nit < 10
+        assert res.status is Status.CONVERGED or res.trace[-1]["time"] >= 3.0
+    assert_result_invariants(res, solver, problem)
+
+
+@PAIRS
+def test_a_callback_stops_the_run(pair):
+    solver, problem = pair
+    seen = []
+    res = solver.solve(problem, callback=lambda info: seen.append(info["iter"]) or info["iter"] >= 1)
+    if res.status is not Status.USER_STOPPED:  # finished before its second trace row
+        assert res.status is Status.CONVERGED and seen[-1] < 1 or res.nit <= 1
+    else:
+        assert seen[-1] == res.nit == res.trace[-1]["iter"]
+    assert_result_invariants(res, solver, problem)
+
+
+@PAIRS
+def test_ctrl_c_returns_the_partial_result(pair):
+    solver, problem = pair
+
+    def interrupt(info):
+        if info["iter"] >= 1:
+            raise KeyboardInterrupt
+
+    res = solver.solve(problem, callback=interrupt)
+    assert res.status in (Status.USER_STOPPED, Status.CONVERGED)
+    if res.status is Status.USER_STOPPED:
+        assert res.nit >= 1 and res.trace[-1]["iter"] >= 1
+    assert_result_invariants(res, solver, problem)
+
+
+@pytest.mark.parametrize("name", optkit.list_solvers())
+def test_an_unknown_option_is_a_type_error_naming_it(name):
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'no_such_option'"):
+        optkit.get_solver(name, no_such_option=1)
+    with pytest.raises(TypeError, match="no_such_option"):
+        optkit.get_solver(f"{name}:no_such_option=1")
+
+
+@pytest.mark.parametrize("name", optkit.list_solvers())
+def test_every_solver_takes_the_common_options_and_runs_somewhere(name):
+    cls = SOLVERS.get(name)
+    assert {"tol", "max_iter", "time_limit"} <= set(cls.option_names())
+    reasons = [optkit.get_solver(name).check(make()) for make in TINY.values()]
+    if all(r is not None for r in reasons):
+        missing = [r for r in reasons if "needs" in r]
+        assert missing, f"{name} accepts none of the tiny problems: {reasons}"
+        pytest.skip(missing[0])
+
+
+def test_the_table_covers_every_kind_a_solver_accepts():
+    kinds = {type(make()) for make in TINY.values()} | {LinearSystemProblem}
+    for name in optkit.list_solvers():
+        assert any(issubclass(k, SOLVERS.get(name).accepts) for k in kinds), name
