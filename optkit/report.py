@@ -4,7 +4,11 @@
 :func:`optkit.bench.run_benchmark` wrote and adds, in the same directory:
 
 ``report.md``
-    The summary table in markdown, followed by links to the figures.
+    The summary in markdown: one section per problem, headed by the problem and its
+    anchor solver, with a table of the solvers that ran on it (status, main measure,
+    iterations, time, ratio to the anchor, and the message of a run that did not
+    converge); then the incompatible pairs as one count inside a collapsed
+    ``<details>`` element listing them by reason; then the figures.
 ``profile_time.png``, ``profile_iter.png``
     Dolan–Moré performance profiles of the median time and of the iterations: for each
     solver the fraction of problems it solved within a factor ``tau`` of the best
@@ -17,6 +21,10 @@
     drawn, in the solver's colour); log-scale y for residual-like metrics.
 ``index.html``
     Everything above in one self-contained page (images embedded as base64 data URIs).
+
+The anchor and ``ratio`` are :func:`optkit.bench.summarize`'s: a solver's median time
+over that of the first solver of the benchmark's list whose runs on the problem completed
+(returned a result not stopped by the user); skipped, failed and stopped runs have none.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas, never
 through pyplot, so no global backend is switched and no figure is left open.
@@ -33,8 +41,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ._records import RESULT_COLUMNS, read_csv
+from ._summary import ProblemBlock, block_heading, problem_blocks, skip_reasons, skipped_line, summary_cells
 from ._table import markdown_table
-from .bench import RESULT_COLUMNS, read_csv, summary_cells
 
 __all__ = ["make_report", "performance_profile", "performance_ratios", "profile_costs"]
 
@@ -209,6 +218,8 @@ def make_report(out_dir: str | Path) -> Path:
     used = set()
     for problem in dict.fromkeys(r["problem"] for r in summary):
         rows = [r for r in results if r["problem"] == problem]
+        if not rows:  # every pair skipped or failed: nothing to draw
+            continue
         solvers = {r["solver"] for r in rows}
         for metric in metrics:
             # a measure that not every solver records is some solver's internal state (a
@@ -223,42 +234,97 @@ def make_report(out_dir: str | Path) -> Path:
             _plot_convergence(rows, problem, metric, out / f"{name}.png")
             figures.append((f"{name}.png", f"{problem}: {metric} against time and iterations"))
 
-    headers, body, right = summary_cells(summary, note_width=None)
-    md = ["# optkit benchmark report", "", f"{len(summary)} (problem, solver) pairs; "
-          "`ratio` is the median time over that of the first solver that ran on the same problem.", "",
-          markdown_table(headers, body, right), ""]
-    md += [f"![{caption}]({name})\n" for name, caption in figures]
-    (out / "report.md").write_text("\n".join(md))
-
+    blocks, skipped = problem_blocks(summary)
+    reasons = skip_reasons(summary)
+    (out / "report.md").write_text(_markdown(blocks, len(skipped), reasons, figures))
     index = out / "index.html"
-    index.write_text(_html(headers, body, right, [(out / n, c) for n, c in figures]))
+    index.write_text(_html(blocks, len(skipped), reasons, [(out / n, c) for n, c in figures]))
     return index
 
 
-def _html(headers: list[str], body: list[list[str]], right: list[bool], figures: list[tuple[Path, str]]) -> str:
+def _intro(blocks: Sequence[ProblemBlock]) -> str:
+    n_pairs = sum(len(block.rows) for block in blocks)
+    return (
+        f"{n_pairs} (problem, solver) pairs ran on {len(blocks)} problems. In each problem's table, `ratio` is "
+        "the solver's median time over that of the problem's anchor: the first solver of the benchmark's list "
+        "whose runs on the problem completed (returned a result not stopped by the user). Skipped, failed "
+        "(`error`) and stopped (`user_stopped`) runs have no ratio."
+    )
+
+
+def _markdown(
+    blocks: Sequence[ProblemBlock], n_skipped: int, reasons: dict[str, dict[str, list[str]]],
+    figures: Sequence[tuple[str, str]],
+) -> str:
+    md = ["# optkit benchmark report", "", _intro(blocks), ""]
+    for block in blocks:
+        md += [f"## {block_heading(block)}", ""]
+        if block.rows:
+            md += [markdown_table(*summary_cells(block.rows, note_width=None)), ""]
+    if n_skipped:
+        md += ["<details>", f"<summary>{skipped_line(n_skipped)}</summary>", ""]
+        md += [f"- {reason}: {_pairs_text(by_solver, '`')}" for reason, by_solver in reasons.items()]
+        md += ["", "</details>", ""]
+    md += ["## Figures", ""]
+    md += [f"![{caption}]({name})\n" for name, caption in figures]
+    return "\n".join(md)
+
+
+def _pairs_text(by_solver: dict[str, list[str]], quote: str = "") -> str:
+    """``"cg on p1, p2; pcg on p1"`` with each name inside ``quote``."""
+    return "; ".join(
+        f"{quote}{solver}{quote} on " + ", ".join(f"{quote}{p}{quote}" for p in problems)
+        for solver, problems in by_solver.items()
+    )
+
+
+def _html_table(headers: Sequence[str], body: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
     def cells(tag: str, items: Sequence[str]) -> str:
         return "".join(
             f'<{tag}{" class=num" if r else ""}>{html.escape(str(c))}</{tag}>' for c, r in zip(items, right)
         )
 
-    lines = ["<table>", f"<tr>{cells('th', headers)}</tr>", *(f"<tr>{cells('td', row)}</tr>" for row in body)]
-    table = "\n".join([*lines, "</table>"])
-    imgs = []
+    rows = [f"<tr>{cells('th', headers)}</tr>", *(f"<tr>{cells('td', row)}</tr>" for row in body)]
+    return "\n".join(["<table>", *rows, "</table>"])
+
+
+def _html(
+    blocks: Sequence[ProblemBlock], n_skipped: int, reasons: dict[str, dict[str, list[str]]],
+    figures: Sequence[tuple[Path, str]],
+) -> str:
+    parts = [f"<p>{_code_spans(html.escape(_intro(blocks)))}</p>"]
+    for block in blocks:
+        parts.append(f"<h2>{html.escape(block_heading(block))}</h2>")
+        if block.rows:
+            parts.append(_html_table(*summary_cells(block.rows, note_width=None)))
+    if n_skipped:
+        items = "".join(
+            f"<dt>{html.escape(reason)}</dt><dd>{html.escape(_pairs_text(by_solver))}</dd>"
+            for reason, by_solver in reasons.items()
+        )
+        parts.append(f"<details><summary>{skipped_line(n_skipped)}</summary><dl>{items}</dl></details>")
+    parts.append("<h2>Figures</h2>")
     for path, caption in figures:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        imgs.append(
+        parts.append(
             f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:1200px}"
+        "h2{font-size:120%;margin:1.4em 0 .4em}"
         "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
         "th{background:#f0f0f0}.num{text-align:right;font-variant-numeric:tabular-nums}"
+        "details{margin:1.4em 0}summary{cursor:pointer}dt{margin-top:.5em}dd{color:#444}"
         "figure{display:inline-block;margin:1em}img{max-width:100%}"
     )
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>optkit benchmark report</title>"
-        f"<style>{style}</style></head><body>\n<h1>optkit benchmark report</h1>\n"
-        "<p><code>ratio</code> is the median time over that of the first solver that ran on the same problem.</p>\n"
-        f"{table}\n<h2>Figures</h2>\n" + "\n".join(imgs) + "\n</body></html>\n"
+        f"<style>{style}</style></head><body>\n<h1>optkit benchmark report</h1>\n" + "\n".join(parts)
+        + "\n</body></html>\n"
     )
+
+
+def _code_spans(text: str) -> str:
+    """Markdown's `code` spans of the (already escaped) ``text`` as ``<code>`` elements."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", text)

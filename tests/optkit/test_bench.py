@@ -257,11 +257,18 @@ def test_skipped_pair_error_and_the_benchmark_goes_on(tmp_path):
     solvers_with_rows = {r["solver"] for r in read_csv(tmp_path / "results.csv")}
     assert solvers_with_rows == {"test-gd", "test-heavyball"}
     table = bench.table()
-    assert "RuntimeError: boom" in table
     assert "test-needs-hvp" not in table
-    assert table.splitlines()[-1] == "(2 incompatible problem-solver pairs skipped; reasons in summary.csv)"
-    assert len(table.splitlines()) == 2 + 6 + 1
-    assert "test-needs-hvp" in format_summary(bench.summary, show_skipped=True)
+    blocks = table.split("\n\n")
+    assert blocks[-1] == "(2 incompatible pairs skipped; reasons in summary.csv)"
+    for problem, block in zip(bench.problems, blocks[:-1]):
+        # heading, column header, rule, then the three solvers that ran, the failure with its message
+        heading, header, _, *rows = block.splitlines()
+        assert heading == f"{problem}  (anchor: test-gd)"
+        assert header.split() == ["solver", "status", "metric", "nit", "time", "ratio", "note"]
+        assert [row.split()[:2] for row in rows] == [
+            ["test-gd", "converged"], ["test-boom", "error"], ["test-heavyball", "converged"]
+        ]
+        assert rows[1].split()[2:] == ["RuntimeError:", "boom"]
 
 
 def test_a_problem_that_fails_to_build_is_an_error_for_each_run(tmp_path):
@@ -291,6 +298,24 @@ def test_interrupt_keeps_the_finished_runs(tmp_path, where):
     assert all(r["status"] == "user_stopped" for r in rows if r["rep"] == 1)
     (summary,) = read_csv(tmp_path / "summary.csv")
     assert summary["statuses"] == "converged;user_stopped" and summary["status"] == "user_stopped"
+    assert summary["ratio"] is None
+
+
+def test_a_run_stopped_inside_the_solver_has_no_ratio_and_is_not_the_anchor(tmp_path):
+    # rep 0: test-interrupt and test-gd converge; rep 1: test-interrupt's step raises
+    # KeyboardInterrupt, the driver returns its partial result as user_stopped, the benchmark stops
+    INTERRUPT["runs"] = 0
+    bench = run_benchmark("test/quadratic", ["test-interrupt", "test-gd"], repeat=2, out_dir=tmp_path,
+                          progress=False, warmup=False)
+    assert bench.interrupted
+    assert [(r.solver, r.rep, r.status) for r in bench.runs] == [
+        ("test-interrupt", 0, "converged"), ("test-gd", 0, "converged"), ("test-interrupt", 1, "user_stopped"),
+    ]
+    stopped, gd = read_csv(tmp_path / "summary.csv")
+    assert stopped["status"] == "user_stopped" and stopped["time_s"] is not None and stopped["ratio"] is None
+    assert gd["ratio"] == 1.0
+    heading = format_summary(bench.summary).splitlines()[0]
+    assert heading == "test/quadratic  (anchor: test-gd)"
 
 
 @pytest.mark.parametrize("warmup", [True, False])
@@ -391,10 +416,12 @@ def test_format_summary_columns():
          "time_s": 2.5, "ratio": 203.25, "residual": 1e-3},
     ]
     lines = format_summary(rows).splitlines()
-    assert lines[0].split() == ["problem", "solver", "status", "metric", "nit", "time", "ratio", "note"]
-    assert lines[2].split() == ["p", "a", "converged", "f_gap=2.50e-11", "12", "12.3ms", "1.00"]
-    assert lines[3].split()[:7] == ["p", "b", "max_iter", "residual=0.001", "1000", "2.50s", "203.25"]
-    assert lines[3].endswith("reached the iteration limit")
+    assert lines[0] == "p  (anchor: a)"
+    assert lines[1].split() == ["solver", "status", "metric", "nit", "time", "ratio", "note"]
+    assert lines[3].split() == ["a", "converged", "f_gap=2.50e-11", "12", "12.3ms", "1.00"]
+    assert lines[4].split()[:6] == ["b", "max_iter", "residual=0.001", "1000", "2.50s", "203.25"]
+    assert lines[4].endswith("reached the iteration limit")
+    assert len(lines) == 5  # nothing skipped: no count line
 
 
 def test_solver_target_runs_that_solver_on_another_backend(tmp_path):

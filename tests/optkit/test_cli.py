@@ -120,8 +120,9 @@ def test_bench_table_and_list_in_process(tmp_path, capsys):
     assert main(["bench", "test/cli-square", "--solvers", "test-cli-descent", "--out", str(tmp_path),
                  "--no-progress"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["problem", "solver", "status", "metric", "nit", "time", "ratio", "note"]
-    assert table[2].split()[:3] == ["test/cli-square", "test-cli-descent", "converged"]
+    assert table[0] == "test/cli-square  (anchor: test-cli-descent)"
+    assert table[1].split() == ["solver", "status", "metric", "nit", "time", "ratio", "note"]
+    assert table[3].split()[:2] == ["test-cli-descent", "converged"] and table[3].split()[-1] == "1.00"
     assert main(["list", "solvers"]) == 0
     listing = capsys.readouterr().out
     assert "test-cli-descent" in listing and "x <- x - lr grad f(x)" in listing and "problems" not in listing
