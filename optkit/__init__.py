@@ -9,6 +9,7 @@ The public API::
 """
 
 from ._api import solve
+from .composite_problem import CompositeProblem
 from .constrained_problem import EqualityConstrainedProblem
 from .finite_sum import FiniteSumProblem
 from .linop import LinearOperator, aslinearoperator
@@ -32,6 +33,7 @@ from .training import TrainingTask
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompositeProblem",
     "EqualityConstrainedProblem",
     "FiniteSumProblem",
     "IterativeSolver",
