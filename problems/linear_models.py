@@ -70,7 +70,9 @@ def _check_labels_shape(name: str, y: Any, rows: Any, rows_name: str) -> None:
             f"({backend_name(rows)}, {device_of(rows)}), got {backend_name(y)}, {device_of(y)}"
         )
     if tuple(y.shape) != (rows.shape[0],):
-        raise ValueError(f"{name} must have shape ({rows.shape[0]},), one label per row of {rows_name}, got {tuple(y.shape)}")
+        raise ValueError(
+            f"{name} must have shape ({rows.shape[0]},), one label per row of {rows_name}, got {tuple(y.shape)}"
+        )
 
 
 def _with_ones(A: Any) -> Any:
@@ -83,8 +85,9 @@ def _with_ones(A: Any) -> Any:
 class _LinearClassifier(FiniteSumProblem):
     """What logistic and softmax regression share: data, split, regulariser, accuracy, moves.
 
-    Subclasses set ``_outputs`` (rows of ``W``) in ``_check_labels`` and implement
-    ``_objective(x, rows, labels, with_grad)`` and ``_predict(x, rows)``.
+    Subclasses implement ``_check_labels(A, y, y_test)`` (validated labels in the stored
+    dtype), ``_x_shape(width)``, ``_objective(x, rows, labels, with_grad)`` and
+    ``_predict(x, rows)``.
     """
 
     def __init__(
@@ -120,8 +123,7 @@ class _LinearClassifier(FiniteSumProblem):
         self.y = y
         self.A_test = None if A_test is None else (_with_ones(A_test) if bias else A_test)
         self.y_test = y_test
-        width = int(self.A.shape[1])
-        x_shape = (width,) if self._outputs is None else (self._outputs, width)
+        x_shape = self._x_shape(int(self.A.shape[1]))
         mask = np.ones(x_shape)
         if bias:
             mask[..., -1] = 0.0
@@ -136,11 +138,12 @@ class _LinearClassifier(FiniteSumProblem):
             raise ValueError(f"x0 must be on the backend and device of A ({backend_name(A)}, {device_of(A)})")
         super().__init__(x0, int(A.shape[0]), x_shape=x_shape, name=name, metadata=metadata)
 
-    _outputs: int | None = None
-
     # ------------------------------------------------------------------ subclass hooks
 
     def _check_labels(self, A: Any, y: Any, y_test: Any) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def _x_shape(self, width: int) -> tuple[int, ...]:
         raise NotImplementedError
 
     def _objective(self, x: Any, rows: Any, labels: Any, with_grad: bool) -> tuple[Any, Any]:
@@ -274,6 +277,9 @@ class LogisticRegression(_LinearClassifier):
             out.append(labels)
         return out[0], out[1]
 
+    def _x_shape(self, width: int) -> tuple[int, ...]:
+        return (width,)
+
     def _objective(self, x: Any, rows: Any, labels: Any, with_grad: bool) -> tuple[Any, Any]:
         xp = get_namespace(rows, x)
         z = labels * (rows @ x)
@@ -379,14 +385,17 @@ class SoftmaxRegression(_LinearClassifier):
             integral = xp.isdtype(labels.dtype, "integral") or bool(xp.all(labels == xp.round(labels)))
             if not integral or not bool(xp.all(labels >= 0)):
                 raise ValueError(f"{label_name} must hold class labels 0, 1, ..., n_classes-1 (integers >= 0)")
-        top = max(int(xp.max(labels)) for _, labels in given)
+        tops = {label_name: int(xp.max(labels)) for label_name, labels in given}
         if self.n_classes is None:
-            self.n_classes = max(top + 1, 2)
-        elif top >= self.n_classes:
-            raise ValueError(f"labels must be < n_classes = {self.n_classes}, got the label {top}")
-        self._outputs = self.n_classes
+            self.n_classes = max(max(tops.values()) + 1, 2)
+        for label_name, top in tops.items():
+            if top >= self.n_classes:
+                raise ValueError(f"{label_name} must hold labels < n_classes = {self.n_classes}, got the label {top}")
         out = [None if labels is None else xp.astype(labels, xp.int64) for labels in (y, y_test)]
         return out[0], out[1]
+
+    def _x_shape(self, width: int) -> tuple[int, ...]:
+        return (self.n_classes, width)
 
     def _onehot(self, labels: Any, dtype: Any) -> Any:
         xp = get_namespace(labels)

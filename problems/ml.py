@@ -141,7 +141,7 @@ def _breast_cancer() -> tuple[np.ndarray, np.ndarray]:
 def logistic(
     dataset: str = "breast-cancer", lam: float = 1e-3, m: int = 500, n: int = 20, seed: int = 0
 ) -> LogisticProblem:
-    """L2-regularised mean logistic loss (see :class:`LogisticProblem`).
+    """L2-regularised mean logistic loss, no intercept (a LogisticRegression; features standardised).
 
     Parameters
     ----------
@@ -178,7 +178,6 @@ def logistic(
     A = (X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)
     metadata = {**meta, "dataset": dataset, "m": A.shape[0], "n": A.shape[1], "lam": lam}
     return LogisticProblem(A, y, lam, np.zeros(A.shape[1]), name="ml/logistic", metadata=metadata)
-
 
 
 # ----------------------------------------------------------------------------- classification sets
@@ -393,7 +392,7 @@ def _family(kind: str, build: Callable[..., Any]) -> Callable[[str], Callable]:
             return build(key, lam=lam, split_seed=split_seed, bias=bias)
 
         factory.__name__ = factory.__qualname__ = f"{kind}_{key.replace('.', '_')}"
-        factory.__doc__ = f"{build.__doc__.splitlines()[0].replace('<name>', key)}"
+        factory.__doc__ = build.__doc__.splitlines()[0].replace("<name>", key)
         return factory
 
     resolve.__doc__ = (

@@ -252,34 +252,33 @@ def test_optimum_matches_scikit_learn_and_lbfgsb_reaches_it(shared_data, name, l
 # ----------------------------------------------------------------------------- torch
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("make,dense,bias", CASES)
-def test_torch_float64_parity(make, dense, bias):
+def test_torch_float64_parity(make, dense, bias, device):
     torch = pytest.importorskip("torch")
-    A, _ = _data()
     p = make(bias)
-    split = {"A_test": A[:7], "y_test": p.y[:7]}
-    p = type(p)(p.A[:, : p.n_features], p.y, p.lam, bias=bias, **split)
-    t = p.to("torch")
-    assert t.backend == "torch" and t.x_shape == p.x_shape and t.bias == bias
+    p = type(p)(p.A[:, : p.n_features], p.y, p.lam, bias=bias, A_test=2.0 * p.A[:7, : p.n_features], y_test=p.y[:7])
+    t = p.to("torch", device=device)
+    assert t.backend == "torch" and t.device.startswith(device) and t.x_shape == p.x_shape and t.bias == bias
     rng = np.random.default_rng(6)
     x, v = rng.standard_normal(p.n), rng.standard_normal(p.n)
-    xt, vt = torch.as_tensor(x), torch.as_tensor(v)
+    xt, vt = torch.as_tensor(x, device=device), torch.as_tensor(v, device=device)
     np.testing.assert_allclose(t.fun(xt), p.fun(x), rtol=1e-13)
-    np.testing.assert_allclose(t.grad(xt).numpy(), p.grad(x), rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(t.hvp(xt, vt).numpy(), p.hvp(x, v), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(t.grad(xt).cpu().numpy(), p.grad(x), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(t.hvp(xt, vt).cpu().numpy(), p.hvp(x, v), rtol=1e-12, atol=1e-15)
     for bt, b in zip(t.batches(6, seed=1), p.batches(6, seed=1)):
-        assert bt.dtype == torch.int64
-        np.testing.assert_array_equal(bt.numpy(), b)
+        assert bt.dtype == torch.int64 and bt.device == xt.device
+        np.testing.assert_array_equal(bt.cpu().numpy(), b)
         ft, gt = t.batch_fun_and_grad(xt, bt)
         fb, gb = p.batch_fun_and_grad(x, b)
         np.testing.assert_allclose(ft, fb, rtol=1e-13)
-        np.testing.assert_allclose(gt.numpy(), gb, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(gt.cpu().numpy(), gb, rtol=1e-12, atol=1e-15)
         if len(b) < 6:
             break
     ev_t, ev = t.evaluate(xt), p.evaluate(x)
     assert ev_t.keys() == ev.keys() == {"fun", "grad_norm", "train_accuracy", "test_accuracy"}
     np.testing.assert_allclose([ev_t[k] for k in ev], [ev[k] for k in ev], rtol=1e-12)
-    f32 = p.to("torch", dtype="float32")
+    f32 = p.to("torch", device=device, dtype="float32")
     assert f32.fun_and_grad(xt.float())[1].dtype == torch.float32
     assert f32.y.dtype == (torch.int64 if isinstance(p, SoftmaxRegression) else torch.float32)
     np.testing.assert_allclose(f32.fun(xt.float()), p.fun(x), rtol=1e-5)
@@ -413,10 +412,11 @@ def _bad_inputs():
         (LogisticRegression, (A.astype(int), pm), {}, "A must have a real floating dtype"),
         (LogisticRegression, (A[0], pm), {}, "A must be a non-empty 2-D array"),
         (LogisticRegression, (A, pm), {"bias": 1}, "bias must be"),
-        (SoftmaxRegression, (A, classes), {"n_classes": 2}, "labels must be < n_classes = 2, got the label 2"),
+        (SoftmaxRegression, (A, classes), {"n_classes": 2}, "y must hold labels < n_classes = 2, got the label 2"),
         (SoftmaxRegression, (A, classes - 1), {}, "y must hold class labels"),
         (SoftmaxRegression, (A, classes + 0.5), {}, "y must hold class labels"),
         (SoftmaxRegression, (A, classes), {"A_test": A, "y_test": -classes}, "y_test must hold class labels"),
+        (SoftmaxRegression, (A, classes), {"A_test": A, "y_test": classes + 3, "n_classes": 4}, "y_test must hold"),
         (SoftmaxRegression, (A, classes), {"n_classes": 1}, "n_classes must be an integer >= 2"),
         (SoftmaxRegression, (A, classes, 0.1, np.zeros(5)), {}, r"x0 must have shape \(15,\)"),
     ]
