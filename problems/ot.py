@@ -35,22 +35,22 @@ assignment n = 500, MNIST L1 and L2), and one entry of ``demo``.
 from __future__ import annotations
 
 import functools
-import gzip
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from optkit.backend import has_module, optional_import
-from optkit.data import Dataset, find_dataset, register_dataset
 from optkit.ot_problem import OTProblem
 from optkit.registry import register_problem, register_suite
 from optkit.validation import check_choice, check_int, check_positive
 
+from .mnist import MNIST_IMAGES, load_mnist_images
+
 __all__ = [
     "EMD_MAX_SIZE",
+    "MNIST_IMAGES",
     "LazyFloat",
     "digits",
     "grid_cost",
@@ -66,14 +66,6 @@ __all__ = [
 EMD_MAX_SIZE = 3000 * 3000
 
 COSTS = ("l1", "l2")
-
-MNIST_IMAGES = register_dataset(
-    Dataset(
-        "mnist/t10k-images",
-        ("mnist/t10k-images-idx3-ubyte.gz", "mnist/t10k-images-idx3-ubyte"),
-        "MNIST test images, 10000 x 28 x 28 uint8 (idx3, optionally gzipped)",
-    )
-)
 
 
 class LazyFloat:
@@ -244,44 +236,6 @@ def image_weights(img: np.ndarray, floor: float = 1e-6) -> np.ndarray:
     w = w / total if total > 0 else np.zeros_like(w)
     w += floor
     return w / w.sum()
-
-
-def _read_idx_images(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 16:
-        raise ValueError(f"{path} is too short to be an idx3 image file")
-    magic, count, rows, cols = (int.from_bytes(data[k : k + 4], "big") for k in range(0, 16, 4))
-    if magic != 0x803:
-        raise ValueError(f"{path} is not an idx3 uint8 image file (magic {magic:#x}, expected 0x803)")
-    if len(data) != 16 + count * rows * cols:
-        raise ValueError(f"{path} holds {len(data) - 16} pixel bytes, expected {count} x {rows} x {cols}")
-    images = np.frombuffer(data, dtype=np.uint8, offset=16).reshape(count, rows, cols)
-    images.flags.writeable = False
-    return images
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_images(path: str) -> np.ndarray:
-    return _read_idx_images(Path(path))
-
-
-def load_mnist_images(path: str | Path | None = None) -> np.ndarray:
-    """The MNIST test images as a read-only uint8 array (10000, 28, 28).
-
-    ``path`` defaults to the data set ``mnist/t10k-images`` in :func:`optkit.data.data_dir`
-    (``$OPTKIT_DATA``); a missing file is a ``FileNotFoundError`` that names ``OPTKIT_DATA``.
-    Parsed once per path and cached.
-    """
-    if path is None:
-        try:
-            path = find_dataset(MNIST_IMAGES.name)
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(
-                f"ot/mnist needs the MNIST test images (t10k-images-idx3-ubyte.gz) under $OPTKIT_DATA/mnist/; {exc}"
-            ) from None
-    return _cached_images(str(Path(path).resolve()))
 
 
 def _check_image_params(i: Any, j: Any, cost: Any, eta: Any, floor: Any, emd: Any) -> tuple:
