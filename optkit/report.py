@@ -16,9 +16,9 @@
     counts as failed, i.e. costs infinity.
 ``conv_<problem>_<metric>.png``
     For each problem and each metric that every solver on it records in its trace: the
-    metric against time
-    (left) and against iterations (right), one line per solver (every repetition
-    drawn, in the solver's colour); log-scale y for residual-like metrics.
+    metric against time (left) and against iterations, or epochs where every run records
+    them (right), one line per solver (every repetition drawn, in the solver's colour);
+    log-scale y for residual-like metrics.
 ``index.html``
     Everything above in one self-contained page (images embedded as base64 data URIs).
 
@@ -151,7 +151,10 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _plot_convergence(rows: Sequence[dict], problem: str, metric: str, path: Path) -> None:
+def _plot_convergence(rows: Sequence[dict], problem: str, metric: str, path: Path) -> str:
+    """Draw ``metric`` against time and against iterations, or against epochs when every row
+    measuring it records ``epoch`` (passes over a finite-sum problem's data: the unit in which
+    an L-BFGS iteration and a minibatch step compare). Returns the second axis's unit."""
     fig, axes = _figure(2)
     colours = {}
     runs: dict[tuple[str, int], list[dict]] = {}
@@ -159,27 +162,30 @@ def _plot_convergence(rows: Sequence[dict], problem: str, metric: str, path: Pat
         if _is_number(r.get(metric)):
             runs.setdefault((r["solver"], r["rep"]), []).append(r)
     positive = any(r[metric] > 0 for group in runs.values() for r in group)
+    second = "epoch" if runs and all(_is_number(r.get("epoch")) for g in runs.values() for r in g) else "iter"
     for (solver, _rep), group in runs.items():
         group.sort(key=lambda r: r["iter"])
         first = solver not in colours
         colours.setdefault(solver, f"C{len(colours) % 10}")
-        for ax, xkey in zip(axes, ("time", "iter")):
+        for ax, xkey in zip(axes, ("time", second)):
             ax.plot(
                 [r[xkey] for r in group], [r[metric] for r in group], color=colours[solver],
                 label=solver if first else None, alpha=1.0 if first else 0.4, marker="." if len(group) < 30 else None,
             )
     log = positive and any(h in metric.lower() for h in _LOG_HINTS)
-    for ax, xlabel in zip(axes, ("time (s)", "iteration")):
+    unit = {"iter": "iteration", "epoch": "epoch"}[second]
+    for ax, xlabel in zip(axes, ("time (s)", unit)):
         if log:
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
     axes[0].set_title(f"{problem}: {metric} vs time", fontsize="medium")
-    axes[1].set_title(f"{problem}: {metric} vs iteration", fontsize="medium")
+    axes[1].set_title(f"{problem}: {metric} vs {unit}", fontsize="medium")
     if colours:
         axes[1].legend(fontsize="small")
     fig.savefig(path, dpi=100)
+    return unit
 
 
 def _slug(text: str) -> str:
@@ -214,7 +220,8 @@ def make_report(out_dir: str | Path) -> Path:
         _plot_profile(summary, key, label, out / name)
         figures.append((name, f"Performance profile ({label}); a pair that did not converge counts as failed."))
 
-    metrics = [c for c in (results[0] if results else {}) if c not in RESULT_COLUMNS]
+    # epoch is an axis of the convergence plots, not a measure to draw
+    metrics = [c for c in (results[0] if results else {}) if c not in RESULT_COLUMNS and c != "epoch"]
     used = set()
     for problem in dict.fromkeys(r["problem"] for r in summary):
         rows = [r for r in results if r["problem"] == problem]
@@ -231,8 +238,8 @@ def make_report(out_dir: str | Path) -> Path:
             while name in used:
                 name, k = f"conv_{_slug(problem)}_{_slug(metric)}_{k}", k + 1
             used.add(name)
-            _plot_convergence(rows, problem, metric, out / f"{name}.png")
-            figures.append((f"{name}.png", f"{problem}: {metric} against time and iterations"))
+            unit = _plot_convergence(rows, problem, metric, out / f"{name}.png")
+            figures.append((f"{name}.png", f"{problem}: {metric} against time and {unit}s"))
 
     blocks, skipped = problem_blocks(summary)
     reasons = skip_reasons(summary)
