@@ -28,7 +28,7 @@ import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
-from .backend import convert, optional_import, synchronize, to_numpy
+from .backend import convert, has_module, optional_import, synchronize, to_numpy
 from .finite_sum import FiniteSumProblem
 from .problem import Problem, SmoothProblem
 from .result import Status
@@ -276,6 +276,8 @@ class TorchOptimizerSolver(IterativeSolver):
         check_int("seed", self.seed, 0)
 
     def check(self, problem: Problem) -> str | None:
+        if not has_module("torch"):
+            return f"solver {self.name!r} needs torch, which is not installed (pip install torch)"
         reason = super().check(problem)
         if reason is not None:
             return reason

@@ -11,10 +11,10 @@ when a run starts, never at import time.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from optkit.backend import has_module
 from optkit.problem import Problem
 from optkit.registry import register_solver
 from optkit.torch_optim import TorchOptimizerSolver
@@ -55,6 +55,8 @@ class GaLoreRecipe(TorchOptimizerSolver):
     projects: ClassVar[bool] = True
     # (module of solvers.lowrank, class name) of the optimizer
     optimizer_path: ClassVar[tuple[str, str]] = ("", "")
+    # import names of the packages the optimizer needs besides torch
+    needs: ClassVar[tuple[str, ...]] = ()
 
     rank: int = RECIPE_RANK
     update_proj_gap: int = GALORE_DEFAULTS["update_proj_gap"]
@@ -85,9 +87,9 @@ class GaLoreRecipe(TorchOptimizerSolver):
         return {"rank": self.rank, **{name: getattr(self, name) for name in GALORE_OPTIONS}}
 
     def check(self, problem: Problem) -> str | None:
-        module = f"{__package__}.{self.optimizer_path[0]}"
-        if importlib.util.find_spec(module) is None:
-            return f"solver {self.name!r} needs {module}, which is not available"
+        missing = [name for name in self.needs if not has_module(name)]
+        if missing:
+            return f"solver {self.name!r} needs {', '.join(missing)}, which is not installed (pip install {missing[0]})"
         if self.layerwise and not isinstance(problem, TrainingTask):
             return f"solver {self.name!r} with layerwise=True steps during backward: training tasks only"
         return super().check(problem)
@@ -125,6 +127,7 @@ class GaLoreAdamW8bitRecipe(GaLoreRecipe):
     """optkit's GaLoreAdamW8bit (solvers.lowrank.galore_adamw8bit): 8-bit moments in a low-rank subspace."""
 
     optimizer_path: ClassVar[tuple[str, str]] = ("galore_adamw8bit", "GaLoreAdamW8bit")
+    needs: ClassVar[tuple[str, ...]] = ("bitsandbytes",)
 
 
 @register_solver("galore-adafactor")

@@ -24,14 +24,13 @@ from optkit.bench import (
     split_solver_list,
 )
 from optkit.problem import SmoothProblem
-from optkit.registry import register_problem, register_solver, register_suite
+from optkit.registry import register_problem, register_solver, register_suite, scoped_registrations
 from optkit.result import Result, Status
 from optkit.solver import IterativeSolver, Solver
 
 # ----------------------------------------------------------------------------- toys
 
 
-@register_problem("test/quadratic")
 def quadratic(n: int = 6, cond: float = 10.0) -> SmoothProblem:
     """f(x) = 1/2 sum d_i x_i^2 - sum x_i with d log-spaced in [1, cond]; f* = -1/2 sum 1/d_i."""
     d = np.logspace(0, np.log10(cond), n)
@@ -44,9 +43,6 @@ def quadratic(n: int = 6, cond: float = 10.0) -> SmoothProblem:
     )
 
 
-register_suite("test-suite", ["test/quadratic:n=4", "test/quadratic:n=8,cond=20"])
-
-
 @dataclass(frozen=True)
 class _State:
     x: Any
@@ -54,11 +50,11 @@ class _State:
     v: Any = None
 
 
-@register_solver("test-gd")
 @dataclass(frozen=True, kw_only=True)
 class ToyGD(IterativeSolver):
     """Gradient descent with step lr / L; stops when ||grad|| <= tol."""
 
+    name: ClassVar[str] = "test-gd"  # also in joblib workers, which do not run the fixture
     accepts: ClassVar = (SmoothProblem,)
     lr: float = 1.0
 
@@ -76,11 +72,11 @@ class ToyGD(IterativeSolver):
         return {"grad_norm": float(np.linalg.norm(state.g))}
 
 
-@register_solver("test-heavyball")
 @dataclass(frozen=True, kw_only=True)
 class ToyHeavyBall(ToyGD):
     """Gradient descent with momentum; records the velocity norm as an extra metric."""
 
+    name: ClassVar[str] = "test-heavyball"  # also in joblib workers, which do not run the fixture
     momentum: float = 0.5
 
     def init(self, problem, x0):
@@ -94,19 +90,19 @@ class ToyHeavyBall(ToyGD):
         return {"grad_norm": float(np.linalg.norm(state.g)), "velocity": float(np.linalg.norm(state.v))}
 
 
-@register_solver("test-needs-hvp")
 @dataclass(frozen=True, kw_only=True)
 class ToyNeedsHvp(ToyGD):
     """Asks for Hessian-vector products, which the toy quadratic does not provide."""
 
+    name: ClassVar[str] = "test-needs-hvp"  # also in joblib workers, which do not run the fixture
     requires: ClassVar = frozenset({"hvp"})
 
 
-@register_solver("test-boom")
 @dataclass(frozen=True, kw_only=True)
 class ToyBoom(Solver):
     """Always raises."""
 
+    name: ClassVar[str] = "test-boom"  # also in joblib workers, which do not run the fixture
     def solve(self, problem, *, x0=None, callback=None) -> Result:
         raise RuntimeError("boom")
 
@@ -114,12 +110,12 @@ class ToyBoom(Solver):
 INTERRUPT = {"runs": 0}
 
 
-@register_solver("test-interrupt")
 @dataclass(frozen=True, kw_only=True)
 class ToyInterrupt(ToyGD):
     """Gradient descent that raises KeyboardInterrupt from ``step`` (where="step") or from
     ``solve`` (where="solve") on the second run in this process."""
 
+    name: ClassVar[str] = "test-interrupt"  # also in joblib workers, which do not run the fixture
     where: str = "step"
 
     def solve(self, problem, *, x0=None, callback=None):
@@ -138,15 +134,36 @@ SOLVE_CALLS: list = []
 SOLVE_LIMITS: list = []
 
 
-@register_solver("test-counting")
 @dataclass(frozen=True, kw_only=True)
 class ToyCounting(ToyGD):
     """Gradient descent that logs the max_iter (and time_limit) of every solve() call."""
 
+    name: ClassVar[str] = "test-counting"  # also in joblib workers, which do not run the fixture
     def solve(self, problem, *, x0=None, callback=None):
         SOLVE_CALLS.append(self.max_iter)
         SOLVE_LIMITS.append(self.time_limit)
         return super().solve(problem, x0=x0, callback=callback)
+
+
+TOY_SOLVERS = {
+    "test-gd": ToyGD,
+    "test-heavyball": ToyHeavyBall,
+    "test-needs-hvp": ToyNeedsHvp,
+    "test-boom": ToyBoom,
+    "test-interrupt": ToyInterrupt,
+    "test-counting": ToyCounting,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_registrations():
+    """The toys of this module, registered for its tests only (never left in the global registries)."""
+    with scoped_registrations():
+        register_problem("test/quadratic")(quadratic)
+        register_suite("test-suite", ["test/quadratic:n=4", "test/quadratic:n=8,cond=20"])
+        for name, cls in TOY_SOLVERS.items():
+            register_solver(name)(cls)
+        yield
 
 
 def _results_by_run(rows):

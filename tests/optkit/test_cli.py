@@ -17,14 +17,13 @@ import pytest
 from optkit.bench import SpecError, read_csv
 from optkit.cli import main, parse_assignments
 from optkit.problem import SmoothProblem
-from optkit.registry import register_problem, register_solver
+from optkit.registry import register_problem, register_solver, scoped_registrations
 from optkit.result import Status
 from optkit.solver import IterativeSolver
 
 # ----------------------------------------------------------------------------- toys
 
 
-@register_problem("test/cli-square")
 def cli_square(n: int = 3, shift: float = 1.0) -> SmoothProblem:
     """f(x) = 1/2 ||x - shift||^2, minimum 0 at x = shift."""
     return SmoothProblem(
@@ -39,7 +38,6 @@ class _State:
     g: Any
 
 
-@register_solver("test-cli-descent")
 @dataclass(frozen=True, kw_only=True)
 class CliDescent(IterativeSolver):
     """x <- x - lr grad f(x), stopping when ||grad|| <= tol."""
@@ -59,6 +57,15 @@ class CliDescent(IterativeSolver):
 
     def metrics(self, problem, state):
         return {"grad_norm": float(np.linalg.norm(state.g))}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_registrations():
+    """This module's toy problem and solver, registered for its tests only."""
+    with scoped_registrations():
+        register_problem("test/cli-square")(cli_square)
+        register_solver("test-cli-descent")(CliDescent)
+        yield
 
 
 # ----------------------------------------------------------------------------- in-process
