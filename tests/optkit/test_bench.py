@@ -103,6 +103,7 @@ class ToyBoom(Solver):
     """Always raises."""
 
     name: ClassVar[str] = "test-boom"  # also in joblib workers, which do not run the fixture
+
     def solve(self, problem, *, x0=None, callback=None) -> Result:
         raise RuntimeError("boom")
 
@@ -139,6 +140,7 @@ class ToyCounting(ToyGD):
     """Gradient descent that logs the max_iter (and time_limit) of every solve() call."""
 
     name: ClassVar[str] = "test-counting"  # also in joblib workers, which do not run the fixture
+
     def solve(self, problem, *, x0=None, callback=None):
         SOLVE_CALLS.append(self.max_iter)
         SOLVE_LIMITS.append(self.time_limit)
