@@ -346,6 +346,50 @@ def test_trace_counters_potentials_and_limits():
     np.testing.assert_allclose(plain.x, res.x, atol=1e-6)
 
 
+def test_max_iter_zero_and_ctrl_c(monkeypatch):
+    import scipy.optimize
+
+    a, b, C = clouds(15, 15, 9)
+    p = OTProblem(a, b, C, 0.01)
+    zero = optkit.solve(p, "sparse-ot", max_nz=3, max_iter=0)
+    assert zero.status is Status.MAX_ITER and zero.nit == 0 and len(zero.trace) == 1
+    assert zero.counters["fun"] == 1  # the start's evaluation only
+    # the start: alpha = 0 and the beta for which every column of the plan sums to b_j
+    np.testing.assert_array_equal(zero.extras["potentials"][0], np.zeros(15))
+    np.testing.assert_allclose(zero.x.sum(axis=0), b, rtol=1e-12)
+
+    short = optkit.solve(p, "sparse-ot", max_nz=3, max_iter=3)
+
+    def ctrl_c_at_3(info):  # Ctrl-C from the callback path, inside L-BFGS-B's callback
+        if info["iter"] == 3:
+            raise KeyboardInterrupt
+
+    by_callback = optkit.solve(p, "sparse-ot", max_nz=3, callback=ctrl_c_at_3)
+    real_minimize = scipy.optimize.minimize
+
+    def minimize(fun, x0, **kwargs):  # Ctrl-C inside L-BFGS-B, at its 5th evaluation
+        calls = []
+
+        def interrupted(v):
+            calls.append(v)
+            if len(calls) == 5:
+                raise KeyboardInterrupt
+            return fun(v)
+
+        return real_minimize(interrupted, x0, **kwargs)
+
+    monkeypatch.setattr(scipy.optimize, "minimize", minimize)
+    in_library = optkit.solve(p, "sparse-ot", max_nz=3)
+    monkeypatch.undo()
+    assert by_callback.status is Status.USER_STOPPED and by_callback.nit == 3
+    assert in_library.status is Status.USER_STOPPED and 0 < in_library.nit < 5
+    # both return what a run capped at their last iteration returns: the best iterate so far
+    for res, ref in ((by_callback, short), (in_library, optkit.solve(p, "sparse-ot", max_nz=3, max_iter=in_library.nit))):
+        assert [row["iter"] for row in res.trace] == list(range(res.nit + 1))
+        np.testing.assert_array_equal(res.x, ref.x)
+        np.testing.assert_array_equal(res.extras["potentials"][1], ref.extras["potentials"][1])
+        assert res.metrics == ref.metrics
+
 def test_sparse_plan_and_float32():
     a, b, C = clouds(6, 8, 10)
     dense = solve(a, b, C, 0.05, max_nz=3)
