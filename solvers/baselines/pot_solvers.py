@@ -85,6 +85,32 @@ class _PotSinkhornBase(Solver):
         its last check, on the chunk's last iteration."""
         return done < chunk or bool(log["err"] and float(log["err"][-1]) < self.tol)
 
+    def _chunk(self, ot: Any, problem: OTProblem, chunk: int, stop_thr: float, scalings: tuple) -> tuple:
+        """``chunk`` POT iterations warm-started from ``scalings = (log u, log v)``.
+
+        Returns POT's plan, its log, the iterations done, and POT's numerical-error warning
+        (``None`` without one).
+        """
+        with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
+            warnings.simplefilter("always")
+            P, log = ot.sinkhorn(
+                problem.a,
+                problem.b,
+                problem.C,
+                problem.reg,
+                method=self.method,
+                numItermax=chunk,
+                stopThr=stop_thr,
+                warmstart=scalings,
+                log=True,
+                warn=False,
+            )
+        numerical = next((str(w.message).strip() for w in caught if "numerical error" in str(w.message)), None)
+        # POT's log["niter"] is the index of its last iteration; after numerical errors it has
+        # reverted that iteration (and returns the last finite scalings)
+        done = int(log["niter"]) + (0 if numerical else 1)
+        return P, log, done, numerical
+
     def solve(self, problem: Problem, *, x0: Any = None, callback: Callback | None = None) -> Result:
         ot = optional_import("ot", f"solver {self.name!r}")
         self.ensure_compatible(problem)
@@ -92,7 +118,6 @@ class _PotSinkhornBase(Solver):
         a, b, C, reg = problem.a, problem.b, problem.C, problem.reg
         xp = get_namespace(a, b, C)
         f0, g0 = _start_potentials(problem, x0)
-        scalings = (f0 / reg, g0 / reg)  # POT's (log u, log v)
         stop_thr = self.tol if self.criterion == "pot" else 0.0
         run = BlackBoxRun(
             self,
@@ -103,38 +128,25 @@ class _PotSinkhornBase(Solver):
         )
         with np.errstate(over="ignore"):
             P = xp.exp((f0[:, None] + g0[None, :] - C) / reg)
+        scalings = chunk_scalings = (f0 / reg, g0 / reg)  # POT's (log u, log v): of the last recorded plan, of P
         verdict = None
         if run.begin(P) is None:
             with run.library():
-                # each pass is one warm-started chunk; the run ends it at max_iter, the time
-                # limit or the callback (run.iteration raises), or on optkit's measure here
+                # one warm-started chunk per pass; the run ends it at max_iter, the time limit or
+                # the callback (run.iteration raises), or on optkit's measure (the loop test)
                 while verdict is None and not run.converged(run.metrics):
                     chunk = min(self.check_every, self.max_iter - run.nit)
-                    with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
-                        warnings.simplefilter("always")
-                        P, log = ot.sinkhorn(
-                            a,
-                            b,
-                            C,
-                            reg,
-                            method=self.method,
-                            numItermax=chunk,
-                            stopThr=stop_thr,
-                            warmstart=scalings,
-                            log=True,
-                            warn=False,
-                        )
-                    numerical = [str(w.message) for w in caught if "numerical error" in str(w.message)]
-                    # POT's log["niter"] is the index of its last iteration; after numerical errors
-                    # it has reverted that iteration (and returns the last finite scalings)
-                    done = int(log["niter"]) + (0 if numerical else 1)
-                    scalings = self._scalings(log, reg)
+                    P, log, done, numerical = self._chunk(ot, problem, chunk, stop_thr, scalings)
+                    chunk_scalings = self._scalings(log, reg)
                     run.iteration(P, nit=run.nit + done)
+                    scalings = chunk_scalings
                     if numerical:
-                        message = f"POT: {numerical[0].strip()} of a chunk (reg too small for method {self.method!r}?)"
+                        message = f"POT: {numerical} of a chunk (reg too small for method {self.method!r}?)"
                         verdict = LibraryVerdict(Status.NONFINITE, None, message)
                     elif self.criterion == "pot" and self._pot_stopped(done, chunk, log):
                         verdict = LibraryVerdict(Status.CONVERGED, None, "POT: stopped on its own test (stopThr)")
+        if run.x is P:  # the run ended at the plan it recorded last (else at the one before)
+            scalings = chunk_scalings
         log_u, log_v = scalings
         return run.finish(
             verdict=verdict,

@@ -132,27 +132,29 @@ class POTSparsityConstrained(Solver):
             return {"marginal_error": float(np.abs(grad_a).sum() + np.abs(grad_b).sum()), "dual": float(dual)}
 
         run = BlackBoxRun(self, problem, callback, measure=measure, criterion="marginal_error")
-        alpha, beta = np.zeros(n), np.zeros(m)
-        G = np.asarray(ot.smooth.get_plan_from_dual(alpha, beta, C, regul), dtype=np.float64)
-        counters, verdict = {"fun": 0, "grad": 0}, None
-        if run.begin((alpha, beta)) is None:
+        start = (np.zeros(n), np.zeros(m))
+        start_plan = np.asarray(ot.smooth.get_plan_from_dual(*start, C, regul), dtype=np.float64)
+        counters, verdict, found, found_plan = {"fun": 0, "grad": 0}, None, None, None
+        if run.begin(start) is None:
             stop_thr = self.tol / (n + m) if self.stop_thr is None else self.stop_thr
             with run.library():  # one call that cannot be interrupted: its result is the one iteration
                 with warnings.catch_warnings(), np.errstate(all="ignore"):
                     warnings.filterwarnings("ignore", message=r".*`disp` and `iprint`", category=DeprecationWarning)
-                    G, log = ot.smooth.smooth_ot_dual(
+                    found_plan, log = ot.smooth.smooth_ot_dual(
                         a, b, C, reg, reg_type=reg_type, stopThr=stop_thr, numItermax=self.max_iter, log=True, **kwargs
                     )
                 res = log["res"]
                 counters = {"fun": int(res.nfev), "grad": int(getattr(res, "njev", res.nfev))}
                 outcome = {0: Status.CONVERGED, 1: Status.MAX_ITER}.get(int(res.status), Status.FAILED)
                 verdict = LibraryVerdict(outcome, int(res.status), f"POT / L-BFGS-B stopped ({res.message})")
-                G = np.asarray(G, dtype=np.float64)
-                alpha = np.asarray(log["alpha"], dtype=np.float64)
-                beta = np.asarray(log["beta"], dtype=np.float64)
-                finite = all(bool(np.all(np.isfinite(x))) for x in (G, alpha, beta))
-                error = _marginal_error(G, a, b) if finite else math.inf
-                run.iteration((alpha, beta), nit=int(res.nit), metrics={"marginal_error": error, "dual": -float(res.fun)})
+                found_plan = np.asarray(found_plan, dtype=np.float64)
+                found = (np.asarray(log["alpha"], dtype=np.float64), np.asarray(log["beta"], dtype=np.float64))
+                finite = all(np.all(np.isfinite(x)) for x in (found_plan, *found))
+                error = _marginal_error(found_plan, a, b) if finite else math.inf
+                run.iteration(found, nit=int(res.nit), metrics={"marginal_error": error, "dual": -float(res.fun)})
+        # the result is the last recorded iterate (POT's, or the start if the run ended there) and its plan
+        alpha, beta = run.x
+        G = found_plan if run.x is found else start_plan
         dual = run.metrics["dual"]
         with np.errstate(all="ignore"):
             cost = float(np.einsum("ij,ij->", G, C))

@@ -255,7 +255,7 @@ class SparseOT(Solver):
         def row(e: _Eval) -> dict[str, float]:
             return {"marginal_error": e.error, "dual": e.dual}
 
-        def see(e: _Eval) -> None:
+        def remember(e: _Eval) -> None:
             track["last"] = e
             track["min_error"] = min(track["min_error"], e.error)
             if track["best"] is None or e.dual > track["best"].dual or e.error <= self.tol:
@@ -265,7 +265,7 @@ class SparseOT(Solver):
             """The row of L-BFGS-B's iterate ``(alpha, beta)``: an uncounted evaluation, which is
             also what the solver goes on from (clock paused by the run)."""
             e = ev.evaluate(np.concatenate(pair), count=False)
-            see(e)
+            remember(e)
             return row(e)
 
         run = BlackBoxRun(self, problem, callback, measure=measure, criterion="marginal_error")
@@ -276,7 +276,7 @@ class SparseOT(Solver):
 
         def note(e: _Eval) -> None:
             """Record the next iteration at ``e`` (evaluated and counted already); StopSolver ends the run."""
-            see(e)
+            remember(e)
             run.iteration(potentials(e.v), metrics=row(e))
             stop_if_converged()
 
@@ -317,7 +317,7 @@ class SparseOT(Solver):
         e = ev.evaluate(self._start(ev, x0))
         run.recorder.pause()
         track["next_polish"] = 0.1 * e.error
-        see(e)
+        remember(e)
         verdict = None
         if run.begin(potentials(e.v), metrics=row(e)) is None:
             with run.library():
