@@ -209,8 +209,8 @@ class PotSinkhorn(_PotSinkhornBase):
     ``v = exp(g / reg)`` with the kernel ``K = exp(-C / reg)``, which underflows once
     ``reg`` is below about ``max(C) / 700``: POT then warns "numerical errors at iteration
     k", reverts to the last finite scalings and stops; the run ends ``NONFINITE`` with that
-    message (unless that plan meets ``tol``), returning the plan of the last finite scalings. Potentials ``reg * log(u)``
-    (``-inf`` where ``u`` underflowed to 0).
+    message (unless that plan meets ``tol``), returning the plan of the last finite
+    scalings. Potentials ``reg * log(u)`` (``-inf`` where ``u`` underflowed to 0).
     """
 
     method: ClassVar[str] = "sinkhorn"

@@ -147,10 +147,10 @@ class SparseOT(Solver):
         instead of a dense (n, m) ndarray (default False: dense, as the other OT solvers).
 
     Status: the rule of :mod:`optkit.blackbox` on the criterion ``marginal_error``
-    (:class:`~optkit.blackbox.BlackBoxRun` records every iteration). The run ends at the
-    first iteration whose error is ``<= tol`` (``CONVERGED``; also the start, with no
-    iteration), unless the callback or the time limit ends it at that row
-    (``USER_STOPPED``, ``TIME_LIMIT``, which stand, as a non-finite dual's ``NONFINITE``);
+    (:class:`~optkit.blackbox.BlackBoxRun` records every iteration). The run ends
+    ``CONVERGED`` at the first iteration whose error is ``<= tol`` (the start included).
+    The callback, the time limit and a NaN/inf dual end it with their own status
+    (``USER_STOPPED``, ``TIME_LIMIT``, ``NONFINITE``), even at a row that meets ``tol``;
     ``max_iter`` ends it ``MAX_ITER`` (``CONVERGED`` if that iteration meets ``tol``), and
     so does L-BFGS-B's evaluation limit; ``FAILED`` when L-BFGS-B stalls and neither the
     polish nor a restart gets further (L-BFGS-B's ``status`` and message are then
@@ -376,8 +376,13 @@ class SparseOT(Solver):
         dtype = problem.C.dtype
         result = run.finish(
             verdict=verdict,
-            metrics={"marginal_error": error, "dual": best.dual, "cost": cost, "objective": objective,
-                     "gap": objective - best.dual},
+            metrics={
+                "marginal_error": error,
+                "dual": best.dual,
+                "cost": cost,
+                "objective": objective,
+                "gap": objective - best.dual,
+            },
             fun=objective,
             counters={"fun": ev.evals, "grad": ev.evals, "newton_solves": track["newton"]},
             extras={
@@ -396,10 +401,11 @@ class SparseOT(Solver):
             # the trace's plan met tol, the returned one does not: the trace measured the
             # tie-averaged plan, whose k-sparse version may miss the marginals, or rounding
             status = Status.FAILED
-            reason = "exact ties at the k-th largest score could not be broken" if exact_ties and not ties_resolved else ""
-        return replace(
-            result, x=plan.astype(dtype), status=status, message=self._diagnosis(ev, status, reason, error, best.binding)
-        )
+            reason = ""
+            if exact_ties and not ties_resolved:
+                reason = "exact ties at the k-th largest score could not be broken"
+        message = self._diagnosis(ev, status, reason, error, best.binding)
+        return replace(result, x=plan.astype(dtype), status=status, message=message)
 
     def _diagnosis(self, ev: _SparseDual, status: Status, reason: str, error: float, binding: int) -> str:
         """The result's message: ``reason`` (the library's, or why a converged trace failed),
