@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
 
 from optkit.backend import optional_import, to_numpy
+from optkit.blackbox import BlackBoxRun, LibraryVerdict
 from optkit.ot_problem import OTProblem
 from optkit.problem import Problem
 from optkit.registry import register_solver
 from optkit.result import Result, Status
-from optkit.solver import Callback, Recorder, Solver
+from optkit.solver import Callback, Solver
 from optkit.validation import check_int, check_positive
 
 __all__ = ["POTSparsityConstrained"]
@@ -52,8 +53,8 @@ class POTSparsityConstrained(Solver):
         clamped to ``n`` and solved with POT's ``reg_type="l2"`` (see the module docstring).
     tol : float
         L1 violation of both marginals of the returned plan (default 1e-9). POT cannot be
-        told to test it: the wrapper measures it on the returned plan, and the status is
-        ``CONVERGED`` only if it is ``<= tol``.
+        told to test it: the wrapper measures it on the returned plan (the criterion
+        ``marginal_error`` of :mod:`optkit.blackbox`).
     stop_thr : float or None
         POT's ``stopThr``, which SciPy uses as both ``gtol`` and ``ftol`` of L-BFGS-B.
         Default ``tol / (n + m)``: ``max |grad_i| <= gtol`` then implies an L1 error ``<=
@@ -62,23 +63,31 @@ class POTSparsityConstrained(Solver):
         well above ``tol`` (dual values are O(cost) while their late decreases are tiny);
         a smaller ``stop_thr`` (e.g. 1e-16) lets it run until L-BFGS-B stalls.
     max_iter : int
-        L-BFGS-B iterations (POT's ``numItermax``; default 10000).
+        L-BFGS-B iterations (POT's ``numItermax``; default 10000). ``0`` returns the start
+        without calling POT.
     time_limit : float or None
-        POT cannot be interrupted: a run that took longer ends ``TIME_LIMIT`` unless it
-        converged.
+        POT cannot be interrupted: it is checked on POT's result, and a run that took
+        longer ends ``TIME_LIMIT`` (with POT's plan).
     sparse_plan : bool
         Return the plan as a ``scipy.sparse.csr_array`` instead of POT's dense ndarray.
 
-    Statuses: ``CONVERGED`` (measured error ``<= tol``), ``MAX_ITER`` (SciPy's iteration or
-    evaluation limit), ``NONFINITE`` (NaN/inf in POT's plan or potentials), ``FAILED``
-    (L-BFGS-B stopped above ``tol``, with SciPy's message: for ``k`` small the dual's
-    maximum is often a kink where no k-sparse plan meets the marginals, see ``sparse-ot``).
+    POT's call is one black box (:class:`optkit.blackbox.BlackBoxRun`: the start, one
+    iteration that is POT's result, the status rule). Statuses: ``CONVERGED`` (measured
+    error ``<= tol``, whatever SciPy said); ``STALLED`` when SciPy reports success on its
+    own test above ``tol`` (the ``ftol`` test above; for ``k`` small the dual's maximum is
+    often a kink where no k-sparse plan meets the marginals, see ``sparse-ot``);
+    ``MAX_ITER`` (SciPy's iteration or evaluation limit); ``FAILED`` (SciPy's failures,
+    e.g. an abnormal line search), each with SciPy's message; ``NONFINITE`` (NaN/inf in
+    POT's plan or potentials). SciPy's ``status`` and message are
+    ``extras["library_status"]`` and ``["library_message"]``. The callback can stop the
+    run at either row; Ctrl-C during POT's call returns the start with ``USER_STOPPED``.
 
-    Result: ``x`` = POT's plan; ``extras["potentials"] = (alpha, beta)``,
-    ``extras["max_nz"]`` (after clamping), ``extras["reg_type"]``, ``extras["pot_message"]``.
-    Metrics: ``marginal_error``, ``dual`` (POT's final dual value), ``cost`` ``<T, C>``,
-    ``objective`` ``<T, C> + reg/2 ||T||_F^2``, ``gap`` = ``objective - dual``. The trace has two rows: the start (zero
-    potentials, measured with POT's ``dual_obj_grad``, clock paused) and POT's result.
+    Result: ``x`` = POT's plan (the plan of zero potentials when the run ends at the
+    start); ``extras["potentials"] = (alpha, beta)``, ``extras["max_nz"]`` (after
+    clamping), ``extras["reg_type"]``. Metrics: ``marginal_error``, ``dual`` (POT's final
+    dual value), ``cost`` ``<T, C>``, ``objective`` ``<T, C> + reg/2 ||T||_F^2``, ``gap`` =
+    ``objective - dual``. The trace has two rows: the start (zero potentials, measured with
+    POT's ``dual_obj_grad``, clock paused) and POT's result (iteration SciPy's ``nit``).
     Counters: ``fun``, ``grad`` (SciPy's ``nfev``, ``njev``).
     """
 
@@ -116,44 +125,37 @@ class POTSparsityConstrained(Solver):
         kwargs = {"max_nz": k} if k < n else {}
         regul = ot.smooth.SparsityConstrained(max_nz=k, gamma=reg) if k < n else ot.smooth.SquaredL2(gamma=reg)
 
-        recorder = Recorder(time_limit=self.time_limit, callback=callback, device="cpu")
-        alpha, beta = np.zeros(n), np.zeros(m)
-        with np.errstate(all="ignore"):  # the start, measured with POT's own dual (clock paused)
-            dual, grad_a, grad_b = ot.smooth.dual_obj_grad(alpha, beta, a, b, C, regul)
-        G = np.asarray(ot.smooth.get_plan_from_dual(alpha, beta, C, regul), dtype=np.float64)
-        error = float(np.abs(grad_a).sum() + np.abs(grad_b).sum())
-        status = recorder.record(0, {"marginal_error": error, "dual": float(dual)}, (alpha, beta))
-        nit, counters, message, pot_message = 0, {"fun": 0, "grad": 0}, "", ""
-        if status is None:
+        def measure(potentials):
+            """The row at POT's start, measured with POT's own dual (its gradient is the marginal residual)."""
+            with np.errstate(all="ignore"):
+                dual, grad_a, grad_b = ot.smooth.dual_obj_grad(*potentials, a, b, C, regul)
+            return {"marginal_error": float(np.abs(grad_a).sum() + np.abs(grad_b).sum()), "dual": float(dual)}
+
+        run = BlackBoxRun(self, problem, callback, measure=measure, criterion="marginal_error")
+        start = (np.zeros(n), np.zeros(m))
+        start_plan = np.asarray(ot.smooth.get_plan_from_dual(*start, C, regul), dtype=np.float64)
+        counters, verdict, found, found_plan = {"fun": 0, "grad": 0}, None, None, None
+        if run.begin(start) is None:
             stop_thr = self.tol / (n + m) if self.stop_thr is None else self.stop_thr
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                warnings.filterwarnings("ignore", message=r".*`disp` and `iprint`", category=DeprecationWarning)
-                G, log = ot.smooth.smooth_ot_dual(
-                    a, b, C, reg, reg_type=reg_type, stopThr=stop_thr, numItermax=self.max_iter, log=True, **kwargs
-                )
-            recorder.pause()
-            res = log["res"]
-            nit, pot_message = int(res.nit), str(res.message)
-            counters = {"fun": int(res.nfev), "grad": int(getattr(res, "njev", res.nfev))}
-            G = np.asarray(G, dtype=np.float64)
-            alpha = np.asarray(log["alpha"], dtype=np.float64)
-            beta = np.asarray(log["beta"], dtype=np.float64)
-            dual = -float(res.fun)
-            finite = all(bool(np.all(np.isfinite(x))) for x in (G, alpha, beta))
-            error = _marginal_error(G, a, b) if finite else math.inf
-            stop = recorder.record(nit, {"marginal_error": error, "dual": dual}, (alpha, beta))
-            if not finite:
-                status = Status.NONFINITE
-            elif error <= self.tol:
-                status = Status.CONVERGED
-            elif stop is not None:
-                status = stop
-            elif res.status == 1:
-                status = Status.MAX_ITER
-            else:
-                status = Status.FAILED
-                message = f"POT / L-BFGS-B stopped ({res.message}) at marginal error {error:.3g} > tol {self.tol:.3g}"
-        recorder.pause()
+            with run.library():  # one call that cannot be interrupted: its result is the one iteration
+                with warnings.catch_warnings(), np.errstate(all="ignore"):
+                    warnings.filterwarnings("ignore", message=r".*`disp` and `iprint`", category=DeprecationWarning)
+                    found_plan, log = ot.smooth.smooth_ot_dual(
+                        a, b, C, reg, reg_type=reg_type, stopThr=stop_thr, numItermax=self.max_iter, log=True, **kwargs
+                    )
+                res = log["res"]
+                counters = {"fun": int(res.nfev), "grad": int(getattr(res, "njev", res.nfev))}
+                outcome = {0: Status.CONVERGED, 1: Status.MAX_ITER}.get(int(res.status), Status.FAILED)
+                verdict = LibraryVerdict(outcome, int(res.status), f"POT / L-BFGS-B stopped ({res.message})")
+                found_plan = np.asarray(found_plan, dtype=np.float64)
+                found = (np.asarray(log["alpha"], dtype=np.float64), np.asarray(log["beta"], dtype=np.float64))
+                finite = all(np.all(np.isfinite(x)) for x in (found_plan, *found))
+                error = _marginal_error(found_plan, a, b) if finite else math.inf
+                run.iteration(found, nit=int(res.nit), metrics={"marginal_error": error, "dual": -float(res.fun)})
+        # the result is the last recorded iterate (POT's, or the start if the run ended there) and its plan
+        alpha, beta = run.x
+        G = found_plan if run.x is found else start_plan
+        dual = run.metrics["dual"]
         with np.errstate(all="ignore"):
             cost = float(np.einsum("ij,ij->", G, C))
             objective = cost + 0.5 * reg * float(np.einsum("ij,ij->", G, G))
@@ -164,32 +166,19 @@ class POTSparsityConstrained(Solver):
             plan = csr_array(G).astype(dtype)
         else:
             plan = G.astype(dtype)
-        return Result(
-            x=plan,
+        result = run.finish(
+            verdict=verdict,
+            metrics={**run.metrics, "cost": cost, "objective": objective, "gap": objective - dual},
             fun=objective,
-            status=status,
-            message=message,
-            nit=nit,
             counters=counters,
-            time_s=recorder.elapsed,
-            metrics={
-                "marginal_error": error,
-                "dual": float(dual),
-                "cost": cost,
-                "objective": objective,
-                "gap": objective - float(dual),
-            },
-            trace=recorder.rows,
-            solver=self.name,
-            problem=problem.name,
             extras={
                 "potentials": (alpha.astype(dtype), beta.astype(dtype)),
                 "regularization": "sparsity-constrained",
                 "max_nz": k,
                 "reg_type": reg_type,
-                "pot_message": pot_message,
             },
         )
+        return replace(result, x=plan)
 
 
 def _marginal_error(G: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:

@@ -4,16 +4,17 @@ preconditioner of CG (pyamg is imported only when a solve starts)."""
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from optkit.backend import optional_import
+from optkit.blackbox import BlackBoxRun, krylov_verdict
 from optkit.problem import LinearSystemProblem, Problem
 from optkit.registry import register_solver
-from optkit.result import Result, Status
-from optkit.solver import Callback, Recorder, Solver, StopSolver
+from optkit.result import Result
+from optkit.solver import Callback, Solver
 
 __all__ = ["PyAMG"]
 
@@ -29,9 +30,9 @@ class PyAMG(Solver):
     Options
     -------
     tol : float
-        Relative residual: stops when ``||b - A x|| < tol * ||b||`` (PyAMG's ``tol`` with its
-        default ``"rr"`` criterion; with ``accel="cg"`` ``r`` is CG's residual, recomputed
-        as ``b - A x`` every 8 iterations).
+        Relative residual: PyAMG stops when ``||b - A x|| < tol * ||b||`` (its ``tol`` with
+        its default ``"rr"`` criterion; with ``accel="cg"`` ``r`` is CG's residual,
+        recomputed as ``b - A x`` every 8 iterations).
     max_iter : int
         Iterations: CG steps (``accel="cg"``) or multigrid cycles (``accel="none"``).
     time_limit : float or None
@@ -46,10 +47,22 @@ class PyAMG(Solver):
         (spectral-radius estimates), so that runs are reproducible; numpy's global state is
         restored afterwards. ``None`` leaves the global generator alone.
 
+    Status (the rule of :mod:`optkit.blackbox`, on the criterion ``residual``):
+    ``CONVERGED`` when the returned point's ``residual`` is ``<= tol`` (PyAMG's own test,
+    so also when it converges at the ``max_iter``-th iteration; a start that meets ``tol``
+    takes no iteration), ``MAX_ITER`` at the iteration limit, ``BREAKDOWN`` for a negative
+    ``info`` (PyAMG's CG met an indefinite matrix or preconditioner), the same reading of
+    ``info`` as ``scipy-cg`` (:func:`optkit.blackbox.krylov_verdict`); PyAMG's ``info`` and
+    message are ``extras["library_status"]`` and ``["library_message"]``. The callback,
+    the time limit and Ctrl-C end the run at the last iterate PyAMG reported
+    (``USER_STOPPED`` for Ctrl-C).
+
     ``time_s`` includes the setup; its seconds are also ``metrics["setup_time_s"]``, and
     ``extras`` holds ``levels`` and ``operator_complexity``. The trace's ``residual`` is
-    PyAMG's residual norm divided by ``||b||``. ``counters["cycle"]`` counts multigrid cycles.
-    Needs the problem's matrix (capability ``"matrix"``).
+    PyAMG's residual norm divided by ``||b||`` (row 0: ``||b - A x0|| / ||b||``), and the
+    last row's is the result's, except after a breakdown that returns a point PyAMG did
+    not report, whose true residual is measured. ``counters["cycle"]`` counts multigrid
+    cycles. Needs the problem's matrix (capability ``"matrix"``).
     """
 
     accepts = (LinearSystemProblem,)
@@ -97,28 +110,20 @@ class PyAMG(Solver):
         b = np.asarray(problem.b)
         x = np.array(problem.x0 if x0 is None else x0, dtype=b.dtype)
         bnorm = float(np.linalg.norm(b)) or 1.0
-        recorder = Recorder(time_limit=self.time_limit, callback=callback, device="cpu")
-        recorder.start()
+
+        def relative_residual(v):
+            return {"residual": float(np.linalg.norm(b - A @ v)) / bnorm}
+
+        run = BlackBoxRun(self, problem, callback, measure=relative_residual, criterion="residual")
+        # the setup is the solver's work: timed before the run's clock takes over at row 0
+        run.recorder.start()
         ml = self._setup(pyamg, A)
-        setup_s = recorder.elapsed
-        recorder.pause()
-        residuals: list[float] = []
-        state = {"x": x, "nit": 0}
-        r0 = float(np.linalg.norm(b - A @ x)) / bnorm
-        status = recorder.record(0, {"residual": r0}, x)
-        if status is None and (self.max_iter == 0 or r0 < self.tol):
-            status = Status.CONVERGED if r0 < self.tol else Status.MAX_ITER
-
-        def on_iteration(xk):
-            recorder.pause()
-            state["nit"] += 1
-            state["x"] = xk.copy()
-            stop = recorder.record(state["nit"], {"residual": residuals[-1] / bnorm}, xk)
-            if stop is not None:
-                raise StopSolver(stop)
-
-        if status is None:
-            try:
+        run.recorder.pause()
+        setup_s = run.recorder.elapsed
+        residuals: list[float] = []  # PyAMG's residual norms, the last one of its latest iterate
+        verdict = x_out = None
+        if run.begin(x) is None:
+            with run.library():
                 x_out, info = ml.solve(
                     b,
                     x0=x,
@@ -126,28 +131,18 @@ class PyAMG(Solver):
                     maxiter=self.max_iter,
                     cycle=self.cycle,
                     accel=accel,
-                    callback=on_iteration,
+                    callback=lambda xk: run.iteration(xk.copy(), metrics={"residual": residuals[-1] / bnorm}),
                     residuals=residuals,
                     return_info=True,
                 )
-            except StopSolver as stop:
-                status = stop.status
-            else:
-                state["x"] = x_out
-                status = Status.CONVERGED if info == 0 else Status.MAX_ITER if info > 0 else Status.BREAKDOWN
-        recorder.pause()
-        nit = state["nit"]
-        cycles = nit + (1 if accel is not None and residuals else 0)
-        final = residuals[-1] / bnorm if residuals else r0
-        return Result(
-            x=state["x"],
-            status=status,
-            nit=nit,
+                verdict = krylov_verdict(info, "pyamg")
+        if x_out is not None and np.array_equal(x_out, run.x):
+            x_out = None  # PyAMG's last reported iterate: its recorded residual is the final one
+        cycles = run.nit + (1 if accel is not None and residuals else 0)  # CG's preconditioned start
+        result = run.finish(
+            x=x_out,
+            verdict=verdict,
             counters={"cycle": cycles},
-            time_s=recorder.elapsed,
-            metrics={"residual": final, "setup_time_s": setup_s},
-            trace=recorder.rows,
-            solver=self.name,
-            problem=problem.name,
             extras={"levels": len(ml.levels), "operator_complexity": float(ml.operator_complexity())},
         )
+        return replace(result, metrics={**result.metrics, "setup_time_s": setup_s})

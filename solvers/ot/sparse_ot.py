@@ -63,17 +63,18 @@ The dual's evaluation, the Newton polish and the plan recovery live in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
 
 from optkit.backend import to_numpy
+from optkit.blackbox import BlackBoxRun, LibraryVerdict
 from optkit.ot_problem import OTProblem
 from optkit.problem import Problem
 from optkit.registry import register_solver
 from optkit.result import Result, Status
-from optkit.solver import Callback, Recorder, Solver
+from optkit.solver import Callback, Solver, StopSolver
 from optkit.validation import check_int
 
 from ._sparse_dual import (
@@ -92,12 +93,6 @@ __all__ = ["SparseOT", "sparse_dual", "sparse_plan"]
 
 
 # ---------------------------------------------------------------------------- the solver
-
-
-class _Stop(Exception):
-    def __init__(self, status: Status) -> None:
-        super().__init__(status.message)
-        self.status = status
 
 
 class _Handoff(Exception):
@@ -131,8 +126,7 @@ class SparseOT(Solver):
         about 1e-7 (n = 200) the dual's decrease falls under the rounding of its value and
         L-BFGS-B's line search stalls; the Newton polish (below) and restarts take it the
         rest of the way (to ~1e-14 in practice). ``CONVERGED`` only when the returned plan's
-        error, measured again at the end, is ``<= tol``; ``FAILED`` with a diagnosis (a
-        kink, total masses that differ by more than ``tol``, unresolved ties) otherwise.
+        error, measured again at the end, is ``<= tol`` (see Status).
     max_iter : int
         Iterations: L-BFGS-B iterations plus accepted Newton steps (default 10000).
     time_limit : float or None
@@ -151,6 +145,21 @@ class SparseOT(Solver):
     sparse_plan : bool
         Return the plan as a ``scipy.sparse.csr_array`` (at most ``k m`` stored entries)
         instead of a dense (n, m) ndarray (default False: dense, as the other OT solvers).
+
+    Status: the rule of :mod:`optkit.blackbox` on the criterion ``marginal_error``
+    (:class:`~optkit.blackbox.BlackBoxRun` records every iteration). The run ends
+    ``CONVERGED`` at the first iteration whose error is ``<= tol`` (the start included).
+    The callback, the time limit and a NaN/inf dual end it with their own status
+    (``USER_STOPPED``, ``TIME_LIMIT``, ``NONFINITE``), even at a row that meets ``tol``;
+    ``max_iter`` ends it ``MAX_ITER`` (``CONVERGED`` if that iteration meets ``tol``), and
+    so does L-BFGS-B's evaluation limit; ``FAILED`` when L-BFGS-B stalls and neither the
+    polish nor a restart gets further (L-BFGS-B's ``status`` and message are then
+    ``extras["library_status"]`` and ``["library_message"]``). Then the returned plan
+    decides: a ``CONVERGED`` run whose plan misses ``tol`` (ties broken, rounding) is
+    ``FAILED``, and a stalled one whose plan meets it (the k = 1 assignment) is
+    ``CONVERGED``. A ``FAILED`` message gives the diagnosis (a kink, total masses that
+    differ by more than ``tol``, unresolved ties). Ctrl-C ends the run with
+    ``USER_STOPPED`` and the best iterate.
 
     Start: ``x0`` is ``None`` (default), an (n + m,) vector (``alpha`` then ``beta``, the
     problem's ``x0`` layout) or a pair ``(alpha, beta)``. ``None`` starts from ``alpha = 0``
@@ -174,7 +183,6 @@ class SparseOT(Solver):
     in the callback with the clock paused; normally read from the evaluation L-BFGS-B just
     made). Counters: ``fun`` and ``grad`` (dual evaluations, which give both; trace-only
     evaluations are not counted), ``newton_solves`` (sparse solves, accepted or not).
-    Ctrl-C ends the run with ``USER_STOPPED`` and the best iterate.
 
     Note that :meth:`OTProblem.evaluate` computes its ``dual`` with the *entropic* formula;
     for this solver use ``metrics["dual"]``.
@@ -231,9 +239,7 @@ class SparseOT(Solver):
         assert isinstance(problem, OTProblem)
         n, m = problem.shape
         ev = _SparseDual(to_numpy(problem.a), to_numpy(problem.b), to_numpy(problem.C), problem.reg, self.max_nz)
-        recorder = Recorder(time_limit=self.time_limit, callback=callback, device="cpu")
-        run = {
-            "nit": 0,
+        track = {
             "best": None,  # the iterate returned: the converged one, else the one with the largest dual
             "last": None,  # the last iterate
             "min_error": math.inf,
@@ -246,171 +252,130 @@ class SparseOT(Solver):
         def potentials(v):
             return v[:n].copy(), v[n:].copy()
 
-        def note(e: _Eval) -> Status | None:
-            """Record iteration ``run["nit"]`` at ``e`` (clock paused inside); the status that ends the run."""
-            run["last"] = e
-            run["min_error"] = min(run["min_error"], e.error)
-            if run["best"] is None or e.dual > run["best"].dual or e.error <= self.tol:
-                run["best"] = e
-            status = recorder.record(run["nit"], {"marginal_error": e.error, "dual": e.dual}, potentials(e.v))
-            if e.error <= self.tol:
-                return Status.CONVERGED
-            if status is not None:
-                return status
-            if not math.isfinite(e.dual):
-                return Status.NONFINITE
-            if run["nit"] >= self.max_iter:
-                return Status.MAX_ITER
-            return None
+        def row(e: _Eval) -> dict[str, float]:
+            return {"marginal_error": e.error, "dual": e.dual}
+
+        def remember(e: _Eval) -> None:
+            track["last"] = e
+            track["min_error"] = min(track["min_error"], e.error)
+            if track["best"] is None or e.dual > track["best"].dual or e.error <= self.tol:
+                track["best"] = e
+
+        def measure(pair) -> dict[str, float]:
+            """The row of L-BFGS-B's iterate ``(alpha, beta)``: an uncounted evaluation, which is
+            also what the solver goes on from (clock paused by the run)."""
+            e = ev.evaluate(np.concatenate(pair), count=False)
+            remember(e)
+            return row(e)
+
+        run = BlackBoxRun(self, problem, callback, measure=measure, criterion="marginal_error")
+
+        def stop_if_converged() -> None:
+            if run.converged(run.metrics):
+                raise StopSolver(Status.CONVERGED)
+
+        def note(e: _Eval) -> None:
+            """Record the next iteration at ``e`` (evaluated and counted already); StopSolver ends the run."""
+            remember(e)
+            run.iteration(potentials(e.v), metrics=row(e))
+            stop_if_converged()
 
         def newton_trial(e: _Eval) -> _Eval | None:
             """One Newton step from ``e`` (clock running); the new point if it lowers the error."""
-            run["newton"] += 1
+            track["newton"] += 1
             d = _newton_direction(ev, e)
             if d is None:
                 return None
             trial = ev.evaluate(e.v + d)
             return trial if trial.error < e.error else None
 
-        def newton_chain(e: _Eval) -> tuple[_Eval, Status | None]:
+        def newton_chain(e: _Eval) -> _Eval:
             """Accept the improving Newton point ``e`` and go on while each step halves the error."""
             while True:
-                run["nit"] += 1
-                run["newton_iters"].append(run["nit"])
-                status = note(e)
-                if status is not None:
-                    return e, status
+                track["newton_iters"].append(run.nit + 1)
+                note(e)
                 nxt = newton_trial(e)
                 if nxt is None:
-                    return e, None
+                    return e
                 if nxt.error > 0.5 * e.error:
-                    e = nxt
-                    run["nit"] += 1
-                    run["newton_iters"].append(run["nit"])
-                    return e, note(e)
+                    track["newton_iters"].append(run.nit + 1)
+                    note(nxt)
+                    return nxt
                 e = nxt
 
         def on_iteration(intermediate_result):
-            recorder.pause()
-            e = ev.evaluate(np.asarray(intermediate_result.x, dtype=np.float64), count=False)
-            run["nit"] += 1
-            status = note(e)
-            if status is not None:
-                raise _Stop(status)
-            if self.polish and e.error <= run["next_polish"]:
-                run["next_polish"] = 0.1 * e.error
+            run.iteration(potentials(intermediate_result.x))  # measured into track["last"]
+            stop_if_converged()
+            e = track["last"]
+            if self.polish and e.error <= track["next_polish"]:
+                track["next_polish"] = 0.1 * e.error
                 trial = newton_trial(e)
                 if trial is not None:
                     raise _Handoff(trial)
 
-        recorder.start()
-        v = self._start(ev, x0)
-        e = ev.evaluate(v)
-        run["next_polish"] = 0.1 * e.error
-        status = note(e)
-        message = ""
-        while status is None:
-            remaining = self.max_iter - run["nit"]
-            start_error = run["min_error"]
-            run["lbfgs_runs"] += 1
-            options = {
-                "maxiter": remaining,
-                "maxfun": 20 * remaining + 20,
-                "gtol": self.tol / (n + m),
-                "ftol": 0.0,
-                "maxcor": self.memory,
-            }
-            try:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    res = minimize(
-                        ev.fun_grad, e.v, jac=True, method="L-BFGS-B", options=options, callback=on_iteration
-                    )
-            except _Stop as stop:
-                status = stop.status
-                break
-            except _Handoff as handoff:
-                e, status = newton_chain(handoff.e)
-                continue
-            except KeyboardInterrupt:
-                status = Status.USER_STOPPED
-                break
-            # L-BFGS-B returned on its own (its last iterate went through the callback, so the
-            # error is above tol): a stall (no decrease, failed line search), or its limits
-            if res.status == 1:
-                status = Status.MAX_ITER
-                message = f"L-BFGS-B: {res.message}"
-                break
-            e = run["last"]
-            if self.polish:
-                trial = newton_trial(e)
-                if trial is not None:
-                    e, status = newton_chain(trial)
-                    continue
-            if run["min_error"] <= 0.5 * start_error and res.nit > 0:
-                continue  # restart L-BFGS-B (fresh memory) from the last iterate
-            status = Status.FAILED
-            message = f"L-BFGS-B stalled ({res.message})"
-        best = run["best"]
+        run.recorder.start()  # the start is the solver's work: timed before the run's row 0
+        e = ev.evaluate(self._start(ev, x0))
+        run.recorder.pause()
+        track["next_polish"] = 0.1 * e.error
+        remember(e)
+        verdict = None
+        if run.begin(potentials(e.v), metrics=row(e)) is None:
+            with run.library():
+                while verdict is None:
+                    remaining = self.max_iter - run.nit
+                    start_error = track["min_error"]
+                    track["lbfgs_runs"] += 1
+                    options = {
+                        "maxiter": remaining,
+                        "maxfun": 20 * remaining + 20,
+                        "gtol": self.tol / (n + m),
+                        "ftol": 0.0,
+                        "maxcor": self.memory,
+                    }
+                    try:
+                        with np.errstate(over="ignore", invalid="ignore"):
+                            res = minimize(
+                                ev.fun_grad, e.v, jac=True, method="L-BFGS-B", options=options, callback=on_iteration
+                            )
+                    except _Handoff as handoff:
+                        e = newton_chain(handoff.e)
+                        continue
+                    # L-BFGS-B returned on its own (its last iterate went through the callback, so
+                    # the error is above tol): a stall (no decrease, failed line search), or its limits
+                    if res.status == 1:
+                        verdict = LibraryVerdict(Status.MAX_ITER, int(res.status), f"L-BFGS-B: {res.message}")
+                        continue
+                    e = track["last"]
+                    if self.polish:
+                        trial = newton_trial(e)
+                        if trial is not None:
+                            e = newton_chain(trial)
+                            continue
+                    if track["min_error"] <= 0.5 * start_error and res.nit > 0:
+                        continue  # restart L-BFGS-B (fresh memory) from the last iterate
+                    verdict = LibraryVerdict(Status.FAILED, int(res.status), f"L-BFGS-B stalled ({res.message})")
+        best = track["best"]
         rows, cols, vals = best.k_sparse()
         exact_ties = best.share is not None
         ties_resolved = False
-        if ev.k == 1 and (exact_ties or status is Status.FAILED):
-            resolved = _resolve_ties(ev, best)
-            if resolved is not None:
-                rows, cols, vals = resolved
-                ties_resolved = True
-                run["nit"] += 1  # one more step, measured on the plan it returns
-                tie_error = ev.marginal_error(rows, cols, vals)
-                stop = recorder.record(run["nit"], {"marginal_error": tie_error, "dual": best.dual}, potentials(best.v))
-                if tie_error <= self.tol:
-                    status, message = Status.CONVERGED, ""
-                elif stop is not None:
-                    status = stop
-        recorder.pause()
-        if exact_ties and not ties_resolved and status is Status.CONVERGED:
-            # the trace measured the tie-averaged plan; the k-sparse one may miss the marginals
-            status, message = Status.FAILED, "exact ties at the k-th largest score could not be broken"
+        stalled = verdict is not None and verdict.outcome is Status.FAILED
+        if ev.k == 1 and (exact_ties or stalled):
+            with run.library():  # breaking the ties is one more step, measured on the plan it returns
+                resolved = _resolve_ties(ev, best)
+                if resolved is not None:
+                    rows, cols, vals = resolved
+                    ties_resolved = True
+                    tie_error = ev.marginal_error(rows, cols, vals)
+                    run.iteration(potentials(best.v), metrics={"marginal_error": tie_error, "dual": best.dual})
 
         plan = ev.plan(rows, cols, vals, sparse=self.sparse_plan)
         sums = (np.asarray(plan.sum(axis=1)).ravel(), np.asarray(plan.sum(axis=0)).ravel())
         error = float(np.abs(sums[0] - ev.a).sum() + np.abs(sums[1] - ev.b).sum())
-        if status is Status.CONVERGED and error > self.tol:  # rounding of the plan itself
-            status, message = Status.FAILED, ""
         cost = _dot(vals, ev.CT[cols, rows])
         objective = cost + 0.5 * ev.reg * _dot(vals, vals)
-        binding = best.binding
-        if status is Status.FAILED:
-            message = f"{message or 'stopped'} at marginal error {error:.3g} > tol {self.tol:.3g}; "
-            mismatch = abs(math.fsum(ev.a) - math.fsum(ev.b))
-            if mismatch > 0.5 * self.tol:
-                message += f"the total masses differ by {mismatch:.3g}, so no plan meets both marginals to tol"
-            elif binding:
-                message += (
-                    f"the cardinality constraint binds in {binding} of {m} columns: with max_nz={ev.k} the dual "
-                    "maximum is a kink when no k-sparse plan meets both marginals (infeasible, or a duality "
-                    "gap at this reg); a smaller reg or a larger max_nz helps"
-                )
-            else:
-                message += (
-                    "the cardinality constraint binds nowhere (the dual is smooth here): the dual's decrease "
-                    "fell below its rounding; polish=True or a larger tol helps"
-                )
-        elif status is Status.MAX_ITER and binding:
-            message = (
-                f"{message or status.message} at marginal error {error:.3g}; the cardinality constraint binds in "
-                f"{binding} of {m} columns, so the dual maximum may be a kink where no {ev.k}-sparse plan meets "
-                "the marginals (L-BFGS crawls along it)"
-            )
         dtype = problem.C.dtype
-        alpha, beta = best.v[:n].astype(dtype), best.v[n:].astype(dtype)
-        return Result(
-            x=plan.astype(dtype),
-            fun=objective,
-            status=status,
-            message=message,
-            nit=run["nit"],
-            counters={"fun": ev.evals, "grad": ev.evals, "newton_solves": run["newton"]},
-            time_s=recorder.elapsed,
+        result = run.finish(
+            verdict=verdict,
             metrics={
                 "marginal_error": error,
                 "dual": best.dual,
@@ -418,16 +383,53 @@ class SparseOT(Solver):
                 "objective": objective,
                 "gap": objective - best.dual,
             },
-            trace=recorder.rows,
-            solver=self.name,
-            problem=problem.name,
+            fun=objective,
+            counters={"fun": ev.evals, "grad": ev.evals, "newton_solves": track["newton"]},
             extras={
-                "potentials": (alpha, beta),
+                "potentials": (best.v[:n].astype(dtype), best.v[n:].astype(dtype)),
                 "regularization": "sparsity-constrained",
                 "max_nz": ev.k,
-                "binding_columns": binding,
-                "newton_iters": tuple(run["newton_iters"]),
-                "lbfgs_runs": run["lbfgs_runs"],
+                "binding_columns": best.binding,
+                "newton_iters": tuple(track["newton_iters"]),
+                "lbfgs_runs": track["lbfgs_runs"],
                 "ties_resolved": ties_resolved,
             },
         )
+        status = result.status
+        reason = verdict.message if verdict is not None and verdict.outcome is status else ""
+        if status is Status.CONVERGED and error > self.tol:
+            # the trace's plan met tol, the returned one does not: the trace measured the
+            # tie-averaged plan, whose k-sparse version may miss the marginals, or rounding
+            status = Status.FAILED
+            reason = ""
+            if exact_ties and not ties_resolved:
+                reason = "exact ties at the k-th largest score could not be broken"
+        message = self._diagnosis(ev, status, reason, error, best.binding)
+        return replace(result, x=plan.astype(dtype), status=status, message=message)
+
+    def _diagnosis(self, ev: _SparseDual, status: Status, reason: str, error: float, binding: int) -> str:
+        """The result's message: ``reason`` (the library's, or why a converged trace failed),
+        completed for ``FAILED`` and a ``MAX_ITER`` run that met a binding cardinality constraint."""
+        m = ev.m
+        if status is Status.FAILED:
+            message = f"{reason or 'stopped'} at marginal error {error:.3g} > tol {self.tol:.3g}; "
+            mismatch = abs(math.fsum(ev.a) - math.fsum(ev.b))
+            if mismatch > 0.5 * self.tol:
+                return message + f"the total masses differ by {mismatch:.3g}, so no plan meets both marginals to tol"
+            if binding:
+                return message + (
+                    f"the cardinality constraint binds in {binding} of {m} columns: with max_nz={ev.k} the dual "
+                    "maximum is a kink when no k-sparse plan meets both marginals (infeasible, or a duality "
+                    "gap at this reg); a smaller reg or a larger max_nz helps"
+                )
+            return message + (
+                "the cardinality constraint binds nowhere (the dual is smooth here): the dual's decrease "
+                "fell below its rounding; polish=True or a larger tol helps"
+            )
+        if status is Status.MAX_ITER and binding:
+            return (
+                f"{reason or status.message} at marginal error {error:.3g}; the cardinality constraint binds in "
+                f"{binding} of {m} columns, so the dual maximum may be a kink where no {ev.k}-sparse plan meets "
+                "the marginals (L-BFGS crawls along it)"
+            )
+        return reason

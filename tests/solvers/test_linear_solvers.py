@@ -226,6 +226,43 @@ def test_baseline_callback_can_stop(name):
     assert res.status is Status.USER_STOPPED and res.nit == 2 and seen == [0, 1, 2]
 
 
+@pytest.mark.parametrize("accel", ["cg", "none"])
+def test_pyamg_ctrl_c_returns_the_last_iterate(accel):
+    p = optkit.get_problem("linear/poisson-2d", n=30)
+
+    def interrupt(info):  # Ctrl-C inside PyAMG's loop, which calls back after each iteration
+        if info["iter"] == 3:
+            raise KeyboardInterrupt
+
+    res = optkit.solve(p, "pyamg", tol=TOL, accel=accel, callback=interrupt)
+    assert res.status is Status.USER_STOPPED and res.nit == 3
+    same = optkit.solve(p, "pyamg", tol=TOL, accel=accel, max_iter=3)
+    np.testing.assert_array_equal(res.x, same.x)
+    assert res.metrics["residual"] == same.metrics["residual"] == res.trace[-1]["residual"] > TOL
+
+
+@pytest.mark.parametrize("accel", ["cg", "none"])
+def test_pyamg_converging_at_its_last_allowed_iteration_converges(accel):
+    p = optkit.get_problem("linear/poisson-2d", n=30)
+    full = optkit.solve(p, "pyamg", tol=TOL, accel=accel)
+    edge = optkit.solve(p, "pyamg", tol=TOL, accel=accel, max_iter=full.nit)
+    assert edge.status is Status.CONVERGED and edge.nit == full.nit
+    np.testing.assert_array_equal(edge.x, full.x)
+    assert optkit.solve(p, "pyamg", tol=TOL, accel=accel, max_iter=full.nit - 1).status is Status.MAX_ITER
+
+
+def test_pyamg_negative_info_is_a_breakdown(monkeypatch):
+    import pyamg.multilevel
+
+    # PyAMG's CG returns info = -1 when it meets an indefinite matrix or preconditioner
+    monkeypatch.setattr(pyamg.multilevel.MultilevelSolver, "solve", lambda self, b, x0, **kw: (x0.copy(), -1))
+    p = optkit.get_problem("linear/poisson-2d", n=10)
+    res = optkit.solve(p, "pyamg", tol=TOL)
+    assert res.status is Status.BREAKDOWN and res.extras["library_status"] == -1 and res.nit == 0
+    assert "breakdown" in res.message
+    np.testing.assert_array_equal(res.x, p.x0)
+
+
 @pytest.mark.parametrize(
     "name,options,word",
     [

@@ -116,3 +116,75 @@ def test_options_are_checked():
         optkit.get_solver("pot-sinkhorn", check_every=0)
     p = optkit.get_problem("ml/least-squares")
     assert "accepts OTProblem" in optkit.get_solver("pot-emd").check(p)
+
+
+# ------------------------------------------------ the run: max_iter = 0, the callback, Ctrl-C
+
+
+def _sinkhorn_interrupted_at_call(monkeypatch, call):
+    """Make ``ot.sinkhorn`` (one chunk per call) raise Ctrl-C on its ``call``-th call."""
+    real, calls = ot.sinkhorn, []
+
+    def sinkhorn(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ot, "sinkhorn", sinkhorn)
+
+
+@pytest.mark.parametrize("name", ["pot-sinkhorn-log", "pot-sinkhorn"])
+def test_sinkhorn_max_iter_zero_callback_and_ctrl_c(name, monkeypatch):
+    p = optkit.get_problem("ot/point-clouds", n=20, eta=100, seed=5)
+    ref = optkit.solve(p, name, tol=1e-12, max_iter=20)
+    assert ref.status is Status.MAX_ITER and [row["iter"] for row in ref.trace] == [0, 10, 20]
+
+    zero = optkit.solve(p, name, max_iter=0)
+    assert zero.status is Status.MAX_ITER and zero.nit == 0 and len(zero.trace) == 1
+    np.testing.assert_allclose(zero.x, np.exp(-p.C / p.reg), rtol=1e-15)  # the plan of the zero start
+
+    stopped = optkit.solve(p, name, tol=1e-12, callback=lambda info: info["iter"] == 20)
+    _sinkhorn_interrupted_at_call(monkeypatch, 3)
+    interrupted = optkit.solve(p, name, tol=1e-12)
+    for res in (stopped, interrupted):  # both return the plan and potentials of the last chunk
+        assert res.status is Status.USER_STOPPED and res.nit == 20
+        assert [row["iter"] for row in res.trace] == [0, 10, 20]
+        np.testing.assert_array_equal(res.x, ref.x)
+        np.testing.assert_array_equal(res.extras["potentials"][0], ref.extras["potentials"][0])
+        assert res.metrics["marginal_error"] == ref.metrics["marginal_error"] > 1e-12
+
+
+def test_emd_max_iter_zero_callback_and_ctrl_c(monkeypatch):
+    p = optkit.get_problem("ot/point-clouds", n=20, eta=100, seed=5)
+    exact = optkit.solve(p, "pot-emd")
+    assert exact.status is Status.CONVERGED and [row["iter"] for row in exact.trace] == [0, 1]
+    # the start: the independent coupling a b^T (b sums to 1 here), a feasible plan
+    start = np.outer(p.a, p.b)
+    assert exact.trace[0]["marginal_error"] < 1e-15
+
+    after = optkit.solve(p, "pot-emd", callback=lambda info: info["iter"] == 1)
+    assert after.status is Status.USER_STOPPED and after.nit == 1 and after.fun == exact.fun
+    np.testing.assert_array_equal(after.x, exact.x)
+
+    monkeypatch.setattr(ot, "emd", lambda *args, **kwargs: pytest.fail("POT must not run"))
+    zero = optkit.solve(p, "pot-emd", max_iter=0)
+    before = optkit.solve(p, "pot-emd", callback=lambda info: True)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ot, "emd", ctrl_c)
+    interrupted = optkit.solve(p, "pot-emd")
+    for res, status in ((zero, Status.MAX_ITER), (before, Status.USER_STOPPED), (interrupted, Status.USER_STOPPED)):
+        assert res.status is status and res.nit == 0 and res.fun is None and len(res.trace) == 1
+        np.testing.assert_allclose(res.x, start, rtol=1e-15)
+
+
+def test_emd_max_iter_counts_pivots_not_the_call():
+    # A 2 x 2 problem needs at most one pivot: POT says OPTIMAL with numItermax = 1, and
+    # that verdict (not the run's one recorded call reaching max_iter = 1) decides.
+    p = OTProblem(np.array([0.5, 0.5]), np.array([0.5, 0.5]), np.array([[0.0, 1.0], [1.0, 0.0]]), 1.0)
+    res = optkit.solve(p, "pot-emd", max_iter=1)
+    assert res.status is Status.CONVERGED and res.extras["library_status"] == 1
+    np.testing.assert_allclose(res.x, np.eye(2) / 2, atol=1e-15)
