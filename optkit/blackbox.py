@@ -170,25 +170,35 @@ class BlackBoxRun:
             stop = self._record(x0, 0, metrics)
         except KeyboardInterrupt:
             stop = Status.USER_STOPPED
-        if stop is None and self.converged(self.metrics):
+        if self.converged(self.metrics):
             stop = Status.CONVERGED
         elif stop is None and self.solver.max_iter == 0:
             stop = Status.MAX_ITER
         self.status = stop
         return stop
 
-    def iteration(self, x: Any, nit: int | None = None, metrics: Mapping[str, float] | None = None) -> None:
+    def iteration(
+        self,
+        x: Any,
+        nit: int | None = None,
+        metrics: Mapping[str, float] | None = None,
+        *,
+        check_max_iter: bool = True,
+    ) -> None:
         """Record the library's iterate ``x`` (iteration ``nit``, default the next one).
 
         Call it from the library's callback. Raises :class:`~optkit.solver.StopSolver`
         (caught by :meth:`library`) when the run must end: time limit, the user's callback,
-        a non-finite measure, or ``nit`` reaching ``max_iter`` (``CONVERGED`` if the
-        criterion holds there, else ``MAX_ITER``).
+        a non-finite measure, or ``nit`` reaching ``max_iter`` (unless ``check_max_iter`` is
+        False: a library whose ``max_iter`` counts another unit). Where the criterion holds
+        at ``x`` the status is ``CONVERGED``, as the driver's ``terminate`` wins over a stop.
         """
         nit = self.nit + 1 if nit is None else nit
         stop = self._record(x, nit, metrics)
-        if stop is None and nit >= self.solver.max_iter:
-            stop = Status.CONVERGED if self.converged(self.metrics) else Status.MAX_ITER
+        if stop is None and check_max_iter and nit >= self.solver.max_iter:
+            stop = Status.MAX_ITER
+        if stop is not None and self.converged(self.metrics):
+            stop = Status.CONVERGED
         if stop is not None:
             self.status = stop
             raise StopSolver(stop)

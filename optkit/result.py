@@ -127,7 +127,7 @@ class Result:
             x=to_numpy(self.x),
             fun=self.fun,
             success=self.success,
-            status=self.extras.get("library_status", self.status.code),
+            status=self.status.code if self.extras.get("library_status") is None else self.extras["library_status"],
             optkit_status=self.status.name,
             message=self.message,
             nit=self.nit,

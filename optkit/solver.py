@@ -158,8 +158,9 @@ class Recorder:
         self._since = None
 
     def start(self) -> None:
-        """Start (or resume) the clock."""
-        self._since = time.perf_counter()
+        """Start (or resume) the clock; a running clock goes on."""
+        if self._since is None:
+            self._since = time.perf_counter()
 
     def pause(self) -> None:
         """Stop the clock, after synchronising the device."""

@@ -127,10 +127,11 @@ def test_time_limit_on_a_fake_clock(pair, monkeypatch):
     res = solver.replace(time_limit=3.0).solve(problem)
     monkeypatch.undo()
     if solver.name in UNINTERRUPTIBLE:
-        assert res.status in (Status.TIME_LIMIT, Status.CONVERGED)
+        # checked once the library returns: over the limit, the run says so unless it converged
+        assert res.trace[-1]["time"] < 3.0 or res.status in (Status.TIME_LIMIT, Status.CONVERGED)
     else:
-        # one second per clock reading: the limit falls within the first few iterations
-        assert res.status in (Status.TIME_LIMIT, Status.CONVERGED) and res.nit < 10
+        # one second per clock reading: the limit falls within the first few recorded iterations
+        assert res.status in (Status.TIME_LIMIT, Status.CONVERGED) and len(res.trace) < 10
         assert res.status is Status.CONVERGED or res.trace[-1]["time"] >= 3.0
     assert_result_invariants(res, solver, problem)
 

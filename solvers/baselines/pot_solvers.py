@@ -286,7 +286,5 @@ class PotEMD(Solver):
                 message = log.get("warning") or "; ".join(str(w.message) for w in caught) or f"POT ot.emd: {name}"
                 verdict = LibraryVerdict(outcome, code, message)
                 fun, potentials = float(log["cost"]), (log["u"], log["v"])
-                run.iteration(P, nit=1)
-            if run.status is Status.MAX_ITER:
-                run.status = None  # max_iter counts POT's pivots, not this one call: POT's verdict says
+                run.iteration(P, nit=1, check_max_iter=False)  # max_iter counts POT's pivots
         return run.finish(verdict=verdict, fun=fun, extras={} if potentials is None else {"potentials": potentials})
