@@ -18,6 +18,23 @@ def run_example(name, *args):
     return proc.stdout
 
 
+def table_rows(out):
+    """``(problem, solver, status)`` of each row of the benchmark tables printed in ``out``: one block
+    per problem, a heading ``<problem>  (anchor: <solver>)``, the column header and its rule, then
+    one line per solver until a line that is not a table row."""
+    rows, problem, body = [], None, False
+    for line in out.splitlines():
+        if "  (anchor:" in line:
+            problem, body = line.split("  (anchor:")[0], False
+        elif problem is not None and not body:
+            body = line.startswith("---")  # the column header, then its rule
+        elif body and len(cells := re.split(r"\s{2,}", line.strip())) > 2:
+            rows.append((problem, cells[0], cells[1]))
+        else:
+            problem, body = None, False
+    return rows
+
+
 def test_quickstart_converges_with_every_solver():
     out = run_example("quickstart.py", "--n", "32")
     solvers = ("cg", "pcg", "scipy-cg", "pyamg") + (("cg (torch)",) if has_module("torch") else ())
@@ -30,8 +47,8 @@ def test_quickstart_converges_with_every_solver():
 def test_gpu_check_runs_on_the_cpu_with_small_sizes():
     pytest.importorskip("torch")
     out = run_example("gpu_check.py", "--target", "torch", "--small", "--repeat", "1")
-    lines = [line.split() for line in out.splitlines() if line.startswith(("linear/", "ot/"))]
-    assert [(row[0].split(":")[0], row[1]) for row in lines] == [
+    rows = [row for row in table_rows(out) if row[0].startswith(("linear/", "ot/"))]
+    assert [(problem.split(":")[0], solver) for problem, solver, _ in rows] == [
         ("linear/poisson-3d", "scipy-cg"),
         ("linear/poisson-3d", "cg@torch"),
         ("ot/point-clouds", "pot-sinkhorn-log@torch"),
@@ -39,12 +56,13 @@ def test_gpu_check_runs_on_the_cpu_with_small_sizes():
         ("ot/random-assignment", "pot-sinkhorn-log@torch"),
         ("ot/random-assignment", "sns@torch"),
     ]
-    assert all(row[2] == "converged" for row in lines)
-    refresh = [re.split(r"\s{2,}", line) for line in out.splitlines() if line.startswith("llama-micro: refresh")]
-    assert [cells[1] for cells in refresh] == ["galore-torch (svd)", "optkit svd", "optkit randomized", "optkit dct"]
-    training = [line.split() for line in out.splitlines() if line.startswith("llm/llama-micro")]
-    assert [row[1].split(":")[0] for row in training] == ["adamw", "galore-torch", "galore-adamw", "galore-adamw8bit"]
-    assert all(row[2] == "max_iter" and "tok/s," in " ".join(row) for row in training)
+    assert all(status == "converged" for _, _, status in rows)
+    refresh = [solver for problem, solver, _ in table_rows(out) if problem.startswith("llama-micro: refresh")]
+    assert refresh == ["galore-torch (svd)", "optkit svd", "optkit randomized", "optkit dct"]
+    training = [row for row in table_rows(out) if row[0].startswith("llm/llama-micro")]
+    assert [solver.split(":")[0] for _, solver, _ in training] == ["adamw", "galore-torch", "galore-adamw", "galore-adamw8bit"]
+    assert all(status == "max_iter" for _, _, status in training)
+    assert out.count("tok/s, peak") == 4
 
 
 def test_ot_example_plots_three_solvers(tmp_path):
@@ -59,9 +77,9 @@ def test_ot_example_plots_three_solvers(tmp_path):
         "--out",
         str(out_png),
     )
-    rows = [line.split() for line in out.splitlines() if line.startswith("ot/")]
-    assert [row[1] for row in rows] == ["pot-sinkhorn-log", "sinkhorn", "sns"]
-    assert all(row[2] == "converged" for row in rows)
+    rows = table_rows(out)
+    assert [solver for _, solver, _ in rows] == ["pot-sinkhorn-log", "sinkhorn", "sns"]
+    assert all(problem == "ot/random-assignment:n=60,eta=50" and status == "converged" for problem, _, status in rows)
     assert out_png.stat().st_size > 10_000
 
 
