@@ -27,7 +27,8 @@ import math
 import numpy as np
 
 from .backend import convert, get_namespace, torch_or_none
-from ._linop_base import TAGS, LinearOperator, _is_complex
+from ._linop_base import TAGS, LinearOperator
+from ._linop_support import _is_complex
 from ._linop_concrete import (
     Dense,
     Diagonal,
