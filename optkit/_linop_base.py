@@ -5,13 +5,25 @@ Public names are re-exported from :mod:`optkit.linop`; see there for the overvie
 
 from __future__ import annotations
 
-import numbers
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
-from .backend import convert, get_namespace, is_torch, torch_or_none
+from ._linop_support import (
+    _as_scalar,
+    _canon_dtype,
+    _conj,
+    _dummy,
+    _is_complex,
+    _is_real_scalar,
+    _namespace,
+    _result_dtype,
+    _scipy_operator,
+)
+from .backend import is_torch
 
 __all__ = ["TAGS", "LinearOperator"]
 
@@ -25,71 +37,9 @@ TAGS = frozenset({"symmetric", "psd", "diagonal", "low_rank", "orthonormal"})
 
 
 # ----------------------------------------------------------------------------- helpers
-def _is_complex(dtype: Any) -> bool:
-    torch = torch_or_none()
-    if torch is not None and isinstance(dtype, torch.dtype):
-        return dtype.is_complex
-    return np.dtype(dtype).kind == "c"
-
-
-def _dummy(backend: str, device: Any = None, dtype: Any = None):
-    """A zero-length array of ``backend``/``device``/``dtype`` (default float64)."""
-    return convert(np.empty(0), backend, device, dtype)
-
-
-def _namespace(backend: str, device: Any = None):
-    return get_namespace(_dummy(backend, device))
-
-
-def _canon_dtype(backend: str, dtype: Any):
-    """``dtype`` (numpy/torch dtype or name; None = float64) as a dtype object of ``backend``."""
-    if backend == "numpy" and not _is_torch_dtype(dtype):
-        return np.dtype("float64" if dtype is None else dtype)
-    return _dummy(backend, None, dtype).dtype
-
-
-def _is_torch_dtype(dtype: Any) -> bool:
-    torch = torch_or_none()
-    return torch is not None and isinstance(dtype, torch.dtype)
-
-
-def _result_dtype(backend: str, dtypes: Iterable[Any], scalars: Iterable[Any] = ()):
-    """Promotion of ``dtypes`` with Python ``scalars`` (weakly typed) on ``backend``."""
-    dtypes, scalars = list(dtypes), list(scalars)
-    if backend == "numpy":
-        return np.result_type(*dtypes, *scalars)
-    torch = torch_or_none()
-    out = dtypes[0]
-    for d in dtypes[1:]:
-        out = torch.promote_types(out, d)
-    for s in scalars:
-        out = torch.result_type(torch.empty((), dtype=out), s)
-    return out
-
-
 def _unify(ops: list[LinearOperator], dtype) -> list[LinearOperator]:
     """``ops`` converted to ``dtype`` on torch, whose kernels do not promote mixed dtypes."""
     return [op if op.backend == "numpy" or op.dtype == dtype else op.to(dtype=dtype) for op in ops]
-
-
-def _conj(xp, x):
-    """Physical complex conjugate (no lazy conj bit on torch); real arrays pass through."""
-    return xp.conj(x) if _is_complex(x.dtype) else x
-
-
-def _as_scalar(c: Any):
-    """``c`` as a Python number if it is a scalar (number, 0-d array or tensor), else None."""
-    if isinstance(c, LinearOperator):
-        return None
-    if isinstance(c, numbers.Number):
-        return c.item() if isinstance(c, np.generic) else c
-    if (isinstance(c, np.ndarray) or is_torch(c)) and c.ndim == 0:
-        return c.item()
-    return None
-
-
-def _is_real_scalar(c: Any) -> bool:
-    return not isinstance(c, complex) or c.imag == 0
 
 
 def _normalize_tags(tags: Iterable[str] | None, shape: tuple[int, int], dtype: Any) -> frozenset:
@@ -112,9 +62,18 @@ def _is_adjoint_pair(A: LinearOperator, B: LinearOperator) -> bool:
     """Whether ``B`` is known to be ``A^H`` (without building any adjoint)."""
     if A is B:
         return "symmetric" in A.tags
-    if A._H_cache is B or B._H_cache is A:
-        return True
     return (isinstance(A, _Adjoint) and A._op is B) or (isinstance(B, _Adjoint) and B._op is A)
+
+
+def _rmv(op: LinearOperator, y):
+    """``op^H y`` for a composite's part: the part itself when it is tagged symmetric (it may
+    define no adjoint of its own, as ``A.H`` is then ``A``)."""
+    return op._matvec(y) if "symmetric" in op._tags else op._rmatvec(y)
+
+
+def _rmm(op: LinearOperator, Y):
+    """``op^H Y`` for a composite's part, as :func:`_rmv`."""
+    return op._matmat(Y) if "symmetric" in op._tags else op._rmatmat(Y)
 
 
 def _common_backend(ops: Iterable[LinearOperator]) -> tuple[str, str]:
@@ -147,8 +106,19 @@ class LinearOperator:
     Notes
     -----
     Algebra is lazy: ``A + B``, ``A - B``, ``-A``, ``A @ B``, ``c * A``, ``A / c``, ``A.T``,
-    ``A.H`` build new operators; ``A @ x`` applies ``A`` to a vector ``(n,)`` or matrix
-    ``(n, k)``. ``A * B`` is a ``TypeError``: use ``@``.
+    ``A.H`` build new operators; ``A @ x`` (and ``A.dot(x)``) applies ``A`` to a vector
+    ``(n,)`` or matrix ``(n, k)``. ``A * B`` and ``A * x`` are a ``TypeError``: use ``@``.
+
+    Inputs follow scipy's contract: ``matvec`` and ``rmatvec`` take a vector ``(n,)`` or a
+    column ``(n, 1)`` and return the same form; numpy operators take any array-like (lists,
+    ``np.matrix``; converted with ``np.asarray``, results are plain arrays); torch operators
+    take tensors only (a silent host-device copy would hide a bug); sparse matrices are
+    refused (compose with ``aslinearoperator(S)`` instead).
+
+    Adjoints: ``A.H`` is a light view that refers to ``A``; ``A`` keeps only a weak reference
+    to it, so no reference cycle forms (scipy's gh-10634) and an operator is freed as soon as
+    it is unreferenced, without the cycle collector. ``A.H.H is A`` holds, and ``A.H @ A`` is
+    tagged psd.
     """
 
     __array_ufunc__ = None  # make ``ndarray @ A`` and ``np.float64(2) * A`` defer to us
@@ -165,11 +135,14 @@ class LinearOperator:
         self._device = str(dummy.device) if backend == "torch" else "cpu"
         self._dtype = _canon_dtype(backend, dtype)
         self._tags = _normalize_tags(tags, shape, self._dtype)
-        self._in = (shape[1],)
-        self._H_cache: LinearOperator | None = None
         cls = type(self)
         if cls._matvec is LinearOperator._matvec and cls._matmat is LinearOperator._matmat:
             raise TypeError(f"{cls.__name__} must implement _matvec or _matmat")
+
+    def __getstate__(self) -> dict:
+        # the cached namespace (a module) and the weak reference to the adjoint view do not
+        # pickle, and a copy (with_tags) must not share the original's view, of other tags
+        return {k: v for k, v in self.__dict__.items() if k not in ("_xp", "_H_view")}
 
     # --------------------------------------------------------------- properties
     shape = property(lambda self: self._shape, doc="``(m, n)``.")
@@ -194,46 +167,84 @@ class LinearOperator:
         new = copy.copy(self)
         extra = _normalize_tags(tags, self._shape, self._dtype)
         new._tags = _normalize_tags(self._tags | extra, self._shape, self._dtype)
-        new._H_cache = None
         return new
 
     # --------------------------------------------------------------- application
+    def _operand(self, x, what: str):
+        """``x`` as an array of this operator's backend, or a ``TypeError`` naming ``what``."""
+        if sp.issparse(x):
+            raise TypeError(
+                f"{what}: sparse matrices are not accepted as operands; use aslinearoperator(S) and compose with @"
+            )
+        if self._backend == "numpy":
+            if is_torch(x):
+                raise TypeError(
+                    f"{what}: a numpy operator takes numpy arrays, got a torch.Tensor; convert the operator "
+                    "with .to('torch') or the tensor with .numpy()"
+                )
+            return np.asarray(x)
+        if not is_torch(x):
+            raise TypeError(
+                f"{what}: a torch operator takes torch tensors on {self._device}, got {type(x).__name__}; "
+                "convert it with torch.as_tensor"
+            )
+        return x
+
     def matvec(self, x):
-        """``A @ x`` for ``x`` of shape ``(n,)``; returns shape ``(m,)`` on the same backend."""
-        try:
-            s = x.shape
-        except AttributeError:
-            raise TypeError(f"matvec expects an array, got {type(x).__name__}") from None
-        if s != self._in:
-            raise ValueError(f"matvec: operator of shape {self._shape} expects x of shape {self._in}, got {tuple(s)}")
-        return self._matvec(x)
+        """``A @ x`` for ``x`` of shape ``(n,)`` or ``(n, 1)``; returns ``(m,)`` or ``(m, 1)``.
+
+        Numpy operators take array-likes; torch operators take tensors (see the class notes).
+        """
+        x = self._operand(x, "matvec")
+        n = self._shape[1]
+        s = tuple(x.shape)
+        if s == (n,):
+            return self._matvec(x)
+        if s == (n, 1):
+            return self._matmat(x)
+        raise ValueError(f"matvec: operator of shape {self._shape} expects x of shape ({n},) or ({n}, 1), got {s}")
 
     def matmat(self, X):
         """``A @ X`` for ``X`` of shape ``(n, k)``; returns shape ``(m, k)``."""
-        s = X.shape
+        X = self._operand(X, "matmat")
+        s = tuple(X.shape)
         if len(s) != 2 or s[0] != self._shape[1]:
-            raise ValueError(
-                f"matmat: operator of shape {self._shape} expects X of shape ({self._shape[1]}, k), got {tuple(s)}"
-            )
+            raise ValueError(f"matmat: operator of shape {self._shape} expects X of shape ({self._shape[1]}, k), got {s}")
         return self._matmat(X)
 
     def rmatvec(self, y):
-        """``A^H @ y`` for ``y`` of shape ``(m,)``; returns shape ``(n,)``."""
-        s = y.shape
-        if tuple(s) != (self._shape[0],):
-            raise ValueError(
-                f"rmatvec: operator of shape {self._shape} expects y of shape ({self._shape[0]},), got {tuple(s)}"
-            )
-        return self._rmatvec(y)
+        """``A^H @ y`` for ``y`` of shape ``(m,)`` or ``(m, 1)``; returns ``(n,)`` or ``(n, 1)``."""
+        y = self._operand(y, "rmatvec")
+        m = self._shape[0]
+        s = tuple(y.shape)
+        if s == (m,):
+            return self._rmatvec(y)
+        if s == (m, 1):
+            return self._rmatmat(y)
+        raise ValueError(f"rmatvec: operator of shape {self._shape} expects y of shape ({m},) or ({m}, 1), got {s}")
 
     def rmatmat(self, Y):
         """``A^H @ Y`` for ``Y`` of shape ``(m, k)``; returns shape ``(n, k)``."""
-        s = Y.shape
+        Y = self._operand(Y, "rmatmat")
+        s = tuple(Y.shape)
         if len(s) != 2 or s[0] != self._shape[0]:
-            raise ValueError(
-                f"rmatmat: operator of shape {self._shape} expects Y of shape ({self._shape[0]}, k), got {tuple(s)}"
-            )
+            raise ValueError(f"rmatmat: operator of shape {self._shape} expects Y of shape ({self._shape[0]}, k), got {s}")
         return self._rmatmat(Y)
+
+    def dot(self, x):
+        """scipy's ``dot``: the product ``A @ x`` for an operator ``x``, ``x * A`` for a scalar,
+        else ``matvec`` for ``(n,)`` or ``(n, 1)`` and ``matmat`` for ``(n, k)``."""
+        if isinstance(x, LinearOperator):
+            return _Product(self, x)
+        c = _as_scalar(x)
+        if c is not None:
+            return _Scaled(self, c)
+        x = self._operand(x, "dot")
+        if x.ndim == 1 or (x.ndim == 2 and x.shape[1] == 1):
+            return self.matvec(x)
+        if x.ndim == 2:
+            return self.matmat(x)
+        raise ValueError(f"dot expects an operator, a scalar, or an array of 1 or 2 dimensions, got shape {tuple(x.shape)}")
 
     # defaults: each of _matvec/_matmat from the other, the adjoint from whatever exists
     def _matvec(self, x):
@@ -252,7 +263,7 @@ class LinearOperator:
         if self._overrides("_rmatmat"):
             return self._rmatmat(y[:, None])[:, 0]
         if self._overrides("_adjoint"):
-            return self.H._matvec(y)
+            return self._adjoint()._matvec(y)
         raise NotImplementedError(f"{type(self).__name__} defines no adjoint: implement _adjoint, _rmatvec or _rmatmat")
 
     def _rmatmat(self, Y):
@@ -262,23 +273,28 @@ class LinearOperator:
                 return xp.zeros((self._shape[1], 0), dtype=self._dtype, device=Y.device)
             return xp.stack([self._rmatvec(Y[:, j]) for j in range(Y.shape[1])], axis=1)
         if self._overrides("_adjoint"):
-            return self.H._matmat(Y)
+            return self._adjoint()._matmat(Y)
         raise NotImplementedError(f"{type(self).__name__} defines no adjoint: implement _adjoint, _rmatvec or _rmatmat")
 
     def _adjoint(self) -> LinearOperator:
+        """scipy's hook: a subclass may return its adjoint as an operator (used by ``_rmatvec``
+        and ``_rmatmat`` when it defines neither, and built once per ``A.H`` view)."""
         return _Adjoint(self)
 
     # --------------------------------------------------------------- adjoint / transpose
     @property
     def H(self) -> LinearOperator:
-        """The (lazy) conjugate transpose ``A^H``; ``A.H.H`` is ``A``."""
-        if self._H_cache is None:
-            if "symmetric" in self._tags:
-                return self
-            adj = self._adjoint()
-            adj._H_cache = self
-            self._H_cache = adj
-        return self._H_cache
+        """The (lazy) conjugate transpose ``A^H``: ``A`` itself when tagged symmetric, else a
+        view that refers to ``A``. ``A`` keeps only a weak reference to its view (no cycle), so
+        ``A.H`` returns the same view while it lives, and ``A.H.H`` is ``A``."""
+        if "symmetric" in self._tags:
+            return self
+        ref = self.__dict__.get("_H_view")
+        adj = None if ref is None else ref()
+        if adj is None:
+            adj = _Adjoint(self)
+            self._H_view = weakref.ref(adj)
+        return adj
 
     def adjoint(self) -> LinearOperator:
         """Same as :attr:`H`."""
@@ -299,22 +315,28 @@ class LinearOperator:
     def __matmul__(self, other):
         if isinstance(other, LinearOperator):
             return _Product(self, other)
-        ndim = getattr(other, "ndim", None)
-        if ndim == 1:
-            return self.matvec(other)
-        if ndim == 2:
-            return self.matmat(other)
-        if ndim is None:
+        if _as_scalar(other) is not None:
+            raise TypeError("A @ c with a scalar c is not defined; use c * A")
+        if not (hasattr(other, "shape") or isinstance(other, (list, tuple))):
             return NotImplemented
-        raise ValueError(f"A @ x needs x of 1 or 2 dimensions, got shape {tuple(other.shape)}")
+        x = self._operand(other, "A @ x")
+        if x.ndim == 1:
+            return self.matvec(x)
+        if x.ndim == 2:
+            return self.matmat(x)
+        raise ValueError(f"A @ x needs x of 1 or 2 dimensions, got shape {tuple(x.shape)}")
 
     def __rmatmul__(self, other):
-        ndim = getattr(other, "ndim", None)
-        if ndim == 1:
-            return self.T.matvec(other)
-        if ndim == 2:
-            return self.T.matmat(other.T).T
-        return NotImplemented
+        if _as_scalar(other) is not None:
+            raise TypeError("c @ A with a scalar c is not defined; use c * A")
+        if not (hasattr(other, "shape") or isinstance(other, (list, tuple))):
+            return NotImplemented
+        x = self._operand(other, "x @ A")
+        if x.ndim == 1:
+            return self.T.matvec(x)
+        if x.ndim == 2:
+            return self.T.matmat(x.T).T
+        raise ValueError(f"x @ A needs x of 1 or 2 dimensions, got shape {tuple(x.shape)}")
 
     def __mul__(self, other):
         c = _as_scalar(other)
@@ -384,40 +406,7 @@ class LinearOperator:
 
         Torch operators convert their inputs to tensors and outputs back to numpy on each call.
         """
-        from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
-
-        from .backend import to_numpy
-
-        op, back = self, self._backend
-        dev = self._device
-        if back == "numpy":
-
-            def wrap(f):
-                return f
-        else:
-            cplx = _is_complex(self._dtype)
-
-            def wrap(f):  # torch kernels want the operator's dtype (unless a complex input meets a real op)
-                def g(a):
-                    a = np.asarray(a)
-                    return to_numpy(f(convert(a, back, dev, None if a.dtype.kind == "c" and not cplx else self._dtype)))
-
-                return g
-
-        mv, rmv = wrap(op.matvec), wrap(op.rmatvec)
-        mm, rmm = wrap(op.matmat), wrap(op.rmatmat)
-        try:
-            dtype = np.dtype(str(self._dtype).removeprefix("torch."))
-        except TypeError:  # a torch-only dtype such as bfloat16
-            dtype = np.dtype(np.float32)
-        return ScipyLinearOperator(
-            self._shape,
-            dtype=dtype,
-            matvec=lambda v: mv(np.ravel(v)),
-            rmatvec=lambda v: rmv(np.ravel(v)),
-            matmat=mm,
-            rmatmat=rmm,
-        )
+        return _scipy_operator(self)
 
     def __repr__(self) -> str:
         tags = ", tags=" + "{" + ", ".join(sorted(self._tags)) + "}" if self._tags else ""
@@ -426,19 +415,44 @@ class LinearOperator:
 
 
 # ----------------------------------------------------------------------------- composites
+def _init_transposed_view(view: LinearOperator, op: LinearOperator) -> None:
+    """The attributes of a view of shape ``op.shape[::-1]`` (adjoint, transpose), copied from
+    the already validated ``op``: views are built on every ``.H`` of a loop, so they skip the
+    checks and dtype normalisation of ``LinearOperator.__init__``."""
+    view._shape = op.shape[::-1]
+    view._dtype, view._backend, view._device = op.dtype, op.backend, op.device
+    view._tags = op.tags if op.shape[0] == op.shape[1] else op.tags - {"orthonormal"}
+
+
 class _Adjoint(LinearOperator):
-    """``A^H`` built from the ``_rmatvec``/``_rmatmat`` of ``A``."""
+    """``A^H``, a view that refers to ``A`` and applies its ``_rmatvec``/``_rmatmat``.
+
+    When ``A`` defines its adjoint through scipy's ``_adjoint`` hook, that operator is built
+    on first use and kept here, in the view, so ``A`` still refers to nothing of its adjoint.
+    """
 
     def __init__(self, op: LinearOperator) -> None:
-        tags = op.tags if op.shape[0] == op.shape[1] else op.tags - {"orthonormal"}
-        super().__init__(op.shape[::-1], op.dtype, tags=tags, backend=op.backend, device=op.device)
+        _init_transposed_view(self, op)
         self._op = op
+        self._built: LinearOperator | None = None
+
+    @property
+    def H(self) -> LinearOperator:
+        return self._op
+
+    def _hooked(self) -> LinearOperator | None:
+        """The operator ``A._adjoint()`` returns when ``A`` overrides that hook, else None."""
+        if self._built is None and self._op._overrides("_adjoint"):
+            self._built = self._op._adjoint()
+        return self._built
 
     def _matvec(self, x):
-        return self._op._rmatvec(x)
+        built = self._hooked()
+        return self._op._rmatvec(x) if built is None else built._matvec(x)
 
     def _matmat(self, X):
-        return self._op._rmatmat(X)
+        built = self._hooked()
+        return self._op._rmatmat(X) if built is None else built._matmat(X)
 
     def _rmatvec(self, y):
         return self._op._matvec(y)
@@ -457,17 +471,16 @@ class _Transposed(LinearOperator):
     """``A^T = conj(A^H)`` for complex ``A`` (real operators use ``A.H``)."""
 
     def __init__(self, op: LinearOperator) -> None:
-        tags = op.tags if op.shape[0] == op.shape[1] else op.tags - {"orthonormal"}
-        super().__init__(op.shape[::-1], op.dtype, tags=tags, backend=op.backend, device=op.device)
+        _init_transposed_view(self, op)
         self._op = op
 
     def _matvec(self, x):
         xp = self.xp
-        return _conj(xp, self._op._rmatvec(_conj(xp, x)))
+        return _conj(xp, _rmv(self._op, _conj(xp, x)))
 
     def _matmat(self, X):
         xp = self.xp
-        return _conj(xp, self._op._rmatmat(_conj(xp, X)))
+        return _conj(xp, _rmm(self._op, _conj(xp, X)))
 
     def _rmatvec(self, y):
         xp = self.xp
@@ -517,8 +530,19 @@ class _Sum(LinearOperator):
             Y = Y + op._matmat(X)
         return Y
 
-    def _adjoint(self):
-        return _Sum([op.H for op in self._ops])
+    def _rmatvec(self, y):
+        ops = self._ops
+        x = _rmv(ops[0], y)
+        for op in ops[1:]:
+            x = x + _rmv(op, y)
+        return x
+
+    def _rmatmat(self, Y):
+        ops = self._ops
+        X = _rmm(ops[0], Y)
+        for op in ops[1:]:
+            X = X + _rmm(op, Y)
+        return X
 
     def _to(self, backend, device, dtype):
         return _Sum([op.to(backend, device, dtype) for op in self._ops])
@@ -540,6 +564,7 @@ class _Scaled(LinearOperator):
         dtype = _result_dtype(op.backend, [op.dtype], [c])
         super().__init__(op.shape, dtype, tags=tags, backend=op.backend, device=op.device)
         self._op, self._c = _unify([op], dtype)[0], c
+        self._c_conj = c.conjugate() if isinstance(c, complex) else c
 
     def _matvec(self, x):
         return self._op._matvec(x) * self._c
@@ -547,9 +572,11 @@ class _Scaled(LinearOperator):
     def _matmat(self, X):
         return self._op._matmat(X) * self._c
 
-    def _adjoint(self):
-        c = self._c
-        return _Scaled(self._op.H, c.conjugate() if isinstance(c, complex) else c)
+    def _rmatvec(self, y):
+        return _rmv(self._op, y) * self._c_conj
+
+    def _rmatmat(self, Y):
+        return _rmm(self._op, Y) * self._c_conj
 
     def _to(self, backend, device, dtype):
         return _Scaled(self._op.to(backend, device, dtype), self._c)
@@ -581,8 +608,11 @@ class _Product(LinearOperator):
     def _matmat(self, X):
         return self._A._matmat(self._B._matmat(X))
 
-    def _adjoint(self):
-        return _Product(self._B.H, self._A.H)
+    def _rmatvec(self, y):
+        return _rmv(self._B, _rmv(self._A, y))
+
+    def _rmatmat(self, Y):
+        return _rmm(self._B, _rmm(self._A, Y))
 
     def _to(self, backend, device, dtype):
         return _Product(self._A.to(backend, device, dtype), self._B.to(backend, device, dtype))

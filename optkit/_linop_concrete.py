@@ -22,13 +22,8 @@ from .backend import (
     to_numpy,
     torch_or_none,
 )
-from ._linop_base import (
-    LinearOperator,
-    _conj,
-    _dummy,
-    _is_complex,
-    _result_dtype,
-)
+from ._linop_base import LinearOperator
+from ._linop_support import _conj, _dummy, _is_complex, _result_dtype
 from ._linop_queries import diagonal, materialize
 
 __all__ = [
@@ -407,7 +402,13 @@ class FunctionOperator(LinearOperator):
     matmat, rmatmat : callable, optional
         Blocked versions ``(n, k) -> (m, k)`` / ``(m, k) -> (n, k)``; default: column loops.
     dtype : dtype or name, optional
-        Default float64 (numpy) or torch's default dtype (torch).
+        The operator's dtype. Not given, the operator is real: float64 (numpy) or torch's
+        default dtype (torch), and every result of the callables is checked: a complex one
+        raises a ``TypeError`` naming its dtype and asking for ``dtype=``. A complex
+        operator labelled real would be wrong silently (``A.T`` of a real operator is
+        ``A.H``, so it would conjugate). Unlike scipy, the dtype is not inferred by calling
+        ``matvec`` on a probe vector: that would run the callable (an expensive solve, a
+        counted evaluation) when the operator is built.
     tags : iterable of str, optional
     backend, device : where the callables expect and return arrays.
     """
@@ -425,27 +426,39 @@ class FunctionOperator(LinearOperator):
         backend: str = "numpy",
         device: Any = None,
     ) -> None:
+        self._checked = dtype is None
         if dtype is None and backend == "torch":
             dtype = optional_import("torch", "FunctionOperator(backend='torch')").get_default_dtype()
         super().__init__(shape, dtype, tags=tags, backend=backend, device=device)
         self._mv, self._rmv, self._mm, self._rmm = matvec, rmatvec, matmat, rmatmat
 
+    def _real(self, out, name: str):
+        """``out``, after checking that a callable of an operator without a given dtype returned no complex result."""
+        if self._checked and _is_complex(getattr(out, "dtype", np.float64)):
+            raise TypeError(
+                f"FunctionOperator: {name} returned {str(out.dtype).removeprefix('torch.')} values, but the operator "
+                f"was built without dtype and is {str(self.dtype).removeprefix('torch.')}; "
+                f"pass dtype={str(out.dtype).removeprefix('torch.')!r} (or dtype={str(self.dtype).removeprefix('torch.')!r} "
+                "to apply a real operator to complex vectors)"
+            )
+        return out
+
     def _matvec(self, x):
-        return self._mv(x)
+        return self._real(self._mv(x), "matvec")
 
     def _matmat(self, X):
-        return self._mm(X) if self._mm is not None else super()._matmat(X)
+        return self._real(self._mm(X), "matmat") if self._mm is not None else super()._matmat(X)
 
     def _rmatvec(self, y):
         if self._rmv is not None:
-            return self._rmv(y)
+            return self._real(self._rmv(y), "rmatvec")
         if self._rmm is not None:
-            return self._rmm(y[:, None])[:, 0]
+            return self._real(self._rmm(y[:, None]), "rmatmat")[:, 0]
         raise NotImplementedError("this FunctionOperator was built without rmatvec/rmatmat; its adjoint is unknown")
 
     def _rmatmat(self, Y):
         if self._rmm is not None:
-            return self._rmm(Y)
+            return self._real(self._rmm(Y), "rmatmat")
         if self._rmv is None:
             raise NotImplementedError("this FunctionOperator was built without rmatvec/rmatmat; its adjoint is unknown")
         return super()._rmatmat(Y)
@@ -453,25 +466,29 @@ class FunctionOperator(LinearOperator):
     def _to(self, backend, device, dtype):
         """The callables stay where they are; inputs and outputs are converted around them."""
         src = (self.backend, None if self.backend == "numpy" else self.device)
+        label = dtype if dtype is not None else str(self.dtype).removeprefix("torch.")
+        # without a given dtype the outputs keep theirs, so that the check still sees a complex one
+        checked = self._checked and dtype is None
+        cast = None if checked else label
 
         def wrap(f):
             if f is None:
                 return None
-            return lambda a: convert(f(convert(a, *src)), backend, device, dtype)
+            return lambda a: convert(f(convert(a, *src)), backend, device, cast)
 
-        if dtype is None:
-            dtype = str(self.dtype).removeprefix("torch.")
-        return FunctionOperator(
+        moved = FunctionOperator(
             self.shape,
             wrap(self._mv),
             wrap(self._rmv),
             matmat=wrap(self._mm),
             rmatmat=wrap(self._rmm),
-            dtype=dtype,
+            dtype=label,
             tags=self.tags,
             backend=backend,
             device=device,
         )
+        moved._checked = checked
+        return moved
 
 
 # ----------------------------------------------------------------------------- aslinearoperator
@@ -505,7 +522,7 @@ def aslinearoperator(obj, tags=None) -> LinearOperator:
             obj.rmatvec,
             matmat=obj.matmat,
             rmatmat=obj.rmatmat,
-            dtype=obj.dtype if obj.dtype is not None else np.float64,
+            dtype=obj.dtype,
             tags=tags,
         )
     raise TypeError(

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._linop_base import LinearOperator, _common_backend, _dummy, _result_dtype, _unify
+from ._linop_base import LinearOperator, _common_backend, _rmm, _rmv, _unify
+from ._linop_support import _dummy, _result_dtype
 from ._linop_concrete import aslinearoperator
 from ._linop_queries import _probe_diagonal, diagonal, materialize
 
@@ -82,15 +83,31 @@ class Block(LinearOperator):
             out.append(acc)
         return self.xp.concat(out, axis=0)
 
+    def _apply_adjoint(self, Y, mat: bool):
+        """``A^H Y``: block column ``j`` of the result is ``sum_i blocks[i][j]^H Y_i``."""
+        ys = [Y[a:b] for a, b in zip(self._roff[:-1], self._roff[1:])]
+        out = []
+        for j in range(len(self._widths)):
+            acc = None
+            for row, yi in zip(self._grid, ys):
+                b = row[j]
+                if b is not None:
+                    x = _rmm(b, yi) if mat else _rmv(b, yi)
+                    acc = x if acc is None else acc + x
+            out.append(acc)
+        return self.xp.concat(out, axis=0)
+
     def _matvec(self, x):
         return self._apply(x, False)
 
     def _matmat(self, X):
         return self._apply(X, True)
 
-    def _adjoint(self):
-        g = self._grid
-        return Block([[None if g[i][j] is None else g[i][j].H for i in range(len(g))] for j in range(len(g[0]))])
+    def _rmatvec(self, y):
+        return self._apply_adjoint(y, False)
+
+    def _rmatmat(self, Y):
+        return self._apply_adjoint(Y, True)
 
     def _to(self, backend, device, dtype):
         return Block(
@@ -166,17 +183,27 @@ class Kronecker(LinearOperator):
         )
         self._A, self._B = _unify([A, B], self.dtype)
 
-    def _matmat(self, X):
-        xp = self.xp
-        (p, q), (r, s) = self._A.shape, self._B.shape
+    @staticmethod
+    def _kron_apply(xp, X, A_apply, B_apply, shape_A, shape_B):
+        """``(A ⊗ B) X`` for ``X`` (q s, k) as ``A (X_k B^T)`` with reshapes; ``A_apply`` and
+        ``B_apply`` apply the factors (of shapes ``(p, q)``, ``(r, s)``) to matrices."""
+        (p, q), (r, s) = shape_A, shape_B
         k = X.shape[1]
         Z = xp.reshape(xp.permute_dims(xp.reshape(X, (q, s, k)), (1, 0, 2)), (s, q * k))
-        Z = self._B._matmat(Z)  # (r, q k)
+        Z = B_apply(Z)  # (r, q k)
         Z = xp.reshape(xp.permute_dims(xp.reshape(Z, (r, q, k)), (1, 0, 2)), (q, r * k))
-        return xp.reshape(self._A._matmat(Z), (p * r, k))
+        return xp.reshape(A_apply(Z), (p * r, k))
 
-    def _adjoint(self):
-        return Kronecker(self._A.H, self._B.H)
+    def _matmat(self, X):
+        A, B = self._A, self._B
+        return self._kron_apply(self.xp, X, A._matmat, B._matmat, A.shape, B.shape)
+
+    def _rmatmat(self, Y):
+        # (A ⊗ B)^H = A^H ⊗ B^H
+        A, B = self._A, self._B
+        return self._kron_apply(
+            self.xp, Y, lambda Z: _rmm(A, Z), lambda Z: _rmm(B, Z), A.shape[::-1], B.shape[::-1]
+        )
 
     def _to(self, backend, device, dtype):
         return Kronecker(self._A.to(backend, device, dtype), self._B.to(backend, device, dtype), tags=self.tags)

@@ -3,10 +3,13 @@
 A :class:`LinearOperator` has an explicit ``shape`` ``(m, n)``, a ``dtype`` (numpy dtype for
 numpy operators, torch dtype for torch ones), a ``backend`` (``"numpy"``/``"torch"``), a
 ``device`` and structure ``tags`` (``symmetric``, ``psd``, ``diagonal``, ``low_rank``,
-``orthonormal``). ``matvec`` maps ``(n,) -> (m,)``, ``matmat`` ``(n, k) -> (m, k)``,
-``rmatvec``/``rmatmat`` apply the conjugate transpose. Algebra is lazy (``A + B``, ``A - B``,
-``-A``, ``A @ B``, ``c * A``, ``A / c``, ``A.T``, ``A.H``) and tags propagate where valid;
-``A @ x`` applies the operator; ``A * B`` is a ``TypeError``.
+``orthonormal``). ``matvec`` maps ``(n,) -> (m,)`` and ``(n, 1) -> (m, 1)``, ``matmat``
+``(n, k) -> (m, k)``, ``rmatvec``/``rmatmat`` apply the conjugate transpose (scipy's
+contract; numpy operators take array-likes, torch operators tensors). Algebra is lazy
+(``A + B``, ``A - B``, ``-A``, ``A @ B``, ``c * A``, ``A / c``, ``A.T``, ``A.H``) and tags
+propagate where valid; ``A @ x`` and ``A.dot(x)`` apply the operator; ``A * B`` and
+``A * x`` are a ``TypeError``. ``A.H`` is a view of ``A`` that ``A`` does not keep (no
+reference cycle); ``A.H.H is A``.
 
 Concrete operators: :class:`Dense`, :class:`Sparse`, :class:`Diagonal`, :class:`Identity`,
 :class:`LowRank`, :class:`Block`, :class:`Kronecker`, :class:`FunctionOperator`;
@@ -16,8 +19,10 @@ Structure queries are ``functools.singledispatch`` functions, so other packages 
 for their own operator classes with ``.register``: :func:`materialize`, :func:`diagonal`,
 :func:`is_symmetric`, :func:`is_psd`, :func:`is_diagonal`. :func:`dottest` checks an adjoint.
 
-``op.to_scipy()`` gives a :class:`scipy.sparse.linalg.LinearOperator` (numpy in and out) so
-scipy's solvers run unchanged; ``op.to(backend, device, dtype)`` moves an operator.
+Numpy operators go to scipy's functions as they are (``cg``, ``gmres``, ``eigsh``,
+``svds``, ``onenormest``, ...); ``op.to_scipy()`` gives a
+:class:`scipy.sparse.linalg.LinearOperator` (numpy in and out, also for torch operators);
+``op.to(backend, device, dtype)`` moves an operator.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import math
 import numpy as np
 
 from .backend import convert, get_namespace, torch_or_none
-from ._linop_base import TAGS, LinearOperator, _is_complex
+from ._linop_base import TAGS, LinearOperator
+from ._linop_support import _is_complex
 from ._linop_concrete import (
     Dense,
     Diagonal,

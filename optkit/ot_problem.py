@@ -17,20 +17,25 @@ of them the same way.
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
 from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
-from .backend import backend_name, device_of, get_namespace, is_torch, to_numpy
+from .backend import backend_name, convert, device_of, get_namespace, is_torch, to_numpy
 from .problem import Problem
 
 __all__ = ["OTProblem", "dual_objective", "marginal_error", "plan_cost", "round_to_marginals"]
 
 
-def _validate_marginal(name: str, v: Any) -> None:
-    if getattr(v, "ndim", None) != 1 or v.shape[0] == 0:
+def _check_marginal_shape(name: str, v: Any) -> None:
+    if getattr(v, "ndim", None) != 1 or v.shape[0] == 0 or not hasattr(v, "dtype"):
         raise ValueError(f"{name} must be a non-empty 1-D array of weights, got shape {getattr(v, 'shape', None)}")
+
+
+def _check_marginal_values(name: str, v: Any) -> None:
     vn = to_numpy(v)
     if not np.all(np.isfinite(vn)):
         raise ValueError(f"{name} contains NaN or inf; expected finite non-negative weights")
@@ -38,6 +43,51 @@ def _validate_marginal(name: str, v: Any) -> None:
         raise ValueError(f"{name} has negative entries (min {vn.min():.3g}); expected non-negative weights")
     if vn.sum() <= 0:
         raise ValueError(f"{name} has zero total mass; expected positive total mass")
+
+
+def _check_reg(reg: Any) -> float:
+    """``reg`` as a Python float: any real scalar (Python or numpy number, 0-d array or tensor)
+    that is finite and ``> 0``; bools are refused."""
+    if (isinstance(reg, np.ndarray) or is_torch(reg)) and reg.ndim == 0:
+        reg = reg.item()
+    if isinstance(reg, (bool, np.bool_)) or not isinstance(reg, numbers.Real) or not (0 < reg < math.inf):
+        raise ValueError(f"reg must be a positive finite number, got {reg!r}")
+    return float(reg)
+
+
+def _kind(v: Any) -> str:
+    """numpy's dtype kind of ``v`` ("b", "i", "u", "f", "c", ...), tensors included."""
+    if is_torch(v):
+        dtype = v.dtype
+        if dtype.is_complex:
+            return "c"
+        return "f" if dtype.is_floating_point else ("b" if str(dtype) == "torch.bool" else "i")
+    return v.dtype.kind
+
+
+def _common_float_dtype(arrays: dict[str, Any]) -> Any:
+    """The dtype ``a``, ``b`` and ``C`` are brought to: the promotion of the floating ones,
+    or, when all are integer or bool, the default float dtype (float64 on numpy, torch's
+    default dtype on torch)."""
+    for name, v in arrays.items():
+        if _kind(v) not in "biuf":
+            raise TypeError(f"{name} must hold real numbers (bool, integer or floating), got dtype {v.dtype}")
+    floating = [v.dtype for v in arrays.values() if _kind(v) == "f"]
+    if backend_name(arrays["C"]) == "torch":
+        import torch
+
+        if not floating:
+            return torch.get_default_dtype()
+        return functools.reduce(torch.promote_types, floating)
+    return np.result_type(*floating) if floating else np.dtype(np.float64)
+
+
+def _eps(dtype: Any) -> float:
+    if isinstance(dtype, np.dtype):
+        return float(np.finfo(dtype).eps)
+    import torch
+
+    return float(torch.finfo(dtype).eps)
 
 
 def _sums(P: Any) -> tuple[Any, Any]:
@@ -104,11 +154,14 @@ class OTProblem(Problem):
     a : array of shape (n,)
         Source weights, non-negative, finite, positive total mass (numpy or torch).
     b : array of shape (m,)
-        Target weights, same total mass as ``a`` (relative tolerance 1e-8).
+        Target weights, same total mass as ``a`` (relative tolerance ``max(1e-8, (n + m) eps)``,
+        ``eps`` of the problem's dtype, so float32 weights normalised in float32 pass).
     C : array of shape (n, m)
         Finite ground cost, same backend and device as ``a`` and ``b``.
-    reg : float
-        Entropic regularisation ``> 0`` (POT's ``reg``; the SNS paper's ``eta = 1/reg``).
+    reg : real scalar
+        Entropic regularisation ``> 0`` (POT's ``reg``; the SNS paper's ``eta = 1/reg``): a
+        Python or numpy number, or a 0-d array or tensor; bools, inf and NaN are refused.
+        Stored as a Python float.
     name, metadata :
         As in :class:`~optkit.problem.Problem`. Known values used by :meth:`evaluate`:
         ``metadata["dual_ref"]`` (a high-precision optimal dual value) and
@@ -116,6 +169,13 @@ class OTProblem(Problem):
 
     ``x0`` is the zero dual point, shape (n + m,) (``f`` then ``g``); the solution a solver
     returns in ``Result.x`` is the plan (n, m).
+
+    **One floating dtype.** ``a``, ``b`` and ``C`` are stored in one floating dtype
+    (:attr:`dtype`): the promotion of those given in floating point; integer and bool arrays
+    take that dtype, or, when all three are integer or bool, the default float dtype
+    (float64 on numpy, ``torch.get_default_dtype()`` on torch). Arrays already of that dtype
+    are kept without copying. Complex arrays are refused. Every OT solver returns its plan
+    and potentials in this dtype.
     """
 
     kind: ClassVar[str] = "ot"
@@ -130,24 +190,36 @@ class OTProblem(Problem):
         name: str = "ot",
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        _validate_marginal("a", a)
-        _validate_marginal("b", b)
+        _check_marginal_shape("a", a)
+        _check_marginal_shape("b", b)
         n, m = a.shape[0], b.shape[0]
-        if getattr(C, "shape", None) != (n, m):
+        if getattr(C, "shape", None) != (n, m) or not hasattr(C, "dtype"):
             raise ValueError(f"C must have shape ({n}, {m}) to match a and b, got {getattr(C, 'shape', None)}")
+        arrays = {"a": a, "b": b, "C": C}
+        if len({backend_name(v) for v in arrays.values()}) > 1 or len({device_of(v) for v in arrays.values()}) > 1:
+            raise TypeError("a, b and C must share one backend and device")
+        dtype = _common_float_dtype(arrays)
+        _check_marginal_values("a", a)
+        _check_marginal_values("b", b)
         if not np.all(np.isfinite(to_numpy(C))):
             raise ValueError("C contains NaN or inf; expected a finite cost matrix")
-        if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not (0 < reg < math.inf):
-            raise ValueError(f"reg must be a positive finite number, got {reg!r}")
-        mass_a, mass_b = float(to_numpy(a).sum()), float(to_numpy(b).sum())
-        if abs(mass_a - mass_b) > 1e-8 * max(mass_a, mass_b):
+        reg = _check_reg(reg)
+        backend, device = backend_name(C), device_of(C)
+        a, b, C = (convert(v, backend, device if backend == "torch" else None, dtype) for v in (a, b, C))
+        # float64 sums of the weights as given; the allowance covers rounding each weight
+        # to the problem's dtype (float32 weights that sum to 1 can differ by ~1e-7)
+        mass_a, mass_b = float(to_numpy(a).sum(dtype=np.float64)), float(to_numpy(b).sum(dtype=np.float64))
+        if abs(mass_a - mass_b) > max(1e-8, (n + m) * _eps(dtype)) * max(mass_a, mass_b):
             raise ValueError(f"a and b must have the same total mass, got {mass_a!r} and {mass_b!r}")
-        arrays = (a, b, C)
-        if len({backend_name(v) for v in arrays}) > 1 or len({device_of(v) for v in arrays}) > 1:
-            raise TypeError("a, b and C must share one backend and device")
         xp = get_namespace(C)
-        super().__init__(name, xp.zeros(n + m, dtype=C.dtype, device=device_of(C)), metadata)
-        self.a, self.b, self.C, self.reg = a, b, C, float(reg)
+        super().__init__(name, xp.zeros(n + m, dtype=dtype, device=device), metadata)
+        self.a, self.b, self.C, self.reg = a, b, C, reg
+
+    @property
+    def dtype(self) -> Any:
+        """The one floating dtype of ``a``, ``b``, ``C`` and of every solver's plan and potentials
+        (a numpy dtype, or a torch dtype on torch)."""
+        return self.C.dtype
 
     @property
     def eta(self) -> float:

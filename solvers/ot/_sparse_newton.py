@@ -227,7 +227,8 @@ def _newton_direction(
             if is_torch(P1):
                 diag_s = d_s - xp.zeros(ns, dtype=dtype, device=device).index_add_(0, si, w)
             else:
-                diag_s = d_s - np.bincount(si, weights=w, minlength=ns)
+                # bincount sums in float64: back to the problem's dtype
+                diag_s = d_s - np.bincount(si, weights=w, minlength=ns).astype(dtype, copy=False)
             # d_s - sum_e K^2 / d_e >= 0 in exact arithmetic; guard rounding
             diag_s = xp.maximum(diag_s, 1e-12 * d_s)
             M = Diagonal(1.0 / drop(diag_s))

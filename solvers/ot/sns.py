@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from optkit.backend import device_of, get_namespace, is_torch
+from optkit.backend import backend_name, convert, device_of, get_namespace, is_torch
 from optkit.krylov import cg
 from optkit.ot_problem import OTProblem
 from optkit.problem import Problem
@@ -67,7 +67,17 @@ from optkit.result import Status
 from optkit.solver import IterativeSolver
 from optkit.validation import check_choice, check_int, check_nonnegative, check_positive
 
-from ._dual import log_plan, marginal_violation, marginals, plan, update_f, update_g
+from ._dual import (
+    StallWatch,
+    log_plan,
+    marginal_violation,
+    marginals,
+    plan,
+    rounding_level,
+    unreachable_message,
+    update_f,
+    update_g,
+)
 from ._sparse_newton import (
     START_FACTOR,
     _curvature_term,
@@ -124,9 +134,13 @@ class _State:
     (``P^T 1 = b``), and ``f_next = update_f(g)`` is the next sweep's first half, which
     gives the row sums for free. In stage 2, ``P``, ``P1`` and ``PT1`` are the plan and its
     sums at ``(f, g)``, and ``k`` is where the next adaptive selection starts.
+
+    ``error`` is the marginal error at ``(f, g)``; ``exact`` says whether it was measured on
+    the formed plan (always in stage 2) rather than by the stage-1 look-ahead.
     """
 
     __slots__ = (
+        "C_absmax",
         "P",
         "P1",
         "PT1",
@@ -134,6 +148,7 @@ class _State:
         "dual",
         "error",
         "events",
+        "exact",
         "f",
         "f_next",
         "fallbacks",
@@ -143,6 +158,7 @@ class _State:
         "log_a",
         "log_b",
         "ls_evals",
+        "mass",
         "newton",
         "newton_steps",
         "nit",
@@ -151,6 +167,7 @@ class _State:
         "stop_message",
         "support",
         "sweeps",
+        "watch",
         "work",
     )
 
@@ -169,7 +186,10 @@ class SNS(IterativeSolver):
     tol : float
         L1 violation of both marginals, ``||P 1 - a||_1 + ||P^T 1 - b||_1``, at the current
         potentials. Default 1e-9: SNS is meant for high accuracy, where its Newton stage
-        converges in a handful of steps; float64 runs reach ~1e-14.
+        converges in a handful of steps; float64 runs reach ~1e-14. ``CONVERGED`` only when
+        the error of the formed plan is ``<= tol`` (a stage-1 look-ahead error that passes
+        is confirmed on the plan first); a ``tol`` below what the problem's dtype can
+        reach ends ``STALLED`` (see below).
     max_iter : int
         Iterations: each Sinkhorn sweep of stage 1 and each Newton step counts as one (the
         paper's count, e.g. "20 + 9"). Fallback sweeps inside a Newton iteration do not.
@@ -229,6 +249,12 @@ class SNS(IterativeSolver):
 
     Zero weights in ``a`` or ``b`` are allowed. Their potentials are ``-inf``, their rows
     and columns of the plan are exactly zero, and the run works on the support.
+
+    Reachable accuracy: ``STALLED`` ends a run whose error has not reached a new low for
+    :data:`~solvers.ot._dual.STALL_CHECKS` iterations while below the rounding level of the
+    problem's dtype (:func:`~solvers.ot._dual.rounding_level`); the message names the dtype
+    and the accuracy reached. The plan and the potentials are in the problem's dtype
+    (:attr:`OTProblem.dtype`), also when ``x0`` is given in another one.
     """
 
     accepts: ClassVar[tuple] = (OTProblem,)
@@ -287,6 +313,9 @@ class SNS(IterativeSolver):
             if tuple(x0.shape) != (n + m,):
                 raise ValueError(f"x0 must have shape ({n + m},) (f then g) or be a pair (f, g), got {tuple(x0.shape)}")
             f, g = x0[:n], x0[n:]
+        # potentials in the problem's backend, device and dtype, whatever x0 came in
+        place = (backend_name(problem.C), device_of(problem.C) if is_torch(problem.C) else None, problem.dtype)
+        f, g = convert(f, *place), convert(g, *place)
         # zero weights: those rows/columns of the plan are zero and their potentials -inf;
         # the run works on the support and embeds the result at the end
         xp = get_namespace(problem.C)
@@ -308,6 +337,10 @@ class SNS(IterativeSolver):
             P1=None,
             PT1=None,
             error=math.inf,
+            exact=True,
+            watch=StallWatch(),
+            mass=float(xp.sum(sub.a)),
+            C_absmax=float(xp.max(xp.abs(sub.C))),
             dual=-math.inf,
             newton=self.sinkhorn_steps == 0,
             log_a=xp.log(sub.a),
@@ -342,6 +375,7 @@ class SNS(IterativeSolver):
             mass = float(get_namespace(st.P1).sum(st.P1))
         if st.error == math.inf:
             st.error = sys.float_info.max
+        st.exact = True
         st.dual = _dual_value(prob, st.f, st.g, mass)
 
     def step(self, problem: Problem, state: _State) -> _State:
@@ -350,6 +384,7 @@ class SNS(IterativeSolver):
             self._newton_step(state)
         else:
             self._sinkhorn_step(state)
+        state.watch.update(state.error)
         return state
 
     def _sinkhorn_step(self, st: _State) -> None:
@@ -369,6 +404,7 @@ class SNS(IterativeSolver):
         xp = get_namespace(st.f)
         # at (f, g): P 1 = a * exp((f - f_next) / reg), and P^T 1 = b by construction
         st.error = float(xp.sum(xp.abs(prob.a * xp.expm1((st.f - st.f_next) / reg))))
+        st.exact = False
         st.dual = _dual_value(prob, st.f, st.g, float(xp.sum(prob.b)))
 
     def _fallback(self, st: _State, reason: str) -> None:
@@ -438,6 +474,7 @@ class SNS(IterativeSolver):
                 if reg * curv <= (1.0 - self.armijo) * alpha * d.slope:
                     st.f, st.g, st.P, st.P1, st.PT1 = f_new, g_new, P_new, P1_new, PT1_new
                     st.error = marginal_violation(P1_new, PT1_new, a, b)
+                    st.exact = True
                     st.dual = _dual_value(prob, f_new, g_new, new_mass)
                     st.newton_steps += 1
                     return
@@ -449,8 +486,22 @@ class SNS(IterativeSolver):
             return state.stop
         if math.isnan(state.error):
             return Status.NONFINITE
+        prob = state.prob
+        stalled = state.watch.stalled and state.error <= rounding_level(
+            state.f, state.g, state.C_absmax, prob.reg, state.mass
+        )
+        if state.error > self.tol and not stalled:
+            return None
+        if not state.exact:  # a stage-1 look-ahead error: confirm it on the plan
+            P1, PT1, _ = marginals(state.f, state.g, prob.C, prob.reg)
+            state.error = marginal_violation(P1, PT1, prob.a, prob.b)
+            state.exact = True
         if state.error <= self.tol:
             return Status.CONVERGED
+        if stalled:
+            state.stop = Status.STALLED
+            state.stop_message = unreachable_message(state.error, self.tol, problem.dtype)
+            return state.stop
         return None
 
     def metrics(self, problem: Problem, state: _State) -> dict[str, float]:

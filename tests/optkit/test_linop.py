@@ -3,9 +3,12 @@ properties (hypothesis), numpy/torch parity, scipy interop and error messages.""
 
 from __future__ import annotations
 
+import gc
+import pickle
 import subprocess
 import sys
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -230,6 +233,14 @@ def test_operator_matches_dense(name, cplx):
     assert_allclose(diagonal(op), np.diagonal(M), **TOL)
     assert_allclose(diagonal(op.H), np.diagonal(MH), **TOL)
     assert op.matvec(x).shape == (m,) and op.matmat(X).shape == (m, 3)
+    # scipy's contract: columns in, columns out; array-likes; dot
+    assert_allclose(op.matvec(x[:, None]), (M @ x)[:, None], **TOL)
+    assert_allclose(op.rmatvec(y[:, None]), (MH @ y)[:, None], **TOL)
+    assert_allclose(op.matvec(x.tolist()), M @ x, **TOL)
+    assert_allclose(op @ X.tolist(), M @ X, **TOL)
+    assert_allclose(op.dot(x[:, None]), (M @ x)[:, None], **TOL)
+    assert_allclose(op.dot(X), M @ X, **TOL)
+    assert_allclose(materialize(op.dot(Identity(n, dtype=op.dtype))), M, **TOL)
 
 
 @pytest.mark.parametrize("cplx", [False, True], ids=["real", "complex"])
@@ -398,6 +409,101 @@ def test_sparse_diagonal_is_efficient_for_large_operators():
     assert_allclose(diagonal(S + 2 * Identity(n))[:3], [2.0, 3.0, 4.0])
 
 
+# ----------------------------------------------------------------------------- adjoint views, no cycles
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_operator_is_freed_without_the_cycle_collector(name):
+    gc.collect()
+    gc.disable()  # only reference counting may free the operator (scipy's gh-10634)
+    try:
+        op, M = make(name, 0, True)
+        view = op.H
+        assert op.H is view and view.H is op  # one view while it lives; A.H.H is A
+        assert is_psd(op.H @ op) and is_psd(op @ op.H)  # adjoint pairs are still recognised
+        y = vec(np.random.default_rng(1), M.shape[0], True)
+        assert_allclose(view @ y, M.conj().T @ y, **TOL)
+        refs = [weakref.ref(op), weakref.ref(view)]
+        del op, view
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()
+
+
+def test_adjoint_hook_referring_to_its_operator_makes_no_cycle():
+    M = np.arange(6.0).reshape(3, 2)
+
+    class Hooked(LinearOperator):
+        def __init__(self):
+            super().__init__(M.shape, M.dtype)
+
+        def _matvec(self, x):
+            return M @ x
+
+        def _adjoint(self):  # refers back to the operator, as scipy's MatrixLinearOperator did
+            return FunctionOperator(self.shape[::-1], lambda y: M.T @ y, self.matvec)
+
+    gc.collect()
+    gc.disable()
+    try:
+        op = Hooked()
+        assert_allclose(op.H @ np.ones(3), M.T @ np.ones(3))
+        assert_allclose(op.rmatvec(np.ones(3)), M.T @ np.ones(3))
+        assert op.H.H is op and dottest(op)
+        ref = weakref.ref(op)
+        del op
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_operators_pickle_after_their_adjoint_was_used():
+    A = Dense(np.arange(6.0).reshape(3, 2))
+    view = A.H
+    assert_allclose(A.rmatvec(np.ones(3)), view @ np.ones(3))
+    B = pickle.loads(pickle.dumps(A))
+    assert_allclose(B.H @ np.ones(3), [6.0, 9.0])
+    assert_allclose(materialize(pickle.loads(pickle.dumps(A + 2 * A.H.H))), 3 * materialize(A))
+
+
+# ----------------------------------------------------------------------------- FunctionOperator dtype
+def test_function_operator_without_dtype_refuses_complex_results():
+    rng = np.random.default_rng(0)
+    C, R = mat(rng, 3, 2, True), mat(rng, 3, 2, False)
+    y = vec(rng, 3, False)
+    calls = []
+    op = FunctionOperator((3, 2), lambda x: calls.append(1) or C @ x, lambda v: C.conj().T @ v)
+    assert calls == [] and op.dtype == np.float64  # no probe call at construction
+    with pytest.raises(TypeError, match=r"matvec returned complex128 .*pass dtype='complex128'"):
+        op @ np.ones(2)
+    # a real-labelled A.T is A.H: it is refused, not silently conjugated
+    with pytest.raises(TypeError, match="rmatvec returned complex128"):
+        op.T @ y
+    with pytest.raises(TypeError, match="rmatvec returned complex128"):
+        op.to("numpy").T.matmat(np.ones((3, 2)))
+    good = FunctionOperator((3, 2), lambda x: C @ x, lambda v: C.conj().T @ v, dtype=np.complex128)
+    assert_allclose(good.T @ y, C.T @ y, **TOL)
+    # real callables: float64 without a dtype; complex vectors only once the dtype is given
+    real = FunctionOperator((3, 2), lambda x: R @ x, lambda v: R.T @ v)
+    assert_allclose(real.T @ y, R.T @ y, **TOL)
+    with pytest.raises(TypeError, match=r"or dtype='float64' to apply a real operator to complex vectors"):
+        real @ np.array([1j, 2.0])
+    declared = FunctionOperator((3, 2), lambda x: R @ x, dtype=np.float64)
+    assert_allclose(declared @ np.array([1j, 2.0]), R @ np.array([1j, 2.0]), **TOL)
+
+
+def test_torch_function_operator_without_dtype_refuses_complex_results():
+    torch = pytest.importorskip("torch")
+    d = torch.tensor([1.0 + 1j, 2.0], dtype=torch.complex64)
+    op = FunctionOperator((2, 2), lambda x: d * x, lambda x: d.conj() * x, backend="torch")
+    assert op.dtype == torch.get_default_dtype()
+    with pytest.raises(TypeError, match="matvec returned complex64"):
+        op @ torch.ones(2)
+    # moved from numpy, an operator without dtype keeps the check
+    C = np.array([[1j, 0.0], [0.0, 1.0]])
+    moved = FunctionOperator((2, 2), lambda x: C @ x, lambda v: C.conj().T @ v).to("torch")
+    with pytest.raises(TypeError, match="complex128"):
+        moved @ torch.ones(2, dtype=torch.float64)
+
+
 # ----------------------------------------------------------------------------- scipy interop
 def test_to_scipy_runs_scipy_cg():
     n = 20
@@ -428,11 +534,11 @@ def test_scipy_linear_operator_without_dtype_is_wrapped():
 # ----------------------------------------------------------------------------- errors
 def test_bad_inputs_raise_clear_errors():
     A = Dense(np.ones((3, 2)))
-    with pytest.raises(ValueError, match=r"expects x of shape \(2,\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"expects x of shape \(2,\) or \(2, 1\), got \(3,\)"):
         A.matvec(np.ones(3))
     with pytest.raises(ValueError, match=r"expects X of shape \(2, k\), got \(3, 1\)"):
         A.matmat(np.ones((3, 1)))
-    with pytest.raises(ValueError, match=r"expects y of shape \(3,\), got \(2,\)"):
+    with pytest.raises(ValueError, match=r"expects y of shape \(3,\) or \(3, 1\), got \(2,\)"):
         A.rmatvec(np.ones(2))
     with pytest.raises(ValueError, match=r"expects x of shape \(2,\), got \(2, 1, 1\)|1 or 2 dimensions"):
         A @ np.ones((2, 1, 1))
@@ -446,6 +552,14 @@ def test_bad_inputs_raise_clear_errors():
         A * np.ones(2)
     with pytest.raises(TypeError, match="can only add an operator"):
         A + 1.0
+    with pytest.raises(TypeError, match=r"A @ c with a scalar c is not defined; use c \* A"):
+        A @ 2.0
+    with pytest.raises(TypeError, match=r"matvec: sparse matrices are not accepted"):
+        A.matvec(sp.csr_array(np.ones((2, 1))))
+    with pytest.raises(TypeError, match=r"A @ x: sparse matrices are not accepted"):
+        A @ sp.eye_array(2)
+    with pytest.raises(ValueError, match=r"dot expects an operator, a scalar, or an array of 1 or 2 dimensions"):
+        A.dot(np.ones((2, 1, 1)))
     with pytest.raises(TypeError, match="divided by a scalar"):
         A / A
     with pytest.raises(TypeError, match="of type builtins.str"):
@@ -506,6 +620,8 @@ def test_torch_parity_via_to(name, cplx):
     assert_allclose((top @ torch.as_tensor(X)).numpy(), M @ X, **TOL)
     assert_allclose(top.rmatvec(torch.as_tensor(y)).numpy(), M.conj().T @ y, **TOL)
     assert_allclose(top.T.matvec(torch.as_tensor(y)).numpy(), M.T @ y, **TOL)
+    assert_allclose(top.matvec(torch.as_tensor(x)[:, None]).numpy(), (M @ x)[:, None], **TOL)
+    assert_allclose(top.rmatvec(torch.as_tensor(y)[:, None]).numpy(), (M.conj().T @ y)[:, None], **TOL)
     assert_allclose(materialize(top).numpy(), M, **TOL)
     assert_allclose(diagonal(top).numpy(), np.diagonal(M), **TOL)
     assert dottest(top)
@@ -544,6 +660,10 @@ def test_operators_built_from_torch_tensors_match_numpy():
             assert dottest(top)
     with pytest.raises(TypeError, match="mix backends"):
         Dense(t(M)) + Dense(M)
+    with pytest.raises(TypeError, match="a torch operator takes torch tensors on cpu, got ndarray"):
+        Dense(t(M)) @ np.ones(4)
+    with pytest.raises(TypeError, match=r"a numpy operator takes numpy arrays, got a torch.Tensor"):
+        Dense(M).rmatvec(t(np.ones(6)))
 
 
 def test_to_changes_dtype_and_round_trips():

@@ -105,3 +105,65 @@ def test_dual_ignores_minus_infinite_potentials_on_zero_weights():
     reg = 0.5
     expected = 0.5 * 0.1 + 0.5 * 0.2 + 0.5 * 0.1 - reg * np.exp((f[:2, None] + g[None, :] - C[:2]) / reg).sum()
     np.testing.assert_allclose(dual_objective(f, g, a, b, C, reg), expected, rtol=1e-14)
+
+
+# ----------------------------------------------------------------------------- dtypes and reg
+def test_integer_and_bool_inputs_become_one_float_dtype():
+    a, b = np.array([1, 1, 2]), np.array([2, 2])
+    C = np.array([[0, 1], [1, 0], [2, 2]])
+    p = OTProblem(a, b, C, 1)
+    assert p.dtype == np.float64
+    assert {v.dtype for v in (p.a, p.b, p.C, p.x0)} == {np.dtype(np.float64)}
+    np.testing.assert_array_equal(p.C, C)  # small integers are exact in float64
+    # integer weights take the dtype of a floating cost, bools count as integers
+    q = OTProblem(a, b, (C > 0).astype(np.float32), 1.0)
+    assert q.dtype == np.float32 and q.a.dtype == np.float32
+    assert OTProblem(a, b, C > 0, 1.0).C.dtype == np.float64
+    # mixed floating dtypes promote; arrays already of the dtype are kept without a copy
+    Cf = C.astype(np.float64)
+    r = OTProblem(a.astype(np.float32), b.astype(np.float32), Cf, 1.0)
+    assert r.dtype == np.float64 and r.C is Cf
+
+
+def test_integer_tensors_take_the_torch_default_dtype():
+    torch = pytest.importorskip("torch")
+    a, b, C = torch.tensor([1, 1, 2]), torch.tensor([2, 2]), torch.tensor([[0, 1], [1, 0], [2, 2]])
+    p = OTProblem(a, b, C, 1)
+    assert p.dtype == torch.get_default_dtype() and p.x0.dtype == p.dtype and p.a.dtype == p.dtype
+    q = OTProblem(a, b, C.double(), 1)
+    assert q.dtype == torch.float64 and q.b.dtype == torch.float64
+
+
+def test_complex_arrays_are_refused():
+    with pytest.raises(TypeError, match="C must hold real numbers"):
+        OTProblem(np.full(2, 0.5), np.full(2, 0.5), np.ones((2, 2), dtype=complex), 1.0)
+
+
+def test_float32_weights_normalised_in_float32_are_equal_mass():
+    a, b, _ = small_case(n=40, m=30)
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    a32, b32 = a32 / a32.sum(), b32 / b32.sum()
+    assert abs(float(a32.sum(dtype=np.float64)) - float(b32.sum(dtype=np.float64))) > 1e-8  # float32 rounding
+    OTProblem(a32, b32, np.ones((40, 30), dtype=np.float32), 0.1)
+    with pytest.raises(ValueError, match="same total mass"):
+        OTProblem(a32, b32 * np.float32(1.001), np.ones((40, 30), dtype=np.float32), 0.1)
+
+
+@pytest.mark.parametrize("reg", [0.5, 2, np.float32(0.5), np.float64(0.5), np.int64(2), np.array(0.5), np.array(2)])
+def test_reg_accepts_any_real_scalar(reg):
+    p = OTProblem(np.full(3, 1 / 3), np.full(3, 1 / 3), np.ones((3, 3)), reg)
+    assert type(p.reg) is float and p.reg == float(reg)
+
+
+def test_reg_accepts_a_0d_tensor():
+    torch = pytest.importorskip("torch")
+    p = OTProblem(np.full(3, 1 / 3), np.full(3, 1 / 3), np.ones((3, 3)), torch.tensor(0.25))
+    assert type(p.reg) is float and p.reg == 0.25
+
+
+@pytest.mark.parametrize(
+    "reg", [True, np.bool_(True), 0, np.float32(0.0), -1.0, np.inf, np.nan, np.array([0.5]), "0.5", 1j, None]
+)
+def test_reg_refuses_what_is_not_a_positive_finite_real(reg):
+    with pytest.raises(ValueError, match="reg must be a positive finite number"):
+        OTProblem(np.full(3, 1 / 3), np.full(3, 1 / 3), np.ones((3, 3)), reg)

@@ -6,6 +6,7 @@ from scipy.special import logsumexp
 
 import optkit
 from optkit import Status
+from optkit.backend import backend_name
 from optkit.ot_problem import OTProblem
 from solvers.ot import _dual
 
@@ -238,3 +239,81 @@ def test_time_limit():
     res = optkit.solve(p, "sinkhorn", tol=1e-14, time_limit=0.05)
     assert res.status is Status.TIME_LIMIT and 0 < res.nit
     assert np.isfinite(res.metrics["marginal_error"]) and res.metrics["marginal_error"] > 1e-14
+
+
+# ----------------------------------------------------------------------------- dtypes (both OT solvers)
+OT_SOLVERS = ["sinkhorn", "sns"]
+
+
+def _float_dtype(x):
+    return str(x.dtype).removeprefix("torch.")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("solver", OT_SOLVERS)
+def test_float32_tolerance_below_reach_ends_stalled(solver, backend):
+    p = optkit.get_problem("ot/point-clouds", n=40, m=30, eta=50, seed=2)
+    ref = optkit.solve(p, "sinkhorn", tol=1e-13)
+    q = p.to(backend, dtype="float32")
+    res = optkit.solve(q, solver, tol=1e-9)
+    assert res.status is Status.STALLED, res.message
+    assert "float32" in res.message and "attainable accuracy" in res.message
+    measured = q.evaluate(res.x)["marginal_error"]
+    # the result's error is the one of the returned plan (two float32 summation orders)
+    np.testing.assert_allclose(res.metrics["marginal_error"], measured, rtol=1e-5)
+    # float32's level here is ~1e-6 (about 8 eps); the bound leaves a factor 10
+    assert 1e-9 < measured < 1e-5
+    f, g = res.extras["potentials"]
+    assert {_float_dtype(v) for v in (res.x, f, g)} == {"float32"}
+    # rounding moves the plan by ~7e-6 relative (measured); 1e-4 leaves a wide margin
+    np.testing.assert_allclose(np.asarray(res.x, dtype=np.float64), ref.x, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("solver", OT_SOLVERS)
+def test_float32_reachable_tolerance_converges_on_the_returned_plan(solver, backend):
+    p = optkit.get_problem("ot/point-clouds", n=40, m=30, eta=50, seed=2).to(backend, dtype="float32")
+    # x0 in float64 numpy: the potentials still come back in the problem's dtype
+    res = optkit.solve(p, solver, tol=1e-5, x0=np.zeros(70))
+    assert res.status is Status.CONVERGED
+    assert p.evaluate(res.x)["marginal_error"] <= 1e-5
+    f, g = res.extras["potentials"]
+    assert {_float_dtype(v) for v in (res.x, f, g)} == {"float32"}
+    assert all(backend_name(v) == backend for v in (res.x, f, g))
+
+
+@pytest.mark.parametrize("solver", OT_SOLVERS)
+def test_float64_tolerance_below_reach_ends_stalled(solver):
+    p = optkit.get_problem("ot/point-clouds", n=40, m=30, eta=50, seed=2)
+    res = optkit.solve(p, solver, tol=1e-17)
+    assert res.status is Status.STALLED
+    assert "float64" in res.message and "use a larger tol" in res.message and "or float64" not in res.message
+    assert 1e-17 < res.metrics["marginal_error"] < 1e-13  # float64 rounding here: ~1e-15
+
+
+@pytest.mark.parametrize("solver", OT_SOLVERS)
+def test_integer_cost_and_weights_solve_as_float64(solver):
+    rng = np.random.default_rng(0)
+    a, b = np.array([3, 1, 2, 4, 2]), np.array([4, 4, 4])
+    C = rng.integers(0, 10, size=(5, 3))
+    problem = OTProblem(a, b, C, 2)
+    assert problem.dtype == np.float64
+    res = optkit.solve(problem, solver, tol=1e-10)
+    as_float = optkit.solve(OTProblem(a * 1.0, b * 1.0, C * 1.0, 2.0), solver, tol=1e-10)
+    assert res.status is as_float.status is Status.CONVERGED
+    # after the conversion both problems hold the same float64 arrays: same arithmetic
+    np.testing.assert_array_equal(res.x, as_float.x)
+    assert res.x.dtype == np.float64
+
+
+@pytest.mark.parametrize("solver", OT_SOLVERS)
+def test_integer_tensors_take_torch_default_dtype(solver):
+    a, b = torch.tensor([3, 1, 2, 4, 2]), torch.tensor([4, 4, 4])
+    C = torch.tensor(np.random.default_rng(0).integers(0, 10, size=(5, 3)))
+    problem = OTProblem(a, b, C, np.float32(2.0))
+    assert problem.dtype == torch.get_default_dtype()
+    # float32 on these costs (up to 9, mass 12) reaches ~1e-5; 1e-4 is within reach
+    res = optkit.solve(problem, solver, tol=1e-4)
+    assert res.status is Status.CONVERGED and res.x.dtype == problem.dtype
+    ref = optkit.solve(OTProblem(a.numpy() * 1.0, b.numpy() * 1.0, C.numpy() * 1.0, 2.0), solver, tol=1e-12)
+    np.testing.assert_allclose(res.x.double().numpy(), ref.x, rtol=1e-3, atol=1e-6)
