@@ -151,3 +151,16 @@ def test_hf_trainer_trains_with_a_galore_optimizer(tmp_path):
     )
     val = float(out.split("validation loss after 10 steps: ")[1].split()[0])
     assert val < 4.5  # from ln 256 = 5.55
+
+
+def test_finite_sum_example_compares_lbfgs_and_torch_optimizers(tmp_path):
+    pytest.importorskip("torch")
+    out_png = tmp_path / "fs.png"
+    out = run_example("finite_sum_optimizers.py", "--epochs", "3", "--out", str(out_png))
+    rows = table_rows(out)
+    assert [solver.split(":")[0] for _, solver, _ in rows] == ["scipy-lbfgsb", "adamw", "galore-adamw"]
+    assert [status for _, _, status in rows] == ["converged", "max_iter", "max_iter"]
+    accuracy = dict(re.findall(r"^(\S+)\s+test accuracy (\S+)", out, re.M))
+    # 359 held-out digits: L-BFGS-B's optimum classifies at least 95 % right, 3 epochs of Adam over 80 %
+    assert float(accuracy["scipy-lbfgsb"]) > 0.95 and float(accuracy["adamw"]) > 0.8
+    assert out_png.stat().st_size > 10_000

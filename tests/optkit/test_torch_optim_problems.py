@@ -87,6 +87,10 @@ def test_epochs_end_the_run_and_size_the_schedule():
     lrs = [row["lr"] for row in res.trace[1:]]
     np.testing.assert_allclose(lrs[:5], 0.02 * np.arange(1, 6) / 5)  # warm-up over half of the 10 steps
     np.testing.assert_allclose(lrs[-1], 0.02 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 4 / 5))))
+    # 42 samples in batches of 8: six minibatches an epoch, the last of 2 samples
+    partial = optkit.solve(multi_ls(n=42), "adamw", batch_size=8, epochs=2.0, lr=0.02)
+    assert partial.nit == 12 and partial.trace[-1]["epoch"] == 2.0 and partial.counters["samples"] == 84
+    assert partial.message == "ran the epochs asked for (epochs=2: 12 steps)"
 
 
 def test_measured_rows_hold_the_problems_evaluation():
