@@ -1,4 +1,5 @@
-"""Test-wide settings: a deterministic hypothesis profile and the ``gpu`` marker's skip hook."""
+"""Test-wide settings: a deterministic hypothesis profile, the ``gpu`` marker's skip hook, and the
+``one_blas_thread`` fixture."""
 
 import os
 
@@ -27,3 +28,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def one_blas_thread():
+    """One BLAS thread for modules of tiny products (``pytestmark = pytest.mark.usefixtures(...)``):
+    they gain nothing from threads, and on a busy 2-core machine spinning BLAS threads made them
+    5-100x slower. A no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

@@ -29,17 +29,7 @@ def shared_data(monkeypatch):
     monkeypatch.setenv("OPTKIT_DATA", str(SHARED_DATA))
 
 
-@pytest.fixture(autouse=True)
-def single_threaded_blas():
-    """One BLAS thread: the skinny products here ((N, k)^T (N, d), k <= 10) gain nothing from
-    threads, and on a busy 2-core machine spinning BLAS threads made them 100x slower."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 # ----------------------------------------------------------------------------- dense references

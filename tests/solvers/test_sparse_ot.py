@@ -16,19 +16,7 @@ from optkit import OTProblem, Status
 from solvers.ot.sparse_ot import sparse_dual, sparse_plan
 
 ot = pytest.importorskip("ot")
-
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    """Tiny problems: L-BFGS-B's BLAS calls only lose to thread start-up, badly so on a busy
-    machine (5-10x here), so the file runs with one BLAS thread when threadpoolctl is there."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def clouds(n, m, seed, uniform=True):
