@@ -151,6 +151,18 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _legend_label(solver: str, width: int = 44) -> str:
+    """A solver spec broken after commas into lines of at most about ``width`` characters."""
+    lines = [""]
+    for piece in solver.split(","):
+        if lines[-1] and len(lines[-1]) + len(piece) + 1 > width:
+            lines[-1] += ","
+            lines.append(piece)
+        else:
+            lines[-1] += ("," if lines[-1] else "") + piece
+    return "\n".join(lines)
+
+
 def _plot_convergence(rows: Sequence[dict], problem: str, metric: str, path: Path) -> str:
     """Draw ``metric`` against time and against iterations, or against epochs when every row
     measuring it records ``epoch`` (passes over a finite-sum problem's data: the unit in which
@@ -170,7 +182,8 @@ def _plot_convergence(rows: Sequence[dict], problem: str, metric: str, path: Pat
         for ax, xkey in zip(axes, ("time", second)):
             ax.plot(
                 [r[xkey] for r in group], [r[metric] for r in group], color=colours[solver],
-                label=solver if first else None, alpha=1.0 if first else 0.4, marker="." if len(group) < 30 else None,
+                label=_legend_label(solver) if first else None,
+                alpha=1.0 if first else 0.4, marker="." if len(group) < 30 else None,
             )
     log = positive and any(h in metric.lower() for h in _LOG_HINTS)
     unit = {"iter": "iteration", "epoch": "epoch"}[second]

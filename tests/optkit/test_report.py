@@ -215,3 +215,13 @@ def test_report_groups_runs_by_problem(mixed_bench_dir):
 def test_make_report_needs_a_bench_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="summary.csv"):
         make_report(tmp_path)
+
+
+def test_legend_labels_break_long_specs_after_commas():
+    from optkit.report import _legend_label
+
+    spec = "galore-adamw:batch_size=256,epochs=20,lr=0.01,eval_every=32,max_iter=100000,rank=4"
+    lines = _legend_label(spec).split("\n")
+    assert "".join(lines) == spec and all(line.endswith(",") for line in lines[:-1])
+    assert lines == ["galore-adamw:batch_size=256,epochs=20,", "lr=0.01,eval_every=32,max_iter=100000,rank=4"]
+    assert _legend_label("cg") == "cg"
