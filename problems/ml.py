@@ -404,4 +404,4 @@ def _family(kind: str, build: Callable[..., Any]) -> Callable[[str], Callable]:
 
 register_problem_family("ml/logistic", _family("logistic", logistic_regression))
 register_problem_family("ml/softmax", _family("softmax", softmax_regression))
-register_suite("demo", ["ml/least-squares", "ml/logistic"], extend=True)
+register_suite("demo", ["ml/least-squares", "ml/logistic", "ml/softmax/digits"], extend=True)
