@@ -23,6 +23,7 @@ Conventions (they fix the duality gap of :meth:`CompositeProblem.duality_gap`):
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -69,7 +70,7 @@ def _xlogx(xp, a: Any) -> Any:
 # ----------------------------------------------------------------------------- datafits
 
 
-class Datafit:
+class Datafit(abc.ABC):
     """The smooth part ``L(z)`` of a composite problem, a function of the predictions ``z``.
 
     Attributes
@@ -86,17 +87,17 @@ class Datafit:
         """``m``, the number of predictions."""
         return int(self.target.shape[0])
 
+    @abc.abstractmethod
     def value(self, z: Any) -> Any:
         """``L(z)`` for ``z`` of shape (m,), a 0-d array."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def grad(self, z: Any) -> Any:
         """``dL/dz``, shape (m,)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def curvature(self) -> float:
         """An upper bound on ``d^2 L / dz_i^2`` for every ``i`` and ``z``."""
-        raise NotImplementedError
 
     def conjugate(self, u: Any) -> Any:
         """The Fenchel conjugate ``L*(u) = sup_z u^T z - L(z)``, a 0-d array (``inf`` outside
@@ -227,7 +228,7 @@ def _check_step(step: Any, n_blocks: int) -> Any:
     return step
 
 
-class Penalty:
+class Penalty(abc.ABC):
     """A separable, proper, closed convex ``g(x)`` with a cheap proximal map.
 
     Subclasses implement ``value``, ``prox`` and ``subdiff_distance``, and ``check_size`` and
@@ -235,29 +236,29 @@ class Penalty:
     and ``dual_norm`` (see the module docstring).
     """
 
+    @abc.abstractmethod
     def value(self, x: Any) -> Any:
         """``g(x)`` for ``x`` of shape (n,), a 0-d array (``inf`` outside the domain)."""
-        raise NotImplementedError
 
     def n_blocks(self, n: int) -> int:
         """How many blocks ``g`` separates into for ``n`` unknowns (``n`` unless grouped)."""
         return n
 
+    @abc.abstractmethod
     def prox(self, x: Any, step: Any) -> Any:
         """``argmin_y g(y) step + ||y - x||^2 / 2``, shape (n,).
 
         ``step`` is a positive float or an array of shape (n_blocks,): one step per block,
         for coordinate methods.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def subdiff_distance(self, x: Any, grad: Any) -> Any:
         """Per block, the distance of ``-grad`` to the subdifferential of ``g`` at ``x``.
 
         Shape (n_blocks,), non-negative (``inf`` where ``x`` is outside the domain); all zero
         exactly when ``x`` minimises ``f + g`` for a smooth ``f`` with gradient ``grad``.
         """
-        raise NotImplementedError
 
     def dual_norm(self, v: Any) -> float:
         """The smallest ``lam'`` with ``v`` in the subdifferential of ``lam' h`` at 0 (gauges only)."""

@@ -203,6 +203,13 @@ class BlackBoxRun:
             self.status = stop
             raise StopSolver(stop)
 
+    def stop(self, status: Status) -> None:
+        """End the library now with ``status`` (for example ``CONVERGED`` when a solver of ours
+        that drives a library meets its own test between the library's iterations): raises
+        :class:`~optkit.solver.StopSolver`, which :meth:`library` catches."""
+        self.status = status
+        raise StopSolver(status)
+
     @contextmanager
     def library(self) -> Iterator[BlackBoxRun]:
         """The block in which the library runs with the clock running.

@@ -21,6 +21,7 @@ without a copy, a torch problem's as it is (CPU or CUDA). torch is imported when
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 import time
@@ -304,13 +305,13 @@ class TorchOptimizerSolver(IterativeSolver):
                 return f"solver {self.name!r}: {', '.join(given)} need a finite-sum problem; {problem.name!r} is not one"
         return None
 
+    @abc.abstractmethod
     def make_optimizer(self, model: torch.nn.Module, problem: Problem) -> torch.optim.Optimizer:
         """The recipe's optimizer over ``model``'s parameters, with learning rate ``self.lr``.
 
         ``model`` is the training task's model, or for a smooth ``problem`` the
         :func:`variable_module` holding the variable (its ``weight``, of shape
         ``problem.x_shape`` for a finite-sum problem)."""
-        raise NotImplementedError
 
     def lr_factor(self, step: int, total_steps: int | None = None) -> float:
         """The schedule's multiplier of ``lr`` at optimizer step ``step`` (0-based) of a run of

@@ -74,7 +74,7 @@ from optkit.ot_problem import OTProblem
 from optkit.problem import Problem
 from optkit.registry import register_solver
 from optkit.result import Result, Status
-from optkit.solver import Callback, Solver, StopSolver
+from optkit.solver import Callback, Solver
 from optkit.validation import check_int
 
 from ._sparse_dual import (
@@ -272,10 +272,10 @@ class SparseOT(Solver):
 
         def stop_if_converged() -> None:
             if run.converged(run.metrics):
-                raise StopSolver(Status.CONVERGED)
+                run.stop(Status.CONVERGED)
 
         def note(e: _Eval) -> None:
-            """Record the next iteration at ``e`` (evaluated and counted already); StopSolver ends the run."""
+            """Record the next iteration at ``e`` (evaluated and counted already); ends the run when it must."""
             remember(e)
             run.iteration(potentials(e.v), metrics=row(e))
             stop_if_converged()

@@ -109,3 +109,13 @@ def test_krylov_info_codes_have_one_reading():
     assert krylov_verdict(0, "cg").outcome is Status.CONVERGED
     assert krylov_verdict(12, "cg").outcome is Status.MAX_ITER
     assert krylov_verdict(-10, "pyamg").outcome is Status.BREAKDOWN
+
+
+def test_stop_ends_the_library_with_the_status_given():
+    p = quadratic()
+    run = BlackBoxRun(Halving(tol=1e-9), p, None, measure=lambda x: {"grad_inf": 1.0}, criterion="grad_inf")
+    run.begin(p.x0)
+    with run.library():
+        run.stop(Status.CONVERGED)
+        raise AssertionError("stop() must leave the library block")
+    assert run.finish().status is Status.CONVERGED
