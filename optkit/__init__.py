@@ -2,10 +2,15 @@
 
 The public API::
 
-    optkit.solve(problem, solver, **options) -> Result
-    optkit.get_problem("family/name", **params), optkit.get_solver(name, **options)
+    optkit.solve(problem, solver, **options) -> Result       # problem and solver: objects, names or specs
+    optkit.get_problem("family/name:key=value", **params), optkit.get_solver("name:key=value", **options)
     optkit.list_solvers(), optkit.list_problems(), optkit.list_suites()
     optkit.aslinearoperator(obj), optkit.Status, optkit.Result
+
+Problem kinds: SmoothProblem, FiniteSumProblem, CompositeProblem, LinearSystemProblem,
+OTProblem, EqualityConstrainedProblem, TrainingTask. Solver bases: Solver, IterativeSolver,
+``optkit.blackbox.BlackBoxRun`` (wrapped libraries), ``optkit.torch_optim.TorchOptimizerSolver``
+(torch optimizers). Array backends: ``optkit.backend``.
 """
 
 from ._api import solve
