@@ -21,7 +21,8 @@ Ctrl-C into ``USER_STOPPED`` with the last recorded iterate.
 **The status rule** (:meth:`BlackBoxRun.finish`), the same for every wrapper:
 
 1. a status the run itself decided (callback, time limit, ``max_iter``, non-finite
-   measure, Ctrl-C, or a start that already meets ``tol``) stands;
+   measure, Ctrl-C) stands, except that a recorded point meeting ``tol`` on the criterion is
+   ``CONVERGED`` (as the driver's ``terminate`` wins over a stop at the same row);
 2. a non-finite final measure is ``NONFINITE``;
 3. with a ``criterion`` (the name of a measure compared with the solver's ``tol``):
    ``CONVERGED`` when it holds at the returned point, whatever the library said;
@@ -161,9 +162,9 @@ class BlackBoxRun:
         """Start the clock and record row 0 at ``x0`` (measured unless ``metrics`` is given).
 
         Returns the status that ends the run before the library starts, else ``None``:
-        the callback's or the time limit's (Ctrl-C: ``USER_STOPPED``), ``NONFINITE`` for a non-finite start,
-        ``CONVERGED`` when the start meets ``tol`` on the criterion, ``MAX_ITER`` when
-        ``max_iter`` is 0. The clock is running on return.
+        ``CONVERGED`` when the start meets ``tol`` on the criterion, else the callback's or the
+        time limit's (Ctrl-C: ``USER_STOPPED``), ``NONFINITE`` for a non-finite start,
+        ``MAX_ITER`` when ``max_iter`` is 0. The clock is running on return.
         """
         self.recorder.start()
         try:
