@@ -209,7 +209,9 @@ class LinearOperator:
         X = self._operand(X, "matmat")
         s = tuple(X.shape)
         if len(s) != 2 or s[0] != self._shape[1]:
-            raise ValueError(f"matmat: operator of shape {self._shape} expects X of shape ({self._shape[1]}, k), got {s}")
+            raise ValueError(
+                f"matmat: operator of shape {self._shape} expects X of shape ({self._shape[1]}, k), got {s}"
+            )
         return self._matmat(X)
 
     def rmatvec(self, y):
@@ -228,7 +230,9 @@ class LinearOperator:
         Y = self._operand(Y, "rmatmat")
         s = tuple(Y.shape)
         if len(s) != 2 or s[0] != self._shape[0]:
-            raise ValueError(f"rmatmat: operator of shape {self._shape} expects Y of shape ({self._shape[0]}, k), got {s}")
+            raise ValueError(
+                f"rmatmat: operator of shape {self._shape} expects Y of shape ({self._shape[0]}, k), got {s}"
+            )
         return self._rmatmat(Y)
 
     def dot(self, x):
@@ -244,7 +248,9 @@ class LinearOperator:
             return self.matvec(x)
         if x.ndim == 2:
             return self.matmat(x)
-        raise ValueError(f"dot expects an operator, a scalar, or an array of 1 or 2 dimensions, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"dot expects an operator, a scalar, or an array of 1 or 2 dimensions, got shape {tuple(x.shape)}"
+        )
 
     # defaults: each of _matvec/_matmat from the other, the adjoint from whatever exists
     def _matvec(self, x):

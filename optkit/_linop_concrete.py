@@ -435,11 +435,10 @@ class FunctionOperator(LinearOperator):
     def _real(self, out, name: str):
         """``out``, after checking that a callable of an operator without a given dtype returned no complex result."""
         if self._checked and _is_complex(getattr(out, "dtype", np.float64)):
+            got, own = str(out.dtype).removeprefix("torch."), str(self.dtype).removeprefix("torch.")
             raise TypeError(
-                f"FunctionOperator: {name} returned {str(out.dtype).removeprefix('torch.')} values, but the operator "
-                f"was built without dtype and is {str(self.dtype).removeprefix('torch.')}; "
-                f"pass dtype={str(out.dtype).removeprefix('torch.')!r} (or dtype={str(self.dtype).removeprefix('torch.')!r} "
-                "to apply a real operator to complex vectors)"
+                f"FunctionOperator: {name} returned {got} values, but the operator was built without dtype and is "
+                f"{own}; pass dtype={got!r} (or dtype={own!r} to apply a real operator to complex vectors)"
             )
         return out
 

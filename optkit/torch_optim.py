@@ -302,7 +302,8 @@ class TorchOptimizerSolver(IterativeSolver):
         elif not isinstance(problem, FiniteSumProblem):
             given = [name for name in ("batch_size", "epochs") if getattr(self, name) is not None]
             if given:
-                return f"solver {self.name!r}: {', '.join(given)} need a finite-sum problem; {problem.name!r} is not one"
+                names = ", ".join(given)
+                return f"solver {self.name!r}: {names} need a finite-sum problem; {problem.name!r} is not one"
         return None
 
     @abc.abstractmethod

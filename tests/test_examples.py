@@ -60,7 +60,8 @@ def test_gpu_check_runs_on_the_cpu_with_small_sizes():
     refresh = [solver for problem, solver, _ in table_rows(out) if problem.startswith("llama-micro: refresh")]
     assert refresh == ["galore-torch (svd)", "optkit svd", "optkit randomized", "optkit dct"]
     training = [row for row in table_rows(out) if row[0].startswith("llm/llama-micro")]
-    assert [solver.split(":")[0] for _, solver, _ in training] == ["adamw", "galore-torch", "galore-adamw", "galore-adamw8bit"]
+    names = [solver.split(":")[0] for _, solver, _ in training]
+    assert names == ["adamw", "galore-torch", "galore-adamw", "galore-adamw8bit"]
     assert all(status == "max_iter" for _, _, status in training)
     assert out.count("tok/s, peak") == 4
 

@@ -66,7 +66,9 @@ def test_broken_entry_point_is_a_warning(monkeypatch):
 
 def _quadratic(n=3, scale=1.0):
     d = scale * np.arange(1.0, n + 1)
-    return optkit.SmoothProblem(lambda x: 0.5 * x @ (d * x), lambda x: d * x, np.ones(n), name="test-registry/quadratic")
+    return optkit.SmoothProblem(
+        lambda x: 0.5 * x @ (d * x), lambda x: d * x, np.ones(n), name="test-registry/quadratic"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

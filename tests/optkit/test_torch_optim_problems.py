@@ -163,7 +163,11 @@ def test_option_checks():
 def test_torch_runs_single_threaded_on_numpy_problems_and_restores_its_setting():
     before = torch.get_num_threads()
     seen = []
-    optkit.solve(multi_ls(), "adamw", max_iter=2, callback=lambda info: seen.append(torch.get_num_threads()))
-    optkit.solve(multi_ls().to("torch"), "adamw", max_iter=1, callback=lambda info: seen.append(torch.get_num_threads()))
-    optkit.solve(multi_ls(), "adamw", max_iter=1, torch_threads=2, callback=lambda i: seen.append(torch.get_num_threads()))
+
+    def threads(info):
+        seen.append(torch.get_num_threads())
+
+    optkit.solve(multi_ls(), "adamw", max_iter=2, callback=threads)
+    optkit.solve(multi_ls().to("torch"), "adamw", max_iter=1, callback=threads)
+    optkit.solve(multi_ls(), "adamw", max_iter=1, torch_threads=2, callback=threads)
     assert seen == [1, 1, 1, before, before, 2, 2] and torch.get_num_threads() == before
