@@ -9,6 +9,7 @@ solver is judged by the same exact measures.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from .validation import check_int
 __all__ = ["FiniteSumProblem"]
 
 
-class FiniteSumProblem(SmoothProblem):
+class FiniteSumProblem(SmoothProblem, abc.ABC):
     """``f(x) = (1/N) sum_{i<N} l_i(x) + r(x)`` over ``N = n_samples`` samples.
 
     Parameters
@@ -116,5 +117,6 @@ class FiniteSumProblem(SmoothProblem):
         f, g = self._batch_fg(x, self.all_samples())
         return float(f), g
 
+    @abc.abstractmethod
     def _batch_fg(self, x: Any, indices: Any) -> tuple[Any, Any]:
-        raise NotImplementedError(f"{type(self).__name__} must implement _batch_fg(x, indices)")
+        """``(mean of l_i over indices + r, its gradient (n,))`` on the problem's backend."""

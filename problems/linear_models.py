@@ -33,6 +33,7 @@ device, dtype)`` moves the data; integer labels stay integers.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -140,17 +141,21 @@ class _LinearClassifier(FiniteSumProblem):
 
     # ------------------------------------------------------------------ subclass hooks
 
+    @abc.abstractmethod
     def _check_labels(self, A: Any, y: Any, y_test: Any) -> tuple[Any, Any]:
-        raise NotImplementedError
+        """The labels checked, in the stored dtype."""
 
+    @abc.abstractmethod
     def _x_shape(self, width: int) -> tuple[int, ...]:
-        raise NotImplementedError
+        """The variable's shape for rows of ``width`` columns."""
 
+    @abc.abstractmethod
     def _objective(self, x: Any, rows: Any, labels: Any, with_grad: bool) -> tuple[Any, Any]:
-        raise NotImplementedError
+        """Mean loss over ``rows`` plus the penalty, and its gradient when asked."""
 
+    @abc.abstractmethod
     def _predict(self, x: Any, rows: Any) -> Any:
-        raise NotImplementedError
+        """The predicted label of each row."""
 
     # ------------------------------------------------------------------ shared pieces
 
