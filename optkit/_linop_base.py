@@ -13,6 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._linop_support import (
+    TAGS,
+    _normalize_tags,
     _as_scalar,
     _canon_dtype,
     _conj,
@@ -27,35 +29,12 @@ from .backend import is_torch
 
 __all__ = ["TAGS", "LinearOperator"]
 
-#: The structure tags an operator may carry.
-#: ``symmetric``: self-adjoint, ``A^H = A`` (Hermitian when complex); square only.
-#: ``psd``: Hermitian positive semidefinite, ``x^H A x >= 0``; implies ``symmetric``; square only.
-#: ``diagonal``: ``A[i, j] = 0`` for ``i != j``.
-#: ``low_rank``: held in factored form of small rank.
-#: ``orthonormal``: orthonormal columns, ``A^H A = I``.
-TAGS = frozenset({"symmetric", "psd", "diagonal", "low_rank", "orthonormal"})
 
 
 # ----------------------------------------------------------------------------- helpers
 def _unify(ops: list[LinearOperator], dtype) -> list[LinearOperator]:
     """``ops`` converted to ``dtype`` on torch, whose kernels do not promote mixed dtypes."""
     return [op if op.backend == "numpy" or op.dtype == dtype else op.to(dtype=dtype) for op in ops]
-
-
-def _normalize_tags(tags: Iterable[str] | None, shape: tuple[int, int], dtype: Any) -> frozenset:
-    tags = frozenset([tags] if isinstance(tags, str) else (tags or ()))
-    unknown = tags - TAGS
-    if unknown:
-        raise ValueError(f"unknown tags {sorted(unknown)}; allowed tags are {sorted(TAGS)}")
-    square = shape[0] == shape[1]
-    for t in ("symmetric", "psd"):
-        if t in tags and not square:
-            raise ValueError(f"tag {t!r} needs a square operator, got shape {shape}")
-    if "psd" in tags:
-        tags |= {"symmetric"}
-    if "diagonal" in tags and square and not _is_complex(dtype):
-        tags |= {"symmetric"}
-    return tags
 
 
 def _is_adjoint_pair(A: LinearOperator, B: LinearOperator) -> bool:

@@ -1,4 +1,5 @@
-"""Helpers of the linear operators (:mod:`optkit.linop`): dtypes, backends, scalars, and the bridge to scipy."""
+"""Helpers of the linear operators (:mod:`optkit.linop`): structure tags, dtypes, backends, scalars,
+and the bridge to scipy."""
 
 from __future__ import annotations
 
@@ -9,6 +10,30 @@ from typing import Any
 import numpy as np
 
 from .backend import convert, get_namespace, is_torch, to_numpy, torch_or_none
+
+#: The structure tags an operator may carry.
+#: ``symmetric``: self-adjoint, ``A^H = A`` (Hermitian when complex); square only.
+#: ``psd``: Hermitian positive semidefinite, ``x^H A x >= 0``; implies ``symmetric``; square only.
+#: ``diagonal``: ``A[i, j] = 0`` for ``i != j``.
+#: ``low_rank``: held in factored form of small rank.
+#: ``orthonormal``: orthonormal columns, ``A^H A = I``.
+TAGS = frozenset({"symmetric", "psd", "diagonal", "low_rank", "orthonormal"})
+
+
+def _normalize_tags(tags: Iterable[str] | None, shape: tuple[int, int], dtype: Any) -> frozenset:
+    tags = frozenset([tags] if isinstance(tags, str) else (tags or ()))
+    unknown = tags - TAGS
+    if unknown:
+        raise ValueError(f"unknown tags {sorted(unknown)}; allowed tags are {sorted(TAGS)}")
+    square = shape[0] == shape[1]
+    for t in ("symmetric", "psd"):
+        if t in tags and not square:
+            raise ValueError(f"tag {t!r} needs a square operator, got shape {shape}")
+    if "psd" in tags:
+        tags |= {"symmetric"}
+    if "diagonal" in tags and square and not _is_complex(dtype):
+        tags |= {"symmetric"}
+    return tags
 
 
 def _is_complex(dtype: Any) -> bool:
