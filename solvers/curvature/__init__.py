@@ -11,7 +11,7 @@ from .mfac_inverse import BlockMFACInverse, MFACInverse, empirical_fisher
 
 _LAZY = {"MFAC": "mfac_optimizer"}
 
-__all__ = sorted(_LAZY) + ["BlockMFACInverse", "MFACInverse", "empirical_fisher", "recipes"]
+__all__ = ["MFAC", "BlockMFACInverse", "MFACInverse", "empirical_fisher", "recipes"]
 
 
 def __getattr__(name):

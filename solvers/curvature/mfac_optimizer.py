@@ -6,7 +6,8 @@ Information", NeurIPS 2021 (the dynamic algorithm).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

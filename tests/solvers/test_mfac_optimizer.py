@@ -11,7 +11,7 @@ from optkit.problem import SmoothProblem
 from solvers.curvature import MFACInverse
 
 torch = pytest.importorskip("torch")
-from solvers.curvature import MFAC  # noqa: E402
+from solvers.curvature import MFAC
 
 
 def dense_step_direction(window, damp, g):
