@@ -165,3 +165,22 @@ def test_finite_sum_example_compares_lbfgs_and_torch_optimizers(tmp_path):
     # 359 held-out digits: L-BFGS-B's optimum classifies at least 95 % right, 3 epochs of Adam over 80 %
     assert float(accuracy["scipy-lbfgsb"]) > 0.95 and float(accuracy["adamw"]) > 0.8
     assert out_png.stat().st_size > 10_000
+
+
+def test_mfac_prune_example_prunes_with_every_method_to_every_sparsity(tmp_path):
+    pytest.importorskip("torch")
+    out = run_example("mfac_prune.py", "--small", "--out", str(tmp_path))
+    methods = ("magnitude", "global-magnitude", "mfac-obs")
+    sparsities = ("0.50", "0.70", "0.90", "0.95", "0.98")
+    rows = table_rows(out)
+    assert [(method, sparsity) for _, method, sparsity in rows] == [
+        ("train:sgd-momentum", "0.00"),
+        ("train:mfac", "0.00"),
+        *((method, sparsity) for method in methods for sparsity in sparsities),
+    ]
+    cells = {(c[0], c[1]): c[2:] for line in out.splitlines() if len(c := re.split(r"\s{2,}", line.strip())) > 3}
+    # one epoch on 2000 images (or the digits) is far above chance (0.1) for both optimizers
+    assert float(cells["train:sgd-momentum", "0.00"][0]) > 0.5 and float(cells["train:mfac", "0.00"][0]) > 0.5
+    # at 98 % one-shot OBS keeps more accuracy than pruning each layer by magnitude
+    assert float(cells["mfac-obs", "0.98"][0]) > float(cells["magnitude", "0.98"][0])
+    assert (tmp_path / "mfac_prune.png").stat().st_size > 10_000

@@ -9,9 +9,27 @@ import importlib
 from . import recipes
 from .mfac_inverse import BlockMFACInverse, MFACInverse, empirical_fisher
 
-_LAZY = {"MFAC": "mfac_optimizer"}
+_LAZY = {
+    "MFAC": "mfac_optimizer",
+    "apply_masks": "obs_pruning",
+    "global_magnitude_prune": "obs_pruning",
+    "magnitude_prune": "obs_pruning",
+    "mfac_prune": "obs_pruning",
+    "sparsity_of": "obs_pruning",
+}
 
-__all__ = ["MFAC", "BlockMFACInverse", "MFACInverse", "empirical_fisher", "recipes"]
+__all__ = [
+    "MFAC",
+    "BlockMFACInverse",
+    "MFACInverse",
+    "apply_masks",
+    "empirical_fisher",
+    "global_magnitude_prune",
+    "magnitude_prune",
+    "mfac_prune",
+    "recipes",
+    "sparsity_of",
+]
 
 
 def __getattr__(name):

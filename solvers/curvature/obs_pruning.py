@@ -54,6 +54,19 @@ def _lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
     return torch.argsort(scores, stable=True)[:count]
 
 
+def _prune_lowest(scores: torch.Tensor, kept: torch.Tensor, count: int) -> torch.Tensor:
+    """``kept`` (a flat mask) with its ``count`` kept entries of lowest ``scores`` (same shape) masked out."""
+    positions = kept.nonzero().squeeze(1)
+    new = kept.clone()
+    new[positions[_lowest(scores[positions], count)]] = False
+    return new
+
+
+def _check_room(zeros: int, pruned: int, what: str) -> None:
+    if pruned > zeros:
+        raise ValueError(f"masks already prune {pruned} weights of {what}, more than the {zeros} the sparsity asks")
+
+
 class _Selection:
     """The parameters being pruned, in order, with their masks: the one place that selects and flattens.
 
@@ -154,19 +167,6 @@ class _Selection:
     def mask_dict(self) -> dict[str, torch.Tensor]:
         return {name: mask.clone() for name, mask in zip(self.names, self.masks)}
 
-    def check_room(self, zeros: int, pruned: int, what: str) -> None:
-        if pruned > zeros:
-            raise ValueError(f"masks already prune {pruned} weights of {what}, more than the {zeros} the sparsity asks")
-
-    @torch.no_grad()
-    def prune_lowest(self, scores: torch.Tensor, kept: torch.Tensor, count: int) -> torch.Tensor:
-        """Mask out the ``count`` kept entries of lowest score; ``scores`` and ``kept`` are flat over one
-        tensor (or the concatenation); returns the new flat mask."""
-        positions = kept.nonzero().squeeze(1)
-        new = kept.clone()
-        new[positions[_lowest(scores[positions], count)]] = False
-        return new
-
 
 def magnitude_prune(
     model: nn.Module,
@@ -204,13 +204,13 @@ def magnitude_prune(
     sparsity = _check_sparsity(sparsity)
     selection = _Selection(model, params, masks)
     for name, numel, mask in zip(selection.names, selection.numels, selection.masks):
-        selection.check_room(_zeros_for(sparsity, numel), numel - int(mask.sum()), repr(name))
+        _check_room(_zeros_for(sparsity, numel), numel - int(mask.sum()), repr(name))
     selection.apply()
     new_masks = []
     for p, numel, mask in zip(selection.tensors, selection.numels, selection.masks):
         kept = mask.reshape(-1)
         count = _zeros_for(sparsity, numel) - (numel - int(kept.sum()))
-        new_masks.append(selection.prune_lowest(p.detach().reshape(-1).abs(), kept, count))
+        new_masks.append(_prune_lowest(p.detach().reshape(-1).abs(), kept, count))
     selection.set_flat_mask(torch.cat(new_masks))
     selection.apply()
     return selection.mask_dict()
@@ -234,10 +234,10 @@ def global_magnitude_prune(
     selection = _Selection(model, params, masks)
     kept = selection.flat_mask()
     zeros = _zeros_for(sparsity, selection.numel)
-    selection.check_room(zeros, selection.numel - int(kept.sum()), "the selected parameters")
+    _check_room(zeros, selection.numel - int(kept.sum()), "the selected parameters")
     selection.apply()
     count = zeros - (selection.numel - int(kept.sum()))
-    selection.set_flat_mask(selection.prune_lowest(selection.flat_weights().abs(), kept, count))
+    selection.set_flat_mask(_prune_lowest(selection.flat_weights().abs(), kept, count))
     selection.apply()
     return selection.mask_dict()
 
@@ -407,7 +407,7 @@ def mfac_prune(
     selection = _Selection(model, params, masks)
     kept = selection.flat_mask()
     zeros = _zeros_for(sparsity, selection.numel)
-    selection.check_room(zeros, selection.numel - int(kept.sum()), "the selected parameters")
+    _check_room(zeros, selection.numel - int(kept.sum()), "the selected parameters")
     schedule = _kept_schedule(int(kept.sum()), selection.numel - zeros, recomputations)
     pruning_steps = sum(1 for before, after in zip([int(kept.sum())] + schedule, schedule) if after < before)
     source = _BatchSource(batches, num_grads, pruning_steps)
