@@ -165,3 +165,15 @@ def test_finite_sum_example_compares_lbfgs_and_torch_optimizers(tmp_path):
     # 359 held-out digits: L-BFGS-B's optimum classifies at least 95 % right, 3 epochs of Adam over 80 %
     assert float(accuracy["scipy-lbfgsb"]) > 0.95 and float(accuracy["adamw"]) > 0.8
     assert out_png.stat().st_size > 10_000
+
+
+def test_mfac_step_cost_prints_the_floor_optkit_and_the_reference():
+    pytest.importorskip("torch")
+    out = run_example("mfac_step_cost.py", "--small", "--steps", "3", "--threads", "1")
+    rows = table_rows(out)
+    assert [solver for _, solver, _ in rows] == ["floor (G x + G^T y)", "optkit MFAC step", "reference step"]
+    assert all(problem.startswith("M-FAC step: d=100000, m=64, float32, cpu, threads=1") for problem, _, _ in rows)
+    assert all(float(median) > 0 for _, _, median in rows)
+    ratios = [line.split()[-1] for line in out.splitlines() if line.startswith(("floor", "optkit M", "reference"))]
+    assert ratios[0] == "1.00"
+    assert "optkit step / floor = " in out
