@@ -64,6 +64,8 @@ def test_gpu_check_runs_on_the_cpu_with_small_sizes():
     assert names == ["adamw", "galore-torch", "galore-adamw", "galore-adamw8bit"]
     assert all(status == "max_iter" for _, _, status in training)
     assert out.count("tok/s, peak") == 4
+    mfac = [solver for problem, solver, _ in table_rows(out) if problem.startswith("mfac step")]
+    assert mfac == ["floor (G x + G^T y)", "optkit MFAC step", "reference step"]
 
 
 def test_ot_example_plots_three_solvers(tmp_path):
@@ -167,6 +169,18 @@ def test_finite_sum_example_compares_lbfgs_and_torch_optimizers(tmp_path):
     assert out_png.stat().st_size > 10_000
 
 
+def test_mfac_step_cost_prints_the_floor_optkit_and_the_reference():
+    pytest.importorskip("torch")
+    out = run_example("mfac_step_cost.py", "--small", "--steps", "3", "--threads", "1")
+    rows = table_rows(out)
+    assert [solver for _, solver, _ in rows] == ["floor (G x + G^T y)", "optkit MFAC step", "reference step"]
+    assert all(problem.startswith("M-FAC step: d=100000, m=64, float32, cpu, threads=1") for problem, _, _ in rows)
+    assert all(float(median) > 0 for _, _, median in rows)
+    ratios = [line.split()[-1] for line in out.splitlines() if line.startswith(("floor", "optkit M", "reference"))]
+    assert ratios[0] == "1.00"
+    assert "optkit step / floor = " in out
+
+
 def test_mfac_prune_example_prunes_with_every_method_to_every_sparsity(tmp_path):
     pytest.importorskip("torch")
     out = run_example("mfac_prune.py", "--small", "--out", str(tmp_path))
@@ -179,7 +193,7 @@ def test_mfac_prune_example_prunes_with_every_method_to_every_sparsity(tmp_path)
         *((method, sparsity) for method in methods for sparsity in sparsities),
     ]
     cells = {(c[0], c[1]): c[2:] for line in out.splitlines() if len(c := re.split(r"\s{2,}", line.strip())) > 3}
-    # one epoch on 2000 images (or the digits) is far above chance (0.1) for both optimizers
+    # four epochs on 2000 images (or the digits) are far above chance (0.1) for both optimizers
     assert float(cells["train:sgd-momentum", "0.00"][0]) > 0.5 and float(cells["train:mfac", "0.00"][0]) > 0.5
     # at 98 % one-shot OBS keeps more accuracy than pruning each layer by magnitude
     assert float(cells["mfac-obs", "0.98"][0]) > float(cells["magnitude", "0.98"][0])
