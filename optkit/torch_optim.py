@@ -236,6 +236,9 @@ class TorchOptimizerSolver(IterativeSolver):
     its ``projector_refresh_seconds`` (0 for optimizers without projectors; absent when a
     projecting optimizer does not time them).
 
+    A step whose loss is NaN or inf is not taken: the run ends with status ``NONFINITE`` and
+    the weights that gave that loss.
+
     ``Result.x``: the trained model (training task), or the variable on the problem's backend,
     shape (n,). ``Result.fun``: the final validation loss or exact objective.
     ``Result.extras["optimizer"]``: the optimizer (for ``state_dict()``). ``x0``: a module to
@@ -388,9 +391,12 @@ class TorchOptimizerSolver(IterativeSolver):
             mean_loss, seen = self._training_gradient(problem, state)
         else:
             mean_loss, seen = self._problem_gradient(problem, state)
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(state.model.parameters(), self.grad_clip)
-        state.optimizer.step()
+        # a non-finite loss ends the run (NONFINITE, from the recorded loss) with the weights
+        # it was measured at: the step it would poison is not taken
+        if math.isfinite(mean_loss):
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(state.model.parameters(), self.grad_clip)
+            state.optimizer.step()
         synchronize(problem.device)
         elapsed = time.perf_counter() - start
         # the state is updated only now, so an interrupted step leaves it at the last finished one

@@ -147,6 +147,8 @@ def test_nan_loss_ends_with_nonfinite():
     res = optkit.solve(p, "adamw", max_iter=10, lr=0.5, **CONSTANT)
     # step 1 evaluates x0 (finite) and moves x[0] to 0.5; step 2's loss, at x1, is NaN
     assert res.status is Status.NONFINITE and res.nit == 2 and math.isnan(res.trace[-1]["loss"])
+    # the step that measured the NaN is not taken: x stays at x1 (AdamW's first step: lr * sign(g))
+    np.testing.assert_allclose(res.x, [0.5, 0.5], rtol=1e-6)
 
 
 def test_option_checks():
