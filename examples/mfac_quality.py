@@ -57,8 +57,9 @@ def spec(base: str, **options) -> str:
 
 
 def final_loss(run) -> float:
-    """The run's final exact training objective; ``inf`` for a failed or diverged run."""
-    value = run.fun if run.completed else None
+    """The run's final exact training objective; ``inf`` for a run that failed or diverged (its loss
+    became NaN or inf: status ``nonfinite``)."""
+    value = run.fun if run.status in ("max_iter", "converged") else None
     return float(value) if value is not None and math.isfinite(value) else math.inf
 
 
