@@ -4,9 +4,11 @@ Every method trains every problem from the same start with the same minibatches 
 ``batch_size``, one number of ``epochs``, one ``seed``: equal gradient evaluations), through
 ``optkit.bench.run_benchmark``, once per learning rate of the grid; the best learning rate of
 a method is the one with the smallest final training loss (the exact full objective). Methods:
-``sgd`` (momentum 0.9), ``adam``, ``shampoo`` (pytorch_optimizer's; its inverse roots
-recomputed every ``--shampoo-update-freq`` steps) and ``mfac`` with a window of
-``--num-grads`` gradients, once per damping of ``--damps``. The learning-rate schedule is the
+``sgd`` (momentum 0.9), ``adam``, ``shampoo`` (pytorch_optimizer's, no momentum; its inverse
+roots recomputed at every step, or every ``--shampoo-update-freq`` steps on problems whose
+variable has a dimension over 256, where one SVD per step would dominate the run: MNIST's
+785 x 785 statistic) and ``mfac`` with a window of ``--num-grads`` gradients, once per damping
+of ``--damps``. The learning-rate schedule is the
 adapter's default for all (10 % linear warm-up, then cosine decay to a tenth).
 
 Prints, per problem, each method's best learning rate, final training loss, final test
@@ -35,17 +37,19 @@ from optkit.bench import run_benchmark
 
 FULL = {
     "problems": "ml/logistic/a9a,ml/logistic/mushrooms,ml/logistic/splice,ml/softmax/mnist",
-    "epochs": 10.0,
-    "lrs": "1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,0.1,0.3,1",
-    "damps": "1e-4,1e-2",
+    "epochs": 5.0,
+    "lrs": "1e-3,3e-3,1e-2,3e-2,0.1,0.3,1,3",
+    "damps": "1e-3,1e-2,1e-1",
 }
 SMALL = {"problems": "ml/logistic/digits,ml/softmax/digits", "epochs": 2.0, "lrs": "1e-2,0.1", "damps": "1e-2"}
 ANCHOR = "adam"
+# the largest statistic Shampoo refreshes at every step (an SVD of a (256, 256) matrix: about 10 ms)
+SHAMPOO_EVERY_STEP_DIM = 256
 
 
 def methods(num_grads: int, damps: list[float], shampoo_update_freq: int) -> dict[str, str]:
     """Each method's name and its solver spec without the run's options (lr, batches, epochs)."""
-    out = {"sgd": "sgd:momentum=0.9", "adam": "adam:", "shampoo": f"shampoo:update_freq={shampoo_update_freq}"}
+    out = {"sgd": "sgd:momentum=0.9", "adam": "adam", "shampoo": f"shampoo:update_freq={shampoo_update_freq}"}
     for damp in damps:
         out[f"mfac damp={damp:g}"] = f"mfac:num_grads={num_grads},damp={damp:g}"
     return out
@@ -63,10 +67,14 @@ def final_loss(run) -> float:
     return float(value) if value is not None and math.isfinite(value) else math.inf
 
 
-def compare(problem: str, names: dict[str, str], lrs: list[float], args, out: Path) -> list[dict]:
+def compare(problem: str, lrs: list[float], damps: list[float], args, out: Path) -> list[dict]:
     """Run every method at every learning rate on ``problem``; the best run of each method."""
-    n_samples = optkit.get_problem(problem).n_samples
-    steps_per_epoch = math.ceil(n_samples / args.batch_size)
+    instance = optkit.get_problem(problem)
+    steps_per_epoch = math.ceil(instance.n_samples / args.batch_size)
+    update_freq = 1 if max(instance.x_shape) <= SHAMPOO_EVERY_STEP_DIM else args.shampoo_update_freq
+    names = methods(args.num_grads, damps, update_freq)
+    if args.methods:
+        names = {name: base for name, base in names.items() if name.split()[0] in args.methods.split(",")}
     common = {
         "batch_size": args.batch_size,
         "epochs": args.epochs,
@@ -83,7 +91,11 @@ def compare(problem: str, names: dict[str, str], lrs: list[float], args, out: Pa
     for name in names:
         runs = {lr: by_label[specs[name, lr]] for lr in lrs}
         best_lr = min(lrs, key=lambda lr: final_loss(runs[lr]))
-        rows.append({"problem": problem, "method": name, "lr": best_lr, "run": runs[best_lr], "sweep": runs})
+        edge = best_lr in (lrs[0], lrs[-1]) and math.isfinite(final_loss(runs[best_lr]))
+        rows.append({
+            "problem": problem, "method": name, "spec": names[name], "lr": best_lr, "edge": edge,
+            "run": runs[best_lr], "sweep": runs,
+        })  # fmt: skip
     return rows
 
 
@@ -100,13 +112,17 @@ def text_tables(problem: str, rows: list[dict], lrs: list[float]) -> str:
         run = row["run"]
         ratio = run.time_s / anchor.time_s if anchor is not None and run.completed and anchor.time_s else None
         body.append([
-            row["method"], run.status, f"{row['lr']:g}", fmt(final_loss(run), 5),
+            row["method"], run.status, f"{row['lr']:g}" + (" (edge)" if row["edge"] else ""), fmt(final_loss(run), 5),
             fmt(run.metrics.get("test_accuracy", math.nan), 4), str(run.nit), fmt(run.time_s, 2), fmt(ratio, 2),
         ])  # fmt: skip
     sweep_header = ["final train loss", *(f"lr={lr:g}" for lr in lrs)]
     sweep = [[row["method"], *(fmt(final_loss(row["sweep"][lr]), 4) for lr in lrs)] for row in rows]
     anchor_name = ANCHOR if anchor is not None else "none"
-    return f"{problem}  (anchor: {anchor_name})\n{aligned(header, body)}\n\n{aligned(sweep_header, sweep)}"
+    specs = "\n".join(f"  {row['method']}: {row['spec']}" for row in rows)
+    return (
+        f"{problem}  (anchor: {anchor_name})\n{aligned(header, body)}\n\n{aligned(sweep_header, sweep)}\n\n"
+        f"solver specs (plus lr, batch_size, epochs, eval_every, max_iter, seed):\n{specs}"
+    )
 
 
 def aligned(header: list[str], body: list[list[str]]) -> str:
@@ -123,7 +139,8 @@ def markdown(rows: list[dict]) -> str:
     for row in rows:
         run = row["run"]
         lines.append(
-            f"| {row['problem']} | `{row['method']}` | {row['lr']:g} | {fmt(final_loss(run), 5)} | "
+            f"| {row['problem']} | `{row['method']}` | {row['lr']:g}{' (edge)' if row['edge'] else ''} | "
+            f"{fmt(final_loss(run), 5)} | "
             f"{fmt(run.metrics.get('test_accuracy', math.nan), 4)} | {run.nit} | {fmt(run.time_s, 2)} s |"
         )
     return "\n".join(lines)
@@ -153,15 +170,12 @@ def main(args: argparse.Namespace) -> None:
     args.epochs = args.epochs or defaults["epochs"]
     lrs = [float(v) for v in (args.lrs or defaults["lrs"]).split(",")]
     damps = [float(v) for v in (args.damps or defaults["damps"]).split(",")]
-    names = methods(args.num_grads, damps, args.shampoo_update_freq)
-    if args.methods:
-        names = {name: base for name, base in names.items() if name.split()[0] in args.methods.split(",")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     every, texts = [], []
     for problem in problems:
-        rows = compare(problem, names, lrs, args, out)
+        rows = compare(problem, lrs, damps, args, out)
         every += rows
         texts.append(text_tables(problem, rows, lrs))
         print(texts[-1], end="\n\n", flush=True)
@@ -181,7 +195,10 @@ if __name__ == "__main__":
     parser.add_argument("--lrs", help=f"the learning-rate grid (default {FULL['lrs']})")
     parser.add_argument("--num-grads", type=int, default=64, help="M-FAC's window m")
     parser.add_argument("--damps", help=f"M-FAC's dampings, one method each (default {FULL['damps']})")
-    parser.add_argument("--shampoo-update-freq", type=int, default=10)
+    parser.add_argument(
+        "--shampoo-update-freq", type=int, default=10,
+        help=f"Shampoo's steps between inverse roots when a dimension exceeds {SHAMPOO_EVERY_STEP_DIM} (else 1)",
+    )  # fmt: skip
     parser.add_argument("--methods", help="keep only these (comma-separated: sgd, adam, shampoo, mfac)")
     parser.add_argument("--evals-per-epoch", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

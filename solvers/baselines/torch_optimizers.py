@@ -195,8 +195,15 @@ class Shampoo(TorchOptimizerSolver):
 
     - the inverse roots start at zero and are first computed at step ``update_freq``: with
       ``update_freq > 1`` the first ``update_freq - 1`` steps leave the weights unchanged;
+    - between recomputations the roots are stale: a new gradient's component outside the
+      span of the gradients seen is multiplied by up to ``matrix_eps^(-1/(2k))`` (1000 on a
+      vector with the default). Measured on a9a logistic regression (lr 0.1, batches of 128,
+      one epoch): objective 0.382 with ``update_freq=1``, 2.32 (above the start's 0.693) with 10;
     - ``momentum`` mixes the new gradient with the *previous preconditioned step*, ``(1 -
-      momentum) g + momentum * u_prev``, before the statistics and the preconditioning;
+      momentum) g + momentum * u_prev``, before the statistics and the preconditioning, so a
+      step is preconditioned again at every later step: with stale roots this grows
+      geometrically (same a9a run, ``update_freq=10``: objective 1e40 with momentum 0.5 or 0.9),
+      and with ``update_freq=1`` it still slowed the run (0.415 at momentum 0.5, 0.511 at 0.9);
     - ``weight_decay`` is L2 added to that gradient (``weight_decouple=False``) or a decoupled
       ``w *= 1 - lr * weight_decay``.
 
