@@ -36,7 +36,7 @@ import optkit
 from optkit.bench import run_benchmark
 
 FULL = {
-    "problems": "ml/logistic/a9a,ml/logistic/mushrooms,ml/logistic/splice,ml/softmax/mnist",
+    "problems": "ml/logistic/a9a,ml/logistic/mushrooms,ml/logistic/splice_scale,ml/softmax/mnist",
     "epochs": 5.0,
     "lrs": "1e-3,3e-3,1e-2,3e-2,0.1,0.3,1,3",
     "damps": "1e-3,1e-2,1e-1",
