@@ -18,7 +18,11 @@ Comparisons (each anchored on the CPU baseline of the same run):
   - 200 training steps of 16 x 256 tokens: ``adamw`` (the anchor), ``galore-torch``, and
     optkit's ``galore-adamw`` (randomized) and ``galore-adamw8bit`` layer-wise, reporting
     the final validation loss, steady tokens/s (after the first 10 steps) and peak memory.
-  ``--sections`` picks which comparisons run.
+* M-FAC (issue 11): one optimizer step at d = 10^7, m = 1024, float32 on CUDA, against the
+  floor of two passes over the m x d window (the anchor) and the reference algorithm's step
+  (``examples/mfac_step_cost.py``; ``--small``: d = 10^5, m = 64).
+
+``--sections`` picks which comparisons run.
 """
 
 import argparse
@@ -134,6 +138,22 @@ def galore_training_rows(target: str, small: bool) -> list[dict]:
     return rows
 
 
+def mfac_rows(target: str, small: bool) -> list[dict]:
+    """One M-FAC step against the two-pass floor and the reference's step (examples/mfac_step_cost.py)."""
+    import torch
+    from mfac_step_cost import SIZES, SMALL, measure
+
+    device = torch.device("cuda" if target == "cuda" else "cpu")
+    d, m = SMALL if small else SIZES[device.type]
+    timings, _ = measure(d, m, steps=5, device=device, dtype=torch.float32, damp=1e-5)
+    floor = timings[0][1]
+    problem = f"mfac step d={d:.0e} m={m}"
+    return [
+        {"problem": problem, "solver": name, "status": "converged", "time_s": seconds, "ratio": seconds / floor}
+        for name, seconds in timings
+    ]
+
+
 def main(target: str, small: bool, repeat: int, sections: list[str]) -> None:
     rows = []
     for name, (problems, solvers, options) in zip(("cg", "ot"), comparisons(small)):
@@ -150,6 +170,8 @@ def main(target: str, small: bool, repeat: int, sections: list[str]) -> None:
     if "galore" in sections:
         rows.extend(galore_refresh_rows("cuda" if target == "cuda" else "cpu", small))
         rows.extend(galore_training_rows(target, small))
+    if "mfac" in sections:
+        rows.extend(mfac_rows(target, small))
     print(format_summary(rows, note_width=None))
 
 
@@ -158,6 +180,7 @@ if __name__ == "__main__":
     parser.add_argument("--target", default="cuda", choices=("cuda", "torch"), help="where the GPU solvers run")
     parser.add_argument("--small", action="store_true", help="small sizes (CPU smoke test)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--sections", nargs="+", default=["cg", "ot", "galore"], choices=["cg", "ot", "galore"])
+    sections = ["cg", "ot", "galore", "mfac"]
+    parser.add_argument("--sections", nargs="+", default=sections, choices=sections)
     args = parser.parse_args()
     main(args.target, args.small, args.repeat, args.sections)

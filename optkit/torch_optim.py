@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import itertools
 import math
 import time
 import types
@@ -40,7 +41,7 @@ from .validation import check_choice, check_int, check_nonnegative, check_positi
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TorchOptimizerSolver", "TorchRun", "state_bytes", "variable_module"]
+__all__ = ["TorchOptimizerSolver", "TorchRun", "restore_state_dtypes", "state_bytes", "variable_module"]
 
 _MB = 2**20
 
@@ -156,6 +157,34 @@ def state_bytes(model: Any, optimizer: Any) -> dict[str, int]:
     out["grads"] = _nbytes((p.grad for p in params if p.grad is not None), seen)
     out["optimizer"] = _nbytes(_tensors(list(optimizer.state.values())), seen)
     return out
+
+
+def restore_state_dtypes(optimizer: Any, state_dict: dict[str, Any]) -> None:
+    """Give the state just loaded by ``Optimizer.load_state_dict`` the dtypes it was saved with.
+
+    ``torch.optim.Optimizer.load_state_dict`` casts every state tensor (except ``step``) to
+    its parameter's dtype: that turns integer and boolean state (uint8 8-bit moments, int32
+    DCT indices, masks) into floats (integers above 256 are rounded for bf16 parameters) and
+    float32 state of bf16 parameters (moments, quantization scales, gradient windows) into
+    bf16. An optimizer's ``load_state_dict`` calls this right after it, with the same
+    ``state_dict``; tensors whose dtype was changed are taken from ``state_dict`` again,
+    moved to the parameter's device.
+    """
+    saved_ids = itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+    params = itertools.chain.from_iterable(g["params"] for g in optimizer.param_groups)
+    for saved_id, p in zip(saved_ids, params):
+        if saved_id in state_dict["state"]:
+            optimizer.state[p] = _with_saved_dtypes(optimizer.state[p], state_dict["state"][saved_id], p.device)
+
+
+def _with_saved_dtypes(loaded: Any, saved: Any, device: Any) -> Any:
+    import torch
+
+    if torch.is_tensor(saved):
+        return loaded if loaded.dtype == saved.dtype else saved.to(device)
+    if isinstance(saved, dict):
+        return {key: _with_saved_dtypes(loaded[key], value, device) for key, value in saved.items()}
+    return loaded
 
 
 def _refresh_seconds(optimizer: Any) -> float | None:

@@ -65,6 +65,8 @@ def test_gpu_check_runs_on_the_cpu_with_small_sizes():
     assert names == ["adamw", "galore-torch", "galore-adamw", "galore-adamw8bit"]
     assert all(status == "max_iter" for _, _, status in training)
     assert out.count("tok/s, peak") == 4
+    mfac = [solver for problem, solver, _ in table_rows(out) if problem.startswith("mfac step")]
+    assert mfac == ["floor (G x + G^T y)", "optkit MFAC step", "reference step"]
 
 
 def test_ot_example_plots_three_solvers(tmp_path):
@@ -189,3 +191,15 @@ def test_mfac_quality_compares_four_methods_at_their_best_learning_rates(tmp_pat
     for name in ("ml_logistic_digits.png", "ml_softmax_digits.png"):
         assert (tmp_path / name).stat().st_size > 10_000
     assert "| ml/softmax/digits | `mfac damp=0.01` |" in (tmp_path / "table.md").read_text()
+
+
+def test_mfac_step_cost_prints_the_floor_optkit_and_the_reference():
+    pytest.importorskip("torch")
+    out = run_example("mfac_step_cost.py", "--small", "--steps", "3", "--threads", "1")
+    rows = table_rows(out)
+    assert [solver for _, solver, _ in rows] == ["floor (G x + G^T y)", "optkit MFAC step", "reference step"]
+    assert all(problem.startswith("M-FAC step: d=100000, m=64, float32, cpu, threads=1") for problem, _, _ in rows)
+    assert all(float(median) > 0 for _, _, median in rows)
+    ratios = [line.split()[-1] for line in out.splitlines() if line.startswith(("floor", "optkit M", "reference"))]
+    assert ratios[0] == "1.00"
+    assert "optkit step / floor = " in out

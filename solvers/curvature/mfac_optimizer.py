@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from optkit.torch_optim import restore_state_dtypes
 from optkit.validation import check_int, check_nonnegative, check_positive
 
 from ._gram_factor import shifted_solve
@@ -137,9 +138,9 @@ class MFAC(torch.optim.Optimizer):
             state["momentum_buffer"] = torch.zeros(d, dtype=dtype, device=device)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict`, keeping the window's dtypes (torch would cast them to the
-        first parameter's dtype: the mask to floats, the window of a bfloat16 model to bfloat16)."""
-        saved = dict(state_dict["state"].get(0, {}))
+        """Load a :meth:`state_dict` of an MFAC optimizer of the same options and parameters,
+        keeping the window's dtypes (see :func:`optkit.torch_optim.restore_state_dtypes`)."""
+        saved = state_dict["state"].get(0, {})
         expected = {k: (v.shape, v.dtype) for k, v in self._state.items()}
         found = {k: (v.shape, v.dtype) for k, v in saved.items() if isinstance(v, torch.Tensor)}
         if found != expected:
@@ -148,8 +149,7 @@ class MFAC(torch.optim.Optimizer):
                 f"(num_grads={self.num_grads}, momentum={self.momentum}, sparse={self.sparse}) has {_describe(expected)}"
             )
         super().load_state_dict(state_dict)
-        device = self._params[0].device
-        self.state[self._params[0]] = {k: v.to(device=device, copy=True) for k, v in saved.items()}
+        restore_state_dtypes(self, state_dict)
 
     # ------------------------------------------------------------------ products
     def _flat(self, tensors: Iterable[torch.Tensor]) -> torch.Tensor:

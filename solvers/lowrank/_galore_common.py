@@ -9,12 +9,12 @@ each parameter's projector state is a dict of tensors and numbers in ``state[p][
 
 from __future__ import annotations
 
-from itertools import chain
 from typing import Any
 
 import torch
 
 from optkit.projection import AdaptiveGap, FixedGap, Projected, Projector
+from optkit.torch_optim import restore_state_dtypes
 
 from .options import GALORE_DEFAULTS, check_galore_options
 
@@ -23,7 +23,6 @@ __all__ = [
     "check_adam_options",
     "check_galore_group",
     "galore_defaults",
-    "restore_state_dtypes",
 ]
 
 
@@ -173,28 +172,3 @@ def check_adam_options(lr: float, betas: tuple[float, float], eps: float, weight
 def check_galore_group(group: dict[str, Any]) -> None:
     """Validate a group's GaLore options before any work (errors name the option)."""
     check_galore_options({name: group[name] for name in GALORE_DEFAULTS})
-
-
-def restore_state_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
-    """Give the state just loaded by ``Optimizer.load_state_dict`` the dtypes it was saved with.
-
-    ``torch.optim.Optimizer.load_state_dict`` casts every state tensor (except ``step``) to
-    its parameter's dtype: that turns uint8 8-bit moments and int32 DCT indices into floats
-    (indices above 256 are rounded for bf16 parameters) and float32 moments or quantization
-    scales of bf16 parameters into bf16. Call this right after it, with the same
-    ``state_dict``; tensors whose dtype was changed are taken from ``state_dict`` again,
-    moved to the parameter's device.
-    """
-    saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
-    params = chain.from_iterable(g["params"] for g in optimizer.param_groups)
-    for saved_id, p in zip(saved_ids, params):
-        if saved_id in state_dict["state"]:
-            optimizer.state[p] = _with_saved_dtypes(optimizer.state[p], state_dict["state"][saved_id], p.device)
-
-
-def _with_saved_dtypes(loaded: Any, saved: Any, device: torch.device) -> Any:
-    if torch.is_tensor(saved):
-        return loaded if loaded.dtype == saved.dtype else saved.to(device)
-    if isinstance(saved, dict):
-        return {key: _with_saved_dtypes(loaded[key], value, device) for key, value in saved.items()}
-    return loaded
