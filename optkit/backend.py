@@ -52,6 +52,7 @@ _EXTRAS = {
     "sklearn": ("ml", "pip install 'optkit[ml]'"),
     "transformers": ("llm", "pip install 'optkit[llm]'"),
     "galore_torch": ("llm", "pip install 'optkit[llm]'"),
+    "pytorch_optimizer": ("curvature", "pip install 'optkit[curvature]'"),
     "cvxpy": ("test", "pip install 'optkit[test]'"),
 }
 

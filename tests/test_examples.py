@@ -1,5 +1,6 @@
 """Every example runs (small sizes, CPU) and prints what it promises."""
 
+import math
 import re
 import subprocess
 import sys
@@ -167,6 +168,29 @@ def test_finite_sum_example_compares_lbfgs_and_torch_optimizers(tmp_path):
     # 359 held-out digits: L-BFGS-B's optimum classifies at least 95 % right, 3 epochs of Adam over 80 %
     assert float(accuracy["scipy-lbfgsb"]) > 0.95 and float(accuracy["adamw"]) > 0.8
     assert out_png.stat().st_size > 10_000
+
+
+def test_mfac_quality_compares_four_methods_at_their_best_learning_rates(tmp_path):
+    pytest.importorskip("pytorch_optimizer")
+    pytest.importorskip("sklearn")
+    out = run_example("mfac_quality.py", "--small", "--out", str(tmp_path))
+    rows = table_rows(out)
+    methods = ["sgd", "adam", "shampoo", "mfac damp=0.01"]
+    assert [(problem, method) for problem, method, _ in rows] == [
+        (problem, method) for problem in ("ml/logistic/digits", "ml/softmax/digits") for method in methods
+    ]
+    assert all(status == "max_iter" for _, _, status in rows)
+    # method, status, best lr (one of the grid), final training loss
+    row = r"^(sgd|adam|shampoo|mfac damp=0\.01)\s{2,}max_iter\s+(0\.01|0\.1)(?: \(edge\))?\s+(\S+)"
+    best = re.findall(row, out, re.MULTILINE)
+    losses = [float(loss) for _, _, loss in best]
+    assert len(losses) == 8
+    # from x = 0 (loss ln 2, ln 10), every method trains; Adam and M-FAC fit the ten digits well in two epochs
+    assert all(loss < math.log(2) for loss in losses[:4]) and all(loss < math.log(10) for loss in losses[4:])
+    assert losses[5] < 0.5 and losses[7] < 0.5
+    for name in ("ml_logistic_digits.png", "ml_softmax_digits.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    assert "| ml/softmax/digits | `mfac damp=0.01` |" in (tmp_path / "table.md").read_text()
 
 
 def test_mfac_step_cost_prints_the_floor_optkit_and_the_reference():
