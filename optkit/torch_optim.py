@@ -214,7 +214,8 @@ class TorchOptimizerSolver(IterativeSolver):
     lr : float
         Peak learning rate (of every param group).
     weight_decay : float
-        Decoupled weight decay (>= 0), for optimizers that take it. Default 0.
+        Weight decay (>= 0) as the recipe's optimizer defines it: decoupled in ``adamw`` and the
+        GaLore recipes, L2 added to the gradient in ``adam``, ``sgd`` and ``mfac``. Default 0.
     schedule : {"cosine", "constant"}
         After warm-up: cosine decay from ``lr`` to ``min_lr_ratio * lr`` over the remaining
         steps of the run (GaLore's schedule), or constant ``lr``.

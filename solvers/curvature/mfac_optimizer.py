@@ -89,7 +89,7 @@ class MFAC(torch.optim.Optimizer):
         self.momentum = float(momentum)
         check_nonnegative("weight_decay", weight_decay)
         if not isinstance(sparse, bool):
-            raise ValueError(f"sparse must be true or false, got {sparse!r}")
+            raise TypeError(f"sparse must be true or false, got {sparse!r}")
         self.sparse = sparse
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         for group in self.param_groups:

@@ -54,7 +54,7 @@ class MFACRecipe(TorchOptimizerSolver):
         if check_nonnegative("momentum", self.momentum) >= 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not isinstance(self.sparse, bool):
-            raise ValueError(f"sparse must be true or false, got {self.sparse!r}")
+            raise TypeError(f"sparse must be true or false, got {self.sparse!r}")
 
     def make_optimizer(self, model: torch.nn.Module, problem: Problem) -> torch.optim.Optimizer:
         from .mfac_optimizer import MFAC

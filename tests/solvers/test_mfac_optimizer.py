@@ -199,12 +199,16 @@ def test_nonfinite_gradient_is_refused():
         ({"lr": 0.0}, "lr must be a positive"),
         ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
         ({"weight_decay": -1.0}, "weight_decay must be a finite number >= 0"),
-        ({"sparse": 1}, "sparse must be true or false"),
     ],
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MFAC([torch.nn.Parameter(torch.ones(2))], **kwargs)
+
+
+def test_sparse_must_be_a_bool():
+    with pytest.raises(TypeError, match="sparse must be true or false"):
+        MFAC([torch.nn.Parameter(torch.ones(2))], sparse=1)
 
 
 def test_other_bad_inputs():
