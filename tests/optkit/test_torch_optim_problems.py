@@ -6,50 +6,16 @@ import numpy as np
 import pytest
 
 import optkit
-from optkit import FiniteSumProblem, SmoothProblem, Status
-from optkit.backend import get_namespace
+from optkit import SmoothProblem, Status
 
 torch = pytest.importorskip("torch")
-
-
-class MultiOutputLeastSquares(FiniteSumProblem):
-    """``(1/N) sum_i ||W a_i - y_i||^2 / 2`` over W of shape (k, d): a matrix variable."""
-
-    def __init__(self, A, Y, x0=None, name="toy/multi-ls"):
-        k, d = Y.shape[1], A.shape[1]
-        xp = get_namespace(A)
-        x0 = xp.zeros(k * d, dtype=A.dtype) if x0 is None else x0
-        super().__init__(x0, A.shape[0], x_shape=(k, d), name=name)
-        self.A, self.Y = A, Y
-
-    def _batch_fg(self, x, indices):
-        A, Y = self.A[indices], self.Y[indices]
-        W = x.reshape(self.x_shape)
-        R = A @ W.T - Y
-        return (R * R).sum() / (2 * A.shape[0]), (R.T @ A).reshape(-1) / A.shape[0]
-
-    def _converted(self, conv):
-        return MultiOutputLeastSquares(conv(self.A), conv(self.Y), conv(self.x0), name=self.name)
-
-
-def multi_ls(n=40, d=6, k=3, seed=0):
-    rng = np.random.default_rng(seed)
-    A = rng.standard_normal((n, d))
-    return MultiOutputLeastSquares(A, A @ rng.standard_normal((d, k)) + 0.1 * rng.standard_normal((n, k)))
+from optimizer_cases import hand_written_path, multi_ls
 
 
 def hand_written(problem, optimizer_cls, steps, *, batch_size=None, seed=0, **options):
-    """The loop the adapter must equal: torch's optimizer fed the problem's own (batch) gradients."""
-    shape = getattr(problem, "x_shape", (problem.n,))
-    weight = torch.nn.Parameter(torch.as_tensor(problem.x0).reshape(shape).clone())
-    opt = optimizer_cls([weight], **options)
-    batches = problem.batches(batch_size, seed=seed) if batch_size else None
-    for _ in range(steps):
-        x = weight.detach().reshape(-1).numpy()
-        _, g = problem.batch_fun_and_grad(x, next(batches)) if batches else problem.fun_and_grad(x)
-        weight.grad = torch.as_tensor(g).reshape(shape)
-        opt.step()
-    return weight.detach().reshape(-1).numpy()
+    """The variable after ``steps`` steps of the hand-written loop (:func:`optimizer_cases.hand_written_path`)."""
+    make = lambda params: optimizer_cls(params, **options)
+    return hand_written_path(problem, make, steps, batch_size=batch_size, seed=seed)[-1]
 
 
 CONSTANT = dict(schedule="constant", warmup=0.0)
