@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from mfac_cases import block_diagonal_inverse, dense_inverse
 
 from optkit.backend import has_module
 from optkit.linop import diagonal, dottest, materialize
@@ -14,20 +15,6 @@ needs_torch = pytest.mark.skipif(torch is None, reason="needs torch")
 
 def gradients(m, d, seed=0, scale=1.0):
     return scale * np.random.default_rng(seed).standard_normal((m, d))
-
-
-def dense_inverse(G, damp):
-    m, d = G.shape
-    return np.linalg.inv(damp * np.eye(d) + G.T @ G / m)
-
-
-def block_diagonal_inverse(G, damp, B):
-    d = G.shape[1]
-    out = np.zeros((d, d))
-    for k in range(0, d, B):
-        s = slice(k, min(k + B, d))
-        out[s, s] = dense_inverse(G[:, s], damp)
-    return out
 
 
 @pytest.mark.parametrize("m", [1, 64, 2048])

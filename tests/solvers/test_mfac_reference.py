@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.linalg
+from mfac_cases import block_diagonal_inverse, dense_inverse
 
 torch = pytest.importorskip("torch")
 
@@ -26,12 +27,6 @@ def _load_reference():
 ref = _load_reference()
 
 D, M = 50, 8
-
-
-def dense_inverse(window, damp):
-    """F⁻¹ for the rows of ``window`` (m, d), numpy float64."""
-    m, d = window.shape
-    return np.linalg.inv(damp * np.eye(d) + window.T @ window / m)
 
 
 def tolerance(window, damp):
@@ -151,15 +146,6 @@ def test_dense_woodbury_is_the_dense_inverse(damp):
     window = np.random.default_rng(6).standard_normal((M, D))
     expected = dense_inverse(window, damp)
     assert_close(ref.DenseWoodbury(t64(window), damp).H, expected, tolerance(window, damp))
-
-
-def block_diagonal_inverse(window, damp, block_size):
-    d = window.shape[1]
-    result = np.zeros((d, d))
-    for start in range(0, d, block_size):
-        block = slice(start, min(start + block_size, d))
-        result[block, block] = dense_inverse(window[:, block], damp)
-    return result
 
 
 @pytest.mark.parametrize("block_size", [12, 10, 50, 64], ids=["remainder", "exact", "one-block", "larger"])
