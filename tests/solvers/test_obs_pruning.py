@@ -10,7 +10,8 @@ import itertools
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from torch import nn
 
 from solvers.curvature.mfac_inverse import empirical_fisher
