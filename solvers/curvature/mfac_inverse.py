@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from optkit.backend import device_of, is_torch
+from optkit.backend import convert, device_of, is_torch, to_numpy
 from optkit.linop import LinearOperator, diagonal
 from optkit.validation import check_int, check_positive
 
@@ -67,7 +67,7 @@ def check_gradients(grads: Any, damp: Any) -> tuple[Any, float]:
         raise ValueError(f"grads must be float32 or float64, got {name}")
     finite = grads.isfinite().all(dim=1) if is_torch(grads) else np.isfinite(grads).all(axis=1)
     if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0][0]) if not is_torch(grads) else int((~finite).nonzero()[0, 0])
+        bad = int(np.flatnonzero(~to_numpy(finite))[0])
         raise ValueError(f"grads contains NaN or inf (first in row {bad}); M-FAC needs finite gradients")
     return grads, damp
 
@@ -143,8 +143,6 @@ class _WoodburyInverse(LinearOperator):
         return self.xp.reshape(1.0 - self.xp.sum(self._W * self._W, axis=1), (-1,))[: self.shape[0]] / self._damp
 
     def _to(self, backend, device, dtype):
-        from optkit.backend import convert
-
         clone = object.__new__(type(self))
         _WoodburyInverse.__init__(clone, convert(self._W, backend, device, dtype), self._damp, self.shape[0])
         return clone
