@@ -6,6 +6,7 @@ The public API::
     optkit.get_problem("family/name:key=value", **params), optkit.get_solver("name:key=value", **options)
     optkit.list_solvers(), optkit.list_problems(), optkit.list_suites()
     optkit.aslinearoperator(obj), optkit.Status, optkit.Result
+    optkit.HessianOperator(problem, x), optkit.HessianOperator.from_model(model, loss_fn, batches)
 
 Problem kinds: SmoothProblem, FiniteSumProblem, CompositeProblem, LinearSystemProblem,
 OTProblem, EqualityConstrainedProblem, TrainingTask. Solver bases: Solver, IterativeSolver,
@@ -17,6 +18,7 @@ from ._api import solve
 from .composite_problem import CompositeProblem
 from .constrained_problem import EqualityConstrainedProblem
 from .finite_sum import FiniteSumProblem
+from .hessian import HessianOperator
 from .linop import LinearOperator, aslinearoperator
 from .ot_problem import OTProblem
 from .problem import LinearSystemProblem, Problem, SmoothProblem
@@ -41,6 +43,7 @@ __all__ = [
     "CompositeProblem",
     "EqualityConstrainedProblem",
     "FiniteSumProblem",
+    "HessianOperator",
     "IterativeSolver",
     "LinearOperator",
     "LinearSystemProblem",
