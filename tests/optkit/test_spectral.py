@@ -45,7 +45,7 @@ def test_lanczos_can_be_extended_and_stops_at_an_invariant_space():
 
 
 def test_top_eigenpairs_equal_eigh():
-    A, lam = bulk_and_outliers()
+    A, _ = bulk_and_outliers()
     pairs = top_eigenpairs(A, 4, tol=1e-10)
     w, V = np.linalg.eigh(A)
     np.testing.assert_allclose(pairs.values, w[::-1][:4], rtol=1e-8)
