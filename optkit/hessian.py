@@ -156,7 +156,9 @@ class HessianOperator(LinearOperator):
         operations and other data-dependent code) it falls back, once and for good, to a loop
         over the columns, giving the same values, more slowly; :attr:`vectorized` says which
         path ran. ``vmap`` holds the ``k`` products' intermediates at once, so memory grows with
-        ``k``.
+        ``k``. For the cross-entropy of softmax logits (and any negative log-likelihood of an
+        exponential family in its natural parameters) the GGN is the Fisher information matrix
+        of the model's predictive distribution, averaged over the inputs.
         """
         engine = _ModelEngine(model, loss_fn, batches, params, kind, outputs_fn, loss_on_outputs)
         op = cls.__new__(cls)

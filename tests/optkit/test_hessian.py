@@ -343,3 +343,21 @@ def test_model_errors():
         H @ torch.ones(26, dtype=torch.float32)
     with pytest.raises(ValueError, match=r"expects x of shape \(26,\)"):
         H @ torch.ones(25, dtype=torch.float64)
+
+
+# ------------------------------------------------------------------ with the spectral estimators
+def test_estimators_run_on_both_operators():
+    from optkit.spectral import top_eigenpairs
+
+    H = HessianOperator.from_model(MLP(), ce_loss, data())
+    exact = np.linalg.eigvalsh(materialize(H).numpy())[::-1][:2]
+    pairs = top_eigenpairs(H, k=2)
+    assert pairs.converged and pairs.vectors.dtype == torch.float64
+    assert_allclose(pairs.values, exact, rtol=1e-8)
+    p = logistic("numpy")
+    x = p.x0 + 0.3
+    with p.uncounted():
+        exact = np.linalg.eigvalsh(p.hess(x))[0]
+    pairs = top_eigenpairs(HessianOperator(p, x), k=1, which="SA")
+    assert_allclose(pairs.values, [exact], rtol=1e-8)
+    assert p.counters["hvp"] == pairs.steps + 1  # every product went through the problem's counted hvp
