@@ -120,8 +120,11 @@ class DiagonalNetwork:
         return w[:d] ** 2 - w[d:] ** 2
 
     def loss(self, w: np.ndarray) -> float:
-        r = self.X @ self.beta(w) - self.y
-        return float(0.5 * np.mean(r * r))
+        """``(1/2n) ||X beta(w) - y||^2``; ``inf`` where it overflows (a diverged run)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            r = self.X @ self.beta(w) - self.y
+            value = float(0.5 * np.mean(r * r))
+        return value if np.isfinite(value) else float("inf")
 
     def jacobian(self, w: np.ndarray) -> np.ndarray:
         """``J (n, 2d)``: row ``j`` is ``grad f(x_j) = (2 x_j * u, -2 x_j * v)``."""

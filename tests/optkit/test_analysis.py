@@ -158,6 +158,9 @@ def test_hessian_spectrum_counts_the_outliers_of_a_known_spectrum(k):
     assert spec.outliers(threshold=0.5 * (lam[2] + lam[3])) == 3
     assert abs(spec.trace - lam.sum()) < 4 * spec.trace_stderr
     assert spec.n == 60
+    # the density's own count: all n below the support, about k above the edge (rel. s.e. sqrt(2 / (20 k)))
+    np.testing.assert_allclose(spec.count_above(lam[-1] - 1.0), 60, rtol=1e-10)
+    assert abs(spec.count_above(spec.bulk_edge()) - k) < 3 * k * np.sqrt(2 / (20 * k))
 
 
 def test_hessian_spectrum_sees_no_outliers_in_a_flat_spectrum():
