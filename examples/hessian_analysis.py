@@ -32,9 +32,9 @@ import torch
 from optkit.analysis import hessian_spectrum, stability_check
 from problems.curvature import DiagonalNetwork, diagonal_network_data, gaussian_mixture, mlp
 
-FULL = {"classes": "2,3,5,7,10", "n": 1000, "hidden": 32, "train_steps": 100, "etas": "0.002,0.005,0.01,0.02,0.03,0.04"}
+FULL = {"classes": "2,3,5,7,10", "n": 1000, "hidden": 32, "train_steps": 200, "etas": "0.002,0.005,0.01,0.02,0.03,0.04"}
 FULL |= {"seeds": 3, "sgd_steps": 200_000}
-SMALL = {"classes": "2,4", "n": 200, "hidden": 16, "train_steps": 60, "etas": "0.005,0.03,0.05", "seeds": 1}
+SMALL = {"classes": "2,5", "n": 1000, "hidden": 32, "train_steps": 200, "etas": "0.005,0.03,0.05", "seeds": 1}
 SMALL |= {"sgd_steps": 40_000}
 CONVERGED = 1e-20
 
@@ -48,7 +48,7 @@ def sagun(classes, n, hidden, train_steps, out):
     """Train an MLP per class count, measure its spectrum; rows and the figure."""
     rows, spectra = [], []
     for k in classes:
-        X, y = gaussian_mixture(k, 20, n, separation=3.0, seed=0)
+        X, y = gaussian_mixture(k, 20, n, separation=1.5, seed=0)
         batch = (torch.from_numpy(X), torch.from_numpy(y))
         model = mlp(20, k, hidden=hidden, depth=2, seed=0, dtype=torch.float64)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -66,18 +66,18 @@ def mlp(dim: int, classes: int, hidden: int = 32, depth: int = 2, *, seed: int =
     classes = check_int("classes", classes, minimum=1)
     hidden = check_int("hidden", hidden, minimum=1)
     depth = check_int("depth", depth, minimum=1)
+    dtype = torch.get_default_dtype() if dtype is None else dtype
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         layers, width = [], dim
         for _ in range(depth):
-            layers += [torch.nn.Linear(width, hidden), torch.nn.ReLU()]
+            layers += [torch.nn.Linear(width, hidden, dtype=dtype), torch.nn.ReLU()]
             width = hidden
-        layers.append(torch.nn.Linear(width, classes))
-        model = torch.nn.Sequential(*layers)
+        layers.append(torch.nn.Linear(width, classes, dtype=dtype))
+        return torch.nn.Sequential(*layers)
     finally:
         torch.random.set_rng_state(gen_state)
-    return model.to(torch.get_default_dtype() if dtype is None else dtype)
 
 
 def diagonal_network_data(n: int = 20, d: int = 40, sparsity: int = 3, *, seed: int = 0) -> tuple[np.ndarray, ...]:
