@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -142,10 +143,12 @@ def wu_su(etas, seeds, steps, out):
         ax.plot([e for e, _ in done], [t for _, t in done], "o", label="tr(H) at convergence")
         grid = np.geomspace(min(etas), max(etas), 100)
         ax.plot(grid, 2 / grid, "k--", label="2 / eta")
-        for eta in sorted({eta for eta, _, _, trace, _ in rows if trace is None}):
-            ax.axvline(eta, color="C3", lw=0.8, label=f"diverged (eta = {eta})")
+        diverged = [eta for eta, _, _, trace, _ in rows if trace is None]
+        if diverged:
+            ax.plot(diverged, [2 / eta for eta in diverged], "x", color="C3", ms=9, label="diverged (one per seed)")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("learning rate eta")
         ax.set_ylabel("tr(H)")
         ax.legend()
