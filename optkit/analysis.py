@@ -271,19 +271,22 @@ def _flat_grad(loss: Any, params: list) -> Any:
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
 
 
-def _spread(vectors: list) -> Any:
-    """``mean_e ||v_e - mean(v)||^2`` of a list of flat tensors."""
+def _spread(vectors: list, reference: Any = None) -> Any:
+    """``mean_e ||v_e - reference||^2`` of a list of flat tensors; ``reference`` defaults to ``mean_e v_e``."""
     stacked = _torch().stack(vectors)
-    return ((stacked - stacked.mean(0)) ** 2).sum(1).mean()
+    reference = stacked.mean(0) if reference is None else reference
+    return ((stacked - reference) ** 2).sum(1).mean()
 
 
 def hgp_penalty(env_losses: Sequence, params: Any, alpha: float, beta: float) -> Any:
     """The Hessian-gradient-product alignment penalty (HGP, Hemati et al. 2023).
 
-    ``alpha * mean_e ||H_e g_e - mean_e' H_e' g_e'||^2 + beta * mean_e ||g_e - mean_e' g_e'||^2``,
-    ``g_e`` the gradient and ``H_e`` the Hessian of environment ``e``'s loss with respect to
-    ``params``. ``H_e g_e`` is ``||g_e|| * grad ||g_e|| = grad (||g_e||^2 / 2)``, one double
-    backward, no explicit Hessian-vector product.
+    ``alpha * mean_e ||H_e g_e - H g||^2 + beta * mean_e ||g_e - g||^2``, with ``g_e``, ``H_e`` the
+    gradient and Hessian of environment ``e``'s loss with respect to ``params``, and ``g``, ``H``
+    those of the mean loss over environments (``g = mean_e g_e``; ``H g`` is not ``mean_e H_e g_e``).
+    Every ``H g`` is ``||g|| * grad ||g|| = grad (||g||^2 / 2)``: one double backward, no explicit
+    Hessian-vector product. The whole expression is differentiated, the reference terms ``H g``
+    and ``g`` included (Hemati et al.'s code detaches them, which changes the gradient, not the value).
 
     Parameters
     ----------
@@ -300,12 +303,11 @@ def hgp_penalty(env_losses: Sequence, params: Any, alpha: float, beta: float) ->
         A differentiable scalar: add it to the training loss and call ``backward()``.
     """
     env_losses, params = _check_penalty_args(env_losses, params, alpha, beta)
-    grads, hgps = [], []
-    for loss in env_losses:
-        g = _flat_grad(loss, params)
-        grads.append(g)
-        hgps.append(_flat_grad(0.5 * (g * g).sum(), params))
-    return alpha * _spread(hgps) + beta * _spread(grads)
+    grads = [_flat_grad(loss, params) for loss in env_losses]
+    hgps = [_flat_grad(0.5 * (g * g).sum(), params) for g in grads]
+    mean_grad = _torch().stack(grads).mean(0)
+    mean_hgp = _flat_grad(0.5 * (mean_grad * mean_grad).sum(), params)
+    return alpha * _spread(hgps, mean_hgp) + beta * _spread(grads, mean_grad)
 
 
 def hessian_diagonal_estimate(
