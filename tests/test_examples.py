@@ -222,3 +222,21 @@ def test_mfac_prune_example_prunes_with_every_method_to_every_sparsity(tmp_path)
     # at 98 % one-shot OBS keeps more accuracy than pruning each layer by magnitude
     assert float(cells["mfac-obs", "0.98"][0]) > float(cells["magnitude", "0.98"][0])
     assert (tmp_path / "mfac_prune.png").stat().st_size > 10_000
+
+
+def test_hessian_analysis_counts_outliers_and_checks_the_trace_bound(tmp_path):
+    pytest.importorskip("torch")
+    out = run_example("hessian_analysis.py", "--small", "--out", str(tmp_path))
+    sagun = [line.split() for line in out.splitlines() if re.match(r"^\s*\d+\s+\d+\s+\d+\.\d{4}\s+\d+\s", line)]
+    assert [int(row[0]) for row in sagun] == [2, 5]
+    # Sagun: the outliers follow the classes (k - 1 with the softmax cross-entropy, or k)
+    assert all(int(row[3]) in (int(row[0]) - 1, int(row[0])) for row in sagun)
+    wu_su = [line.split() for line in out.splitlines() if re.match(r"^\s*0\.\d+\s+\d+\s", line)]
+    assert [(row[0], row[1]) for row in wu_su] == [("0.005", "0"), ("0.03", "0"), ("0.05", "0")]
+    converged = [row for row in wu_su if row[3] != "diverged"]
+    assert len(converged) == 2 and wu_su[2][3] == "diverged"
+    # Wu & Su: tr(H) <= 2 / eta at every converged learning rate; the large one sits far below small eta's trace
+    assert all(float(row[2]) < 1e-20 and float(row[3]) <= float(row[7]) for row in converged)
+    assert float(converged[1][3]) < 0.5 * float(converged[0][3])
+    assert (tmp_path / "sagun_outliers.png").stat().st_size > 10_000
+    assert (tmp_path / "wu_su_trace.png").stat().st_size > 10_000
