@@ -240,3 +240,26 @@ def test_hessian_analysis_counts_outliers_and_checks_the_trace_bound(tmp_path):
     assert float(converged[1][3]) < 0.5 * float(converged[0][3])
     assert (tmp_path / "sagun_outliers.png").stat().st_size > 10_000
     assert (tmp_path / "wu_su_trace.png").stat().st_size > 10_000
+
+
+def test_hessian_vs_pyhessian_matches_budgets_and_the_exact_spectrum():
+    pytest.importorskip("pyhessian")
+    pytest.importorskip("sklearn")
+    out = run_example("hessian_vs_pyhessian.py", "--small")
+    rows = table_rows(out)
+    quantities = ["lambda_max", "trace (stop rule)", "trace (30 probes)", "density W1"]
+    assert [quantity for _, quantity, _ in rows] == quantities
+    assert all(problem.startswith("digits MLP 64-16-10 (1210 weights), batch 300, float32") for problem, _, _ in rows)
+    cells = {c[0]: c[1:] for line in out.splitlines() if len(c := re.split(r"\s{2,}", line.strip())) == 11}
+    for quantity in quantities:
+        # columns: exact, pyhessian value, error, HVPs, time, optkit value, error, HVPs, time, ratio
+        assert cells[quantity][3] == cells[quantity][7]  # the same budget of Hessian-vector products
+        assert float(cells[quantity][9]) > 0
+    # Lanczos reaches float32 accuracy within power iteration's budget; power iteration stops at tol=1e-3
+    assert float(cells["lambda_max"][6]) <= min(1e-5, float(cells["lambda_max"][2]))
+    # SLQ at 2 probes x 40 steps: Wasserstein-1 within 1 % of the spectral width for both
+    assert float(cells["density W1"][2]) < 0.01 and float(cells["density W1"][6]) < 0.01
+    # the exact trace is the sum of the exact eigenvalues, the same on both trace rows
+    assert cells["trace (stop rule)"][0] == cells["trace (30 probes)"][0]
+    # PyHessian 0.1 accumulates .grad across constructions: a second one measures 2 H
+    assert "without zero_grad: lambda_max / exact = 2.000" in out
