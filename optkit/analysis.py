@@ -155,9 +155,20 @@ class HessianSpectrum:
 
 
 def hessian_spectrum(
-    model: Any, loss_fn: Any, batches: Any, *, top_k: int = 20, probes: int = 10, steps: int = 80, seed: int = 0
+    model: Any,
+    loss_fn: Any,
+    batches: Any,
+    *,
+    top_k: int = 20,
+    probes: int = 10,
+    steps: int = 80,
+    seed: int = 0,
+    kind: str = "hessian",
+    outputs_fn: Any = None,
+    loss_on_outputs: Any = None,
+    method: str = "double-backward",
 ) -> HessianSpectrum:
-    """The Hessian spectrum of a model's loss: top eigenvalues, trace and SLQ density.
+    """The Hessian (or Gauss-Newton) spectrum of a model's loss: top eigenvalues, trace and SLQ density.
 
     Parameters
     ----------
@@ -172,6 +183,15 @@ def hessian_spectrum(
     probes, steps : int
         Rademacher probes of the SLQ density and of the trace, Lanczos steps per SLQ probe.
     seed : int
+    kind : {"hessian", "ggn"}
+        ``"ggn"``: the spectrum of the generalised Gauss-Newton matrix (the Fisher for the
+        cross-entropy of logits) instead, from ``outputs_fn(model, batch)`` and
+        ``loss_on_outputs(outputs, batch)`` (``loss_fn`` may then be None); Sagun et al. trace
+        the outliers to this part of the Hessian.
+    outputs_fn, loss_on_outputs : callable, optional
+        For ``kind="ggn"``; see :meth:`optkit.hessian.HessianOperator.from_model`.
+    method : {"double-backward", "forward-over-reverse"}
+        How Hessian-vector products are taken (``from_model``'s ``method``).
 
     Returns
     -------
@@ -184,7 +204,9 @@ def hessian_spectrum(
     from .hessian import HessianOperator
     from .spectral import hutchinson_trace, spectral_density, top_eigenpairs
 
-    H = HessianOperator.from_model(model, loss_fn, batches)
+    H = HessianOperator.from_model(
+        model, loss_fn, batches, kind=kind, method=method, outputs_fn=outputs_fn, loss_on_outputs=loss_on_outputs
+    )
     n = H.shape[0]
     if top_k > n:
         raise ValueError(f"top_k must be at most the number of parameters {n}, got {top_k}")
@@ -201,7 +223,16 @@ def hessian_spectrum(
     )
 
 
-def stability_check(model: Any, loss_fn: Any, batch: Any, eta: float, *, probes: int = 100, seed: int = 0) -> dict:
+def stability_check(
+    model: Any,
+    loss_fn: Any,
+    batch: Any,
+    eta: float,
+    *,
+    probes: int = 100,
+    seed: int = 0,
+    method: str = "double-backward",
+) -> dict:
     """Linear-stability numbers of (S)GD with learning rate ``eta`` at the model's current point.
 
     Wu & Su: a minimum is linearly stable for SGD only if ``tr(H) <= 2 / eta``; for GD only if
@@ -220,6 +251,8 @@ def stability_check(model: Any, loss_fn: Any, batch: Any, eta: float, *, probes:
     probes : int, default 100
         Hutchinson probes for the trace.
     seed : int
+    method : {"double-backward", "forward-over-reverse"}
+        How Hessian-vector products are taken (``HessianOperator.from_model``'s ``method``).
 
     Returns
     -------
@@ -233,7 +266,7 @@ def stability_check(model: Any, loss_fn: Any, batch: Any, eta: float, *, probes:
     from .hessian import HessianOperator
     from .spectral import hutchinson_trace, top_eigenpairs
 
-    H = HessianOperator.from_model(model, loss_fn, [batch])
+    H = HessianOperator.from_model(model, loss_fn, [batch], method=method)
     trace = hutchinson_trace(H, probes, seed=seed)
     top = top_eigenpairs(H, k=1, seed=seed)
     lam = float(np.asarray(to_numpy(top.values), dtype=float)[0])

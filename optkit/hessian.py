@@ -6,8 +6,9 @@ Two sources:
   at ``x`` through the problem's own (counted) ``hvp``, numpy or torch;
 - :meth:`HessianOperator.from_model`: the Hessian (or the generalised Gauss-Newton matrix) of
   the mean loss of a ``torch.nn.Module`` over a list of batches, with respect to its flattened
-  parameters at the current weights, by ``torch.func`` forward-over-reverse products, batched
-  over probe vectors with ``vmap``.
+  parameters at the current weights, by backward passes through the gradient's retained graph
+  (default) or by ``torch.func`` forward-over-reverse products, batched over probe vectors with
+  ``vmap`` (engines in :mod:`optkit._model_hessian`).
 
 The estimators of :mod:`optkit.spectral` and :func:`optkit.lanczos.lanczos` take either. torch
 is imported only by :meth:`HessianOperator.from_model`.
@@ -15,18 +16,15 @@ is imported only by :meth:`HessianOperator.from_model`.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ._linop_base import LinearOperator
-from .backend import backend_name, device_of, optional_import
+from ._model_hessian import ModelEngine, model_engine
+from .backend import backend_name, device_of
 from .problem import SmoothProblem
-from .validation import check_choice
 
 __all__ = ["HessianOperator"]
-
-_KINDS = ("hessian", "ggn")
 
 
 class HessianOperator(LinearOperator):
@@ -92,6 +90,7 @@ class HessianOperator(LinearOperator):
         *,
         params: Sequence[str] | None = None,
         kind: str = "hessian",
+        method: str = "double-backward",
         outputs_fn: Callable | None = None,
         loss_on_outputs: Callable | None = None,
     ) -> HessianOperator:
@@ -123,6 +122,10 @@ class HessianOperator(LinearOperator):
             Names from ``model.named_parameters()``, in the order of the flattening. Default:
             every parameter with ``requires_grad``, in ``named_parameters()`` order.
         kind : {"hessian", "ggn"}
+        method : {"double-backward", "forward-over-reverse"}
+            How products are taken (see Notes): through the gradient's graph, built once and
+            retained (fast; holds the graph in memory), or by ``torch.func`` forward-over-reverse
+            (nothing retained; about 2-5x slower per product on the CPU).
         outputs_fn : callable ``outputs_fn(model, batch) -> tensor``, optional
             The model's outputs on a batch (``kind="ggn"`` only).
         loss_on_outputs : callable ``loss_on_outputs(outputs, batch) -> scalar tensor``, optional
@@ -144,23 +147,35 @@ class HessianOperator(LinearOperator):
             Unknown ``kind`` or parameter name, repeated names, no parameter selected,
             parameters of mixed dtypes or devices, no batches, a loss that is not a scalar
             (checked on the first batch at construction, and on every evaluation), ``kind="ggn"``
-            without ``outputs_fn`` and ``loss_on_outputs``.
+            without ``outputs_fn`` and ``loss_on_outputs``, unknown ``method``.
 
         Notes
         -----
-        ``op @ v`` is one forward-over-reverse product per batch: ``torch.func.jvp`` of
-        ``torch.func.grad`` (the GGN: one ``jvp`` through the model, one through the loss's
-        gradient in the outputs, and one ``vjp`` through the model). ``op @ V`` for ``V`` of
-        shape ``(n, k)`` maps these over the ``k`` columns with ``torch.func.vmap``; where the
-        model does not support ``vmap`` (``.item()``, in-place updates of buffers, random
-        operations and other data-dependent code) it falls back, once and for good, to a loop
-        over the columns, giving the same values, more slowly; :attr:`vectorized` says which
-        path ran. ``vmap`` holds the ``k`` products' intermediates at once, so memory grows with
-        ``k``. For the cross-entropy of softmax logits (and any negative log-likelihood of an
+        ``method="double-backward"`` (the default): construction runs the forward pass on every
+        batch and builds the gradient of the mean loss with ``create_graph=True``; ``op @ v`` is
+        then one backward pass through that retained graph (the GGN: three, see
+        :class:`~optkit._model_hessian.RetainedGraphEngine`), ``op @ V`` one per column. The
+        graph holds every batch's activations (and their derivatives) until the operator is
+        garbage-collected: for many or large batches use ``"forward-over-reverse"``, or
+        average operators built on fewer batches. The operator stays at the weights of its
+        construction (an optimizer step on the model afterwards does not change it).
+
+        ``method="forward-over-reverse"``: ``op @ v`` is one ``torch.func.jvp`` of
+        ``torch.func.grad`` per batch, re-running the forward and backward passes (the GGN: one
+        ``jvp`` through the model, one through the loss's gradient in the outputs, and one
+        ``vjp`` through the model). ``op @ V`` for ``V`` of shape ``(n, k)`` maps these over the
+        ``k`` columns with ``torch.func.vmap``; where the model does not support ``vmap``
+        (``.item()``, in-place updates of buffers, random operations and other data-dependent
+        code) it falls back, once and for good, to a loop over the columns, giving the same
+        values, more slowly; :attr:`vectorized` says which path ran. ``vmap`` holds the ``k``
+        products' intermediates at once, so memory grows with ``k``.
+
+        Both give the same matrix to rounding. Unselected parameters are held as constants.
+        For the cross-entropy of softmax logits (and any negative log-likelihood of an
         exponential family in its natural parameters) the GGN is the Fisher information matrix
         of the model's predictive distribution, averaged over the inputs.
         """
-        engine = _ModelEngine(model, loss_fn, batches, params, kind, outputs_fn, loss_on_outputs)
+        engine = model_engine(model, loss_fn, batches, params, kind, method, outputs_fn, loss_on_outputs)
         op = cls.__new__(cls)
         n = int(engine.point.shape[0])
         tags = {"symmetric", "psd"} if kind == "ggn" else {"symmetric"}
@@ -184,7 +199,7 @@ class HessianOperator(LinearOperator):
     @property
     def vectorized(self) -> bool | None:
         """Whether ``op @ V`` ran under ``vmap`` (True), fell back to a loop (False), or has not
-        run yet or has no ``vmap`` path, a problem's operator (None)."""
+        run yet or has no ``vmap`` path: a problem's operator, ``method="double-backward"`` (None)."""
         return getattr(self._engine, "vectorized", None)
 
     def gradient(self) -> Any:
@@ -211,7 +226,7 @@ class HessianOperator(LinearOperator):
         return self._matmat(Y)
 
     def _check_dtype(self, x) -> None:
-        if isinstance(self._engine, _ModelEngine) and x.dtype != self.dtype:
+        if isinstance(self._engine, ModelEngine) and x.dtype != self.dtype:
             raise TypeError(f"the operator's dtype is {self.dtype}; got a vector of dtype {x.dtype}")
 
 
@@ -237,171 +252,3 @@ class _ProblemEngine:
 
     def gradient(self) -> Any:
         return self.problem.grad(self.point)
-
-
-def _check_callable(name: str, fn: Any) -> None:
-    if not callable(fn):
-        raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-
-
-def _check_loss(torch, name: str, value: Any) -> Any:
-    """``value`` if it is a floating scalar tensor, else a TypeError/ValueError naming ``name``."""
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must return a scalar torch.Tensor, got {type(value).__name__}")
-    if value.ndim != 0:
-        raise ValueError(
-            f"{name} must return a scalar (0-dimensional) tensor, got shape {tuple(value.shape)}; "
-            "reduce it, e.g. with .mean()"
-        )
-    if not value.dtype.is_floating_point:
-        raise TypeError(f"{name} must return a floating tensor, got dtype {value.dtype}")
-    return value
-
-
-def _select(model: Any, params: Sequence[str] | None) -> tuple[str, ...]:
-    named = dict(model.named_parameters())
-    if params is None:
-        names = tuple(k for k, p in named.items() if p.requires_grad)
-        if not names:
-            raise ValueError("params: the model has no parameter with requires_grad; name the parameters to use")
-        return names
-    if isinstance(params, str) or not all(isinstance(k, str) for k in params):
-        raise TypeError(f"params must be a sequence of parameter names (str), got {params!r}")
-    names = tuple(params)
-    if not names:
-        raise ValueError("params must name at least one parameter, got an empty sequence")
-    unknown = [k for k in names if k not in named]
-    if unknown:
-        raise ValueError(f"params: unknown parameter names {unknown}; the model has {list(named)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"params must not repeat a name, got {list(names)}")
-    return names
-
-
-class _ModelEngine:
-    """Forward-over-reverse products with the Hessian or GGN of a model's mean loss."""
-
-    def __init__(self, model, loss_fn, batches, params, kind, outputs_fn, loss_on_outputs) -> None:
-        torch = optional_import("torch", "HessianOperator.from_model")
-        check_choice("kind", kind, _KINDS)
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if kind == "hessian":
-            if loss_fn is None:
-                raise ValueError('loss_fn is required for kind="hessian"')
-        elif outputs_fn is None or loss_on_outputs is None:
-            raise ValueError('kind="ggn" needs both outputs_fn(model, batch) and loss_on_outputs(outputs, batch)')
-        for name, fn in (("loss_fn", loss_fn), ("outputs_fn", outputs_fn), ("loss_on_outputs", loss_on_outputs)):
-            if fn is not None:
-                _check_callable(name, fn)
-        if isinstance(batches, torch.Tensor):
-            raise TypeError("batches must be an iterable of batches; for a single tensor batch pass [batch]")
-        self.batches = list(batches)
-        if not self.batches:
-            raise ValueError("batches must hold at least one batch, got none")
-        self.names = _select(model, params)
-        named = dict(model.named_parameters())
-        tensors = [named[k].detach() for k in self.names]
-        places = {(t.dtype, str(t.device)) for t in tensors}
-        if len(places) > 1:
-            raise ValueError(f"params must share one dtype and device, got {sorted(map(str, places))}")
-        if not tensors[0].dtype.is_floating_point:
-            raise ValueError(f"params must be floating, got dtype {tensors[0].dtype}")
-        self.torch, self.func, self.kind = torch, torch.func, kind
-        _load_forward_ad(torch)
-        self.shapes = [t.shape for t in tensors]
-        self.sizes = [t.numel() for t in tensors]
-        self.point = torch.cat([t.reshape(-1) for t in tensors])
-        self.loss_fn, self.outputs_fn, self.loss_on_outputs = loss_fn, outputs_fn, loss_on_outputs
-        self.module = _bound(torch, model, self._batch_loss)
-        self.vectorized: bool | None = None
-        with torch.no_grad():
-            first = self.batches[0]
-            if loss_fn is not None:
-                _check_loss(torch, "loss_fn", loss_fn(model, first))
-            if kind == "ggn":
-                out = outputs_fn(model, first)
-                if not isinstance(out, torch.Tensor):
-                    raise TypeError(f"outputs_fn must return a torch.Tensor, got {type(out).__name__}")
-                _check_loss(torch, "loss_on_outputs", loss_on_outputs(out, first))
-
-    # the functions of the flat weights w on one batch
-    def _batch_loss(self, model, batch, what):
-        if what == "outputs":
-            return self.outputs_fn(model, batch)
-        if self.loss_fn is not None:
-            return _check_loss(self.torch, "loss_fn", self.loss_fn(model, batch))
-        return self._outer(self.outputs_fn(model, batch), batch)
-
-    def _outer(self, outputs, batch):
-        return _check_loss(self.torch, "loss_on_outputs", self.loss_on_outputs(outputs, batch))
-
-    def _call(self, w, batch, what):
-        parts = self.torch.split(w, self.sizes)
-        weights = {"model." + k: p.view(s) for k, p, s in zip(self.names, parts, self.shapes)}
-        return self.func.functional_call(self.module, weights, (batch, what))
-
-    def _column(self, batch):
-        """``v -> (Hessian or GGN of the batch's loss) v`` for one batch."""
-        func, w = self.func, self.point
-        if self.kind == "hessian":
-            g = func.grad(lambda u: self._call(u, batch, "loss"))
-            return lambda v: func.jvp(g, (w,), (v,))[1]
-        outputs, pullback = func.vjp(lambda u: self._call(u, batch, "outputs"), w)
-        g_out = func.grad(lambda o: self._outer(o, batch))
-
-        def ggn(v):
-            jv = func.jvp(lambda u: self._call(u, batch, "outputs"), (w,), (v,))[1]
-            return pullback(func.jvp(g_out, (outputs,), (jv,))[1])[0]
-
-        return ggn
-
-    # under no_grad (which torch.func's transforms override inside): no autograd graph through
-    # the model's other, trainable parameters is recorded, and the results are plain tensors
-    def matvec(self, v):
-        with self.torch.no_grad():
-            return sum(self._column(b)(v) for b in self.batches) / len(self.batches)
-
-    def matmat(self, V):
-        with self.torch.no_grad():
-            return sum(self._columns(self._column(b), V) for b in self.batches) / len(self.batches)
-
-    def _columns(self, column, V):
-        if self.vectorized is not False:
-            try:
-                out = self.func.vmap(column, in_dims=1, out_dims=1)(V)
-            except (RuntimeError, NotImplementedError):  # vmap's refusals; the loop re-raises any real error
-                self.vectorized = False
-            else:
-                self.vectorized = True
-                return out
-        return self.torch.stack([column(V[:, j]) for j in range(V.shape[1])], dim=1)
-
-    def gradient(self):
-        grad = self.func.grad(lambda u, b: self._call(u, b, "loss"))
-        with self.torch.no_grad():
-            return sum(grad(self.point, b) for b in self.batches) / len(self.batches)
-
-
-def _load_forward_ad(torch) -> None:
-    """Run one tiny ``jvp``: torch (2.13) loads its forward-mode decompositions on the first one, through
-    ``torch.jit.script``, whose own deprecation warning the caller can do nothing about; it is silenced here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
-        one = torch.ones(1)
-        torch.func.jvp(torch.sin, (one,), (one,))
-
-
-def _bound(torch, model, fn):
-    """A module whose ``forward(batch, what)`` is ``fn(model, batch, what)``: ``functional_call``
-    on it substitutes the weights that ``fn`` sees through ``model`` (under the prefix ``model.``)."""
-
-    class _Bound(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, batch, what):
-            return fn(self.model, batch, what)
-
-    return _Bound()

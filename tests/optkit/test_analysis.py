@@ -192,6 +192,42 @@ def test_spectrum_plot_draws_the_density_and_the_eigenvalues():
     matplotlib.pyplot.close("all")
 
 
+@pytest.mark.parametrize("method", ["double-backward", "forward-over-reverse"])
+def test_gauss_newton_spectrum_equals_eigh_of_the_dense_gauss_newton_matrix(method):
+    from optkit.hessian import HessianOperator
+    from optkit.linop import materialize
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    gen = torch.Generator().manual_seed(1)
+    batch = (torch.randn(40, 5, generator=gen, dtype=torch.float64), torch.randint(0, 3, (40,), generator=gen))
+
+    def outputs_fn(m, b):
+        return m(b[0])
+
+    def ce(outputs, b):
+        return torch.nn.functional.cross_entropy(outputs, b[1])
+
+    options = {"kind": "ggn", "outputs_fn": outputs_fn, "loss_on_outputs": ce}
+    spec = hessian_spectrum(model, None, [batch], top_k=5, probes=30, steps=40, method=method, **options)
+    # the dense GGN from the other product method (checked against J^T H J in test_hessian.py)
+    other = "forward-over-reverse" if method == "double-backward" else "double-backward"
+    dense = materialize(HessianOperator.from_model(model, None, [batch], method=other, **options)).numpy()
+    exact = np.linalg.eigvalsh(dense)[::-1]
+    np.testing.assert_allclose(spec.eigenvalues, exact[:5], rtol=1e-8)
+    assert exact[-1] > -1e-12 and abs(spec.trace - exact.sum()) < 4 * spec.trace_stderr
+    hessian = hessian_spectrum(model, lambda m, b: ce(m(b[0]), b), [batch], top_k=5, method=method)
+    assert np.abs(hessian.eigenvalues - spec.eigenvalues).max() > 1e-4
+
+
+def test_stability_check_gives_the_same_numbers_with_either_product_method():
+    model, batch, _ = spectrum_case(k=2, seed=2)
+    one = stability_check(model, least_squares_loss, batch, 0.01, probes=20, method="double-backward")
+    two = stability_check(model, least_squares_loss, batch, 0.01, probes=20, method="forward-over-reverse")
+    for key in one:
+        np.testing.assert_allclose(one[key], two[key], rtol=1e-8, atol=1e-10, err_msg=key)
+
+
 def test_bad_inputs_are_refused_before_any_work():
     model, batch, _ = spectrum_case(k=2, seed=2)
     with pytest.raises(ValueError, match="top_k"):

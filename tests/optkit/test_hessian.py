@@ -16,6 +16,10 @@ torch = pytest.importorskip("torch")
 func = torch.func
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
+METHODS = ["double-backward", "forward-over-reverse"]
+FOR = "forward-over-reverse"
+# torch.func.hessian (the reference) loads torch's forward-mode decompositions through torch.jit.script
+pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.script` is deprecated:DeprecationWarning")
 
 
 # ------------------------------------------------------------------ a small tanh MLP, twice
@@ -78,10 +82,11 @@ ALL = list(SHAPES)
 
 
 # ------------------------------------------------------------------ from_model: the Hessian
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("names", [None, ["l2.weight", "l1.bias"]])
-def test_model_hessian_equals_torch_func_hessian(names):
+def test_model_hessian_equals_torch_func_hessian(names, method):
     model, batches = MLP(), data()
-    H = HessianOperator.from_model(model, ce_loss, batches, params=names)
+    H = HessianOperator.from_model(model, ce_loss, batches, params=names, method=method)
     order = ALL if names is None else names
 
     def mean_loss(w):
@@ -95,7 +100,7 @@ def test_model_hessian_equals_torch_func_hessian(names):
     assert H.shape == (n, n) and H.dtype == torch.float64 and H.backend == "torch" and H.device == "cpu"
     assert H.tags == frozenset({"symmetric"}) and H.param_names == tuple(order)
     assert_allclose(materialize(H).numpy(), expected.numpy(), **TOL)
-    assert H.vectorized is True
+    assert H.vectorized is (True if method == FOR else None)
     v = torch.linspace(-1, 1, n, dtype=torch.float64)
     assert_allclose((H @ v).numpy(), (expected @ v).numpy(), **TOL)
     assert_allclose(H.gradient().numpy(), func.grad(mean_loss)(w0).numpy(), **TOL)
@@ -104,8 +109,9 @@ def test_model_hessian_equals_torch_func_hessian(names):
     assert not (H @ v).requires_grad and not materialize(H).requires_grad and not H.gradient().requires_grad
 
 
-def test_model_hessian_is_symmetric_and_passes_dottest():
-    H = HessianOperator.from_model(MLP(), sq_loss, data())
+@pytest.mark.parametrize("method", METHODS)
+def test_model_hessian_is_symmetric_and_passes_dottest(method):
+    H = HessianOperator.from_model(MLP(), sq_loss, data(), method=method)
     assert is_symmetric(H) and H.H is H
     assert dottest(H, rtol=1e-12)
     M = materialize(H)
@@ -114,10 +120,11 @@ def test_model_hessian_is_symmetric_and_passes_dottest():
     assert float(torch.linalg.eigvalsh(M)[0]) < -1e-6
 
 
-def test_model_weights_are_not_modified():
+@pytest.mark.parametrize("method", METHODS)
+def test_model_weights_are_not_modified(method):
     model = MLP()
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
-    H = HessianOperator.from_model(model, ce_loss, data())
+    H = HessianOperator.from_model(model, ce_loss, data(), method=method)
     materialize(H)
     H.gradient()
     for k, p in model.named_parameters():
@@ -127,7 +134,7 @@ def test_model_weights_are_not_modified():
 def test_vmap_path_equals_loop_path(monkeypatch):
     batches = data()
     V = torch.randn(26, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    H = HessianOperator.from_model(MLP(), ce_loss, batches)
+    H = HessianOperator.from_model(MLP(), ce_loss, batches, method=FOR)
     vectorized = H @ V
     assert H.vectorized is True
 
@@ -135,7 +142,7 @@ def test_vmap_path_equals_loop_path(monkeypatch):
         raise RuntimeError("vmap is not supported here")
 
     monkeypatch.setattr(func, "vmap", refuse)
-    L = HessianOperator.from_model(MLP(), ce_loss, batches)
+    L = HessianOperator.from_model(MLP(), ce_loss, batches, method=FOR)
     looped = L @ V
     assert L.vectorized is False
     assert_allclose(looped.numpy(), vectorized.numpy(), **TOL)
@@ -172,7 +179,7 @@ def test_model_that_vmap_refuses_falls_back_to_the_loop():
 
     with pytest.raises(RuntimeError):
         func.vmap(lambda t: _Cube.apply(t))(torch.ones(2, 2, dtype=torch.float64))
-    H = HessianOperator.from_model(model, cube_loss, batches)
+    H = HessianOperator.from_model(model, cube_loss, batches, method=FOR)
 
     def mean_loss(w):
         weights = unflatten(model, ALL, w)
@@ -191,10 +198,11 @@ def ce_on_outputs(outputs, batch):
     return torch.nn.functional.cross_entropy(outputs, batch[1])
 
 
-def test_ggn_equals_dense_jt_h_j():
+@pytest.mark.parametrize("method", METHODS)
+def test_ggn_equals_dense_jt_h_j(method):
     model, batches = MLP(), data()
     G = HessianOperator.from_model(
-        model, None, batches, kind="ggn", outputs_fn=outputs_fn, loss_on_outputs=ce_on_outputs
+        model, None, batches, kind="ggn", method=method, outputs_fn=outputs_fn, loss_on_outputs=ce_on_outputs
     )
     w0 = flat(model, ALL)
     expected = torch.zeros(26, 26, dtype=torch.float64)
@@ -219,7 +227,8 @@ def test_ggn_equals_dense_jt_h_j():
     assert_allclose(G.gradient().numpy(), HessianOperator.from_model(model, ce_loss, batches).gradient().numpy(), **TOL)
 
 
-def test_ggn_equals_hessian_for_linear_model_and_squared_loss():
+@pytest.mark.parametrize("method", METHODS)
+def test_ggn_equals_hessian_for_linear_model_and_squared_loss(method):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3, dtype=torch.float64)
     g = torch.Generator().manual_seed(5)
@@ -232,14 +241,38 @@ def test_ggn_equals_hessian_for_linear_model_and_squared_loss():
         return ((outputs - batch[1]) ** 2).sum(dim=1).mean()
 
     G = HessianOperator.from_model(
-        model, None, batches, kind="ggn", outputs_fn=outputs_fn, loss_on_outputs=sq_on_outputs
+        model, None, batches, kind="ggn", method=method, outputs_fn=outputs_fn, loss_on_outputs=sq_on_outputs
     )
-    H = HessianOperator.from_model(model, lambda m, b: sq_on_outputs(m(b[0]), b), batches)
+    H = HessianOperator.from_model(model, lambda m, b: sq_on_outputs(m(b[0]), b), batches, method=method)
     MG, MH = materialize(G), materialize(H)
     assert_allclose(MG.numpy(), MH.numpy(), **TOL)
     # closed form for the weight block: (2/B) sum_b X_bᵀX_b/7 on each output row (kron with I_3)
     XtX = sum(X.T @ X / 7 for X, _ in batches) / 2
     assert_allclose(MH[:12, :12].numpy(), np.kron(np.eye(3), 2 * XtX.numpy()), **TOL)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_loss_linear_in_the_weights_has_a_zero_hessian(method):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3, dtype=torch.float64)
+    X = torch.randn(5, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    H = HessianOperator.from_model(model, lambda m, b: m(b).sum(), [X], method=method)
+    assert_allclose(materialize(H).numpy(), np.zeros((15, 15)), rtol=0, atol=0)
+    # d/dW of sum(X Wᵀ + b) = column sums of X on every row; d/db = 5 per output
+    expected = np.concatenate([np.tile(X.sum(0).numpy(), 3), np.full(3, 5.0)])
+    assert_allclose(H.gradient().numpy(), expected, **TOL)
+
+
+def test_double_backward_operator_keeps_the_weights_of_its_construction():
+    model, batches = MLP(), data()
+    H = HessianOperator.from_model(model, ce_loss, batches)
+    before = materialize(H)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    assert_allclose(materialize(H).numpy(), before.numpy(), rtol=0, atol=0)
+    moved = materialize(HessianOperator.from_model(model, ce_loss, batches))
+    assert float((moved - before).abs().max()) > 1e-3
 
 
 # ------------------------------------------------------------------ from a SmoothProblem
@@ -313,6 +346,8 @@ def test_model_errors():
         HessianOperator.from_model(model, ce_loss, batches, params=[])
     with pytest.raises(TypeError, match="sequence of parameter names"):
         HessianOperator.from_model(model, ce_loss, batches, params="l1.bias")
+    with pytest.raises(ValueError, match="method must be one of 'double-backward', 'forward-over-reverse'"):
+        HessianOperator.from_model(model, ce_loss, batches, method="reverse")
     with pytest.raises(ValueError, match="kind must be one of 'hessian', 'ggn'"):
         HessianOperator.from_model(model, ce_loss, batches, kind="fisher")
     with pytest.raises(ValueError, match="needs both outputs_fn"):
