@@ -36,6 +36,8 @@ import numpy as np
 
 from optkit.backend import get_namespace, is_torch
 
+from ._kernels import shifted_exponents
+
 __all__ = [
     "STALL_CHECKS",
     "StallWatch",
@@ -88,25 +90,19 @@ def marginal_violation(P1: Any, PT1: Any, a: Any, b: Any) -> float:
 
 def _softmin_numpy(h: np.ndarray, C: np.ndarray, reg: float, axis: int, work: np.ndarray | None) -> np.ndarray:
     """``logsumexp((h - C) / reg)`` along ``axis`` (1: ``h`` is (m,), over j; 0: ``h`` is (n,),
-    over i), max-shifted, in place in ``work`` (an (n, m) scratch array, allocated if None)."""
-    if axis == 1:
-        t = np.subtract(h[None, :], C, out=work)
-    else:
-        t = np.subtract(h[:, None], C, out=work)
-    mx = t.max(axis=axis)
-    finite = np.isfinite(mx)
-    if not finite.all():  # a whole line at -inf: keep it at -inf without producing NaN
-        mx = np.where(finite, mx, 0.0)
-    t -= mx[None, :] if axis == 0 else mx[:, None]
-    t *= 1.0 / reg
-    np.maximum(t, _CLIP.get(t.dtype, -300.0), out=t)
-    np.exp(t, out=t)
-    s = t.sum(axis=axis)
-    with np.errstate(divide="ignore"):
-        out = np.log(s)
-    out += mx * (1.0 / reg)
-    if not finite.all():
-        out[~finite] = -np.inf
+    over i), max-shifted, in ``work`` (an (n, m) C-contiguous scratch array of C's dtype,
+    allocated if None). The shifted, scaled and clipped exponents come from one compiled pass
+    (:func:`solvers.ot._kernels.shifted_exponents`), their ``exp`` from numpy in place; a line
+    whose terms are all ``-inf`` gives ``-inf``."""
+    C = np.ascontiguousarray(C)
+    work = np.empty_like(C) if work is None else work
+    shift = np.empty(C.shape[0] if axis == 1 else C.shape[1], dtype=C.dtype)
+    inv_reg = 1.0 / reg
+    shifted_exponents(h, C, inv_reg, _CLIP.get(C.dtype, -300.0), axis, work, shift)
+    np.exp(work, out=work)
+    # the clipped terms keep every sum positive, so an all -inf line is log(s) + -inf = -inf
+    out = np.log(work.sum(axis=axis))
+    out += shift * inv_reg
     return out
 
 

@@ -30,6 +30,7 @@ from optkit.linop import Diagonal, FunctionOperator, Sparse
 from optkit.result import Status
 
 from ._dual import log_plan
+from ._kernels import curvature_series, log_plan_clipped
 
 __all__ = ["START_FACTOR", "keep_count", "select_entries", "sparsified_hessian", "top_entries"]
 
@@ -260,6 +261,8 @@ def _curvature_term(P, P1, PT1, mass, new_mass, df, dg, alpha, reg) -> float:
     sf, sg = (alpha / reg) * df, (alpha / reg) * dg
     if _max_abs_sum(sf, sg) >= _SERIES_T:
         return new_mass - mass - float(xp.sum(P1 * sf) + xp.sum(PT1 * sg))
+    if not is_torch(P):
+        return float(curvature_series(P, sf, sg))
     T = sf[:, None] + sg[None, :]
     return float(xp.sum(P * (T * T) * (0.5 + T * (1.0 / 6.0 + T * (1.0 / 24.0)))))
 
@@ -278,6 +281,18 @@ def _exp_(Z):
         return Z.clamp_(min=_CLIP.get(str(Z.dtype).removeprefix("torch."), -700.0)).exp_()
     np.maximum(Z, _CLIP.get(Z.dtype.name, -700.0), out=Z)
     return np.exp(Z, out=Z)
+
+
+def _trial_exponents(f, g, C, reg):
+    """``(Z, max)``: the log-plan ``Z = (f_i + g_j - C_ij) / reg`` raised to ``_CLIP`` (ready
+    for :func:`_exp_`), and the largest entry before the clip. On numpy one compiled pass
+    (:func:`~solvers.ot._kernels.log_plan_clipped`)."""
+    if is_torch(C):
+        Z = log_plan(f, g, C, reg)
+        return Z, float(Z.max())
+    Z = np.empty_like(C)
+    z_max = log_plan_clipped(f, g, np.ascontiguousarray(C), 1.0 / reg, _CLIP.get(C.dtype.name, -700.0), Z)
+    return Z, float(z_max)
 
 
 def _plan_and_sums(f, g, C, reg):

@@ -69,7 +69,6 @@ from optkit.validation import check_choice, check_int, check_nonnegative, check_
 
 from ._dual import (
     StallWatch,
-    log_plan,
     marginal_violation,
     marginals,
     plan,
@@ -85,6 +84,7 @@ from ._sparse_newton import (
     _max_abs_sum,
     _newton_direction,
     _plan_and_sums,
+    _trial_exponents,
     keep_count,
     select_entries,
     sparsified_hessian,
@@ -464,9 +464,9 @@ class SNS(IterativeSolver):
         alpha = min(1.0, self.max_log_step / t_max) if t_max > 0 else 1.0
         for _ in range(self.max_backtracks + 1):
             f_new, g_new = st.f + alpha * d.df, st.g + alpha * d.dg
-            Z = log_plan(f_new, g_new, C, reg)
+            Z, z_max = _trial_exponents(f_new, g_new, C, reg)
             st.ls_evals += 1
-            if float(xp.max(Z)) <= zlimit:
+            if z_max <= zlimit:
                 P_new = _exp_(Z)
                 P1_new, PT1_new = xp.sum(P_new, axis=1), xp.sum(P_new, axis=0)
                 new_mass = float(xp.sum(P1_new))
@@ -521,8 +521,12 @@ class SNS(IterativeSolver):
             f_full[rows] = f
             g_full[cols] = g
             f, g = f_full, g_full
-        P = plan(f, g, problem.C, problem.reg)
-        P1, PT1 = P.sum(1), P.sum(0)
+        if state.support is None and state.P is not None:
+            # the Newton stage keeps the plan at (f, g) and its sums: no new exp pass
+            P, P1, PT1 = state.P, state.P1, state.PT1
+        else:
+            P = plan(f, g, problem.C, problem.reg)
+            P1, PT1 = P.sum(1), P.sum(0)
         metrics = {
             "marginal_error": marginal_violation(P1, PT1, problem.a, problem.b),
             "dual": _dual_value(state.prob, state.f, state.g, float(get_namespace(P).sum(P1))),

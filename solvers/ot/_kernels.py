@@ -1,0 +1,77 @@
+"""Compiled passes over the (n, m) cost matrix for the numpy path of the OT solvers (numba,
+cached on disk).
+
+numpy's ``exp`` is vectorised (SIMD) and faster than a compiled scalar loop, so the kernels do
+everything around it: each fuses what numpy does in several passes with a temporary apiece
+(subtract, max, shift, scale, clip) into one or two passes, and leaves the ``exp`` of the
+result to numpy, in place. On a 500 x 500 plan a Sinkhorn half-sweep takes about half the time
+of the all-numpy version. All take C-contiguous arrays of one floating dtype; ``inv_reg`` and
+``clip`` are Python floats.
+"""
+
+import numba
+import numpy as np
+
+__all__ = ["curvature_series", "log_plan_clipped", "shifted_exponents"]
+
+
+@numba.njit(cache=True)
+def shifted_exponents(h, C, inv_reg, clip, axis, work, shift):
+    """The max-shifted, scaled and clipped exponents of a log-domain half-sweep.
+
+    ``axis=1``: ``t_ij = h_j - C_ij`` (``h`` of shape (m,)), ``shift_i = max_j t_ij``;
+    ``axis=0``: ``t_ij = h_i - C_ij`` (``h`` of shape (n,)), ``shift_j = max_i t_ij``. Writes
+    ``work_ij = max((t_ij - shift) * inv_reg, clip)`` and ``shift``; a line whose maximum is
+    ``-inf`` is shifted by 0 (its exponents clip), and ``shift`` keeps the ``-inf``.
+    """
+    n, m = C.shape
+    if axis == 1:
+        for i in range(n):
+            best = -np.inf
+            for j in range(m):
+                t = h[j] - C[i, j]
+                best = max(best, t)
+            shift[i] = best
+            s = best if best > -np.inf else 0.0
+            for j in range(m):
+                z = (h[j] - C[i, j] - s) * inv_reg
+                work[i, j] = max(clip, z)
+    else:
+        shift[:] = -np.inf
+        for i in range(n):
+            for j in range(m):
+                t = h[i] - C[i, j]
+                shift[j] = max(shift[j], t)
+        for i in range(n):
+            for j in range(m):
+                s = shift[j] if shift[j] > -np.inf else 0.0
+                z = (h[i] - C[i, j] - s) * inv_reg
+                work[i, j] = max(clip, z)
+
+
+@numba.njit(cache=True)
+def log_plan_clipped(f, g, C, inv_reg, clip, out):
+    """``out_ij = max((f_i + g_j - C_ij) * inv_reg, clip)``; returns the largest unclipped value."""
+    n, m = C.shape
+    top = -np.inf
+    for i in range(n):
+        fi = f[i]
+        for j in range(m):
+            z = (fi + g[j] - C[i, j]) * inv_reg
+            top = max(top, z)
+            out[i, j] = max(clip, z)
+    return top
+
+
+@numba.njit(cache=True)
+def curvature_series(P, sf, sg):
+    """``sum_ij P_ij T_ij^2 (1/2 + T_ij (1/6 + T_ij / 24))`` with ``T_ij = sf_i + sg_j``."""
+    n, m = P.shape
+    total = 0.0
+    for i in range(n):
+        row = 0.0
+        for j in range(m):
+            t = sf[i] + sg[j]
+            row += P[i, j] * (t * t) * (0.5 + t * (1.0 / 6.0 + t * (1.0 / 24.0)))
+        total += row
+    return total
