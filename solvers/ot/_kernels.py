@@ -12,7 +12,7 @@ of the all-numpy version. All take C-contiguous arrays of one floating dtype; ``
 import numba
 import numpy as np
 
-__all__ = ["curvature_series", "log_plan_clipped", "shifted_exponents"]
+__all__ = ["coo_matvec", "curvature_series", "log_plan_clipped", "pinned_schur_matvec", "shifted_exponents"]
 
 
 @numba.njit(cache=True)
@@ -75,3 +75,33 @@ def curvature_series(P, sf, sg):
             row += P[i, j] * (t * t) * (0.5 + t * (1.0 / 6.0 + t * (1.0 / 24.0)))
         total += row
     return total
+
+
+@numba.njit(cache=True)
+def coo_matvec(rows, cols, vals, x, out):
+    """``out = K x`` for the COO triplets of ``K`` (``out`` zeroed first)."""
+    out[:] = 0.0
+    for k in range(vals.shape[0]):
+        out[rows[k]] += vals[k] * x[cols[k]]
+    return out
+
+
+@numba.njit(cache=True)
+def pinned_schur_matvec(ei, si, vals, inv_de, d_s, j0, v, scratch, out):
+    """``out = S' v`` for the Schur complement ``S = diag(d_s) - K^T diag(inv_de) K`` of the
+    COO block ``K`` (rows ``ei`` on the eliminated side, columns ``si`` on the kept side) with
+    row and column ``j0`` replaced by the identity's: ``v_j0`` is read as 0 in ``S v`` and
+    ``out_j0 = v_j0``. ``scratch`` has the eliminated side's length."""
+    scratch[:] = 0.0
+    for k in range(vals.shape[0]):
+        s = si[k]
+        if s != j0:
+            scratch[ei[k]] += vals[k] * v[s]
+    for e in range(scratch.shape[0]):
+        scratch[e] *= inv_de[e]
+    for s in range(out.shape[0]):
+        out[s] = d_s[s] * v[s]
+    for k in range(vals.shape[0]):
+        out[si[k]] -= vals[k] * scratch[ei[k]]
+    out[j0] = v[j0]
+    return out

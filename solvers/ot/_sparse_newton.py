@@ -30,7 +30,7 @@ from optkit.linop import Diagonal, FunctionOperator, Sparse
 from optkit.result import Status
 
 from ._dual import log_plan
-from ._kernels import curvature_series, log_plan_clipped
+from ._kernels import coo_matvec, curvature_series, log_plan_clipped, pinned_schur_matvec
 
 __all__ = ["START_FACTOR", "keep_count", "select_entries", "sparsified_hessian", "top_entries"]
 
@@ -171,7 +171,9 @@ def _newton_direction(
     the matching gradient parts. CG solves the Schur complement system
     ``(diag(d_s) - K^T diag(1/d_e) K) y = h_s - K^T (h_e / d_e)`` for the kept side, with
     the variable of largest ``d_s`` fixed to 0 (gauge: that heaviest column is connected
-    to the rest of the kept graph), then ``x = (h_e - K y) / d_e``. CG starts from zero on a
+    to the rest of the kept graph; its row and column of the system are the identity's and
+    its right-hand side 0), then ``x = (h_e - K y) / d_e``. On numpy the products run over
+    the COO triplets in compiled loops (:class:`_KeptBlock`). CG starts from zero on a
     positive definite system, so even an unconverged (``MAX_ITER``) iterate gives an ascent
     direction: ``grad^T d = reg (h_e^T D_e^-1 h_e + rhs^T y) > 0``.
 
@@ -186,37 +188,25 @@ def _newton_direction(
         d_e, d_s, h_e, h_s, ei, si, ne, ns = P1, PT1, gf, gg, rows, cols, n, m
     else:
         d_e, d_s, h_e, h_s, ei, si, ne, ns = PT1, P1, gg, gf, cols, rows, m, n
-    # K (e x s) and K^T, both CSR: on scipy a CSR matvec is ~2x faster than the CSC one of K.T
-    K = _sparse(ei, si, vals, (ne, ns))
-    KT = _sparse(si, ei, vals, (ns, ne))
     if shift:
         d_e, d_s = (1.0 + shift) * d_e, (1.0 + shift) * d_s
     inv_de = 1.0 / d_e
-    rhs = h_s - KT.matvec(h_e * inv_de)
+    K = _KeptBlock(ei, si, vals, inv_de, d_s, ne, ns)
+    rhs = h_s - K.rmatvec(h_e * inv_de)
     y = xp.zeros(ns, dtype=dtype, device=device)
     status, message, matvecs = Status.CONVERGED, "", 0
     if ns > 1:
+        # the gauge: the heaviest kept-side variable is held at 0 by giving its row and column
+        # the identity's (the system stays of full size; CG keeps that entry at 0 throughout)
         j0 = int(xp.argmax(d_s))
-        zero = xp.zeros(1, dtype=dtype, device=device)
-
-        def drop(v):
-            return xp.concat((v[:j0], v[j0 + 1 :]))
-
-        def insert(v):
-            return xp.concat((v[:j0], zero, v[j0:]))
-
-        b = drop(rhs)
+        b = xp.asarray(rhs, copy=True)
+        b[j0] = 0.0
         if not bool(xp.all(xp.isfinite(b))):
             return _Direction(None, None, math.nan, Status.NONFINITE, "the Newton right-hand side is not finite", 0)
-
-        def schur(v):
-            full = insert(v)
-            return drop(d_s * full - KT.matvec(K.matvec(full) * inv_de))
-
         S = FunctionOperator(
-            (ns - 1, ns - 1),
-            schur,
-            schur,
+            (ns, ns),
+            lambda v: K.pinned_schur(v, j0),
+            lambda v: K.pinned_schur(v, j0),
             dtype=dtype,
             tags=("symmetric", "psd"),
             backend="torch" if is_torch(P1) else "numpy",
@@ -232,17 +222,55 @@ def _newton_direction(
                 diag_s = d_s - np.bincount(si, weights=w, minlength=ns).astype(dtype, copy=False)
             # d_s - sum_e K^2 / d_e >= 0 in exact arithmetic; guard rounding
             diag_s = xp.maximum(diag_s, 1e-12 * d_s)
-            M = Diagonal(1.0 / drop(diag_s))
+            diag_s[j0] = 1.0
+            M = Diagonal(1.0 / diag_s)
         res = cg_solve(S, b, rtol=rtol, max_iter=max_iter, M=M)
         status, message, matvecs = res.status, res.message, res.matvecs
         if status in (Status.BREAKDOWN, Status.NONFINITE):
             return _Direction(None, None, math.nan, status, message, matvecs)
-        y = insert(res.x)
+        y = res.x
+        y[j0] = 0.0
     x = (h_e - K.matvec(y)) * inv_de
     d_elim, d_keep = reg * x, reg * y
     df, dg = (d_elim, d_keep) if n >= m else (d_keep, d_elim)
     slope = float(xp.sum(gf * df) + xp.sum(gg * dg))
     return _Direction(df, dg, slope, status, message, matvecs)
+
+
+class _KeptBlock:
+    """The kept block ``K`` (``ne x ns``, COO triplets ``(ei, si, vals)``) and the products
+    of a Newton step: ``K y``, ``K^T x`` and the pinned Schur complement (see
+    :func:`~solvers.ot._kernels.pinned_schur_matvec`). numpy: compiled loops over the
+    triplets, no sparse matrix is built; torch: sparse CSR tensors (any device)."""
+
+    def __init__(self, ei, si, vals, inv_de, d_s, ne, ns) -> None:
+        self.ei, self.si, self.vals, self.inv_de, self.d_s = ei, si, vals, inv_de, d_s
+        self.torch = is_torch(vals)
+        if self.torch:
+            self.K = _sparse(ei, si, vals, (ne, ns))
+            self.KT = _sparse(si, ei, vals, (ns, ne))
+        else:
+            self.scratch = np.empty(ne, dtype=vals.dtype)
+
+    def matvec(self, y):
+        if self.torch:
+            return self.K.matvec(y)
+        return coo_matvec(self.ei, self.si, self.vals, y, np.empty(self.inv_de.shape[0], dtype=y.dtype))
+
+    def rmatvec(self, x):
+        if self.torch:
+            return self.KT.matvec(x)
+        return coo_matvec(self.si, self.ei, self.vals, x, np.empty(self.d_s.shape[0], dtype=x.dtype))
+
+    def pinned_schur(self, v, j0):
+        if self.torch:
+            pinned = v.clone()
+            pinned[j0] = 0.0
+            out = self.d_s * pinned - self.KT.matvec(self.K.matvec(pinned) * self.inv_de)
+            out[j0] = v[j0]
+            return out
+        out = np.empty_like(v)
+        return pinned_schur_matvec(self.ei, self.si, self.vals, self.inv_de, self.d_s, j0, v, self.scratch, out)
 
 
 # ----------------------------------------------------------------------------- line search helpers
