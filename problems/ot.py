@@ -5,10 +5,11 @@ Registered problems (parameters; ``reg = 1 / eta``):
 ``ot/random-assignment`` (``n``, ``eta``, ``seed``)
     ``C_ij ~ U[0, 1]`` i.i.d., divided by its maximum; uniform marginals ``a = b = 1/n``.
     The SNS paper's "random assignment" case: the unregularised optimum is a permutation.
-``ot/point-clouds`` (``n``, ``m``, ``eta``, ``seed``, ``components``)
+``ot/point-clouds`` (``n``, ``m``, ``eta``, ``seed``, ``components``, ``marginals``)
     ``n`` source and ``m`` target points in 2-D, each cloud drawn from its own mixture of
     ``components`` Gaussians (random centres in [-1, 1]^2, standard deviations in
-    [0.05, 0.3]); squared-Euclidean cost divided by its maximum; uniform marginals.
+    [0.05, 0.3]); squared-Euclidean cost divided by its maximum; uniform marginals, or
+    seeded random ones (``marginals="random"``).
 ``ot/mnist`` (``i``, ``j``, ``cost``, ``eta``, ``floor``)
     Two MNIST test digits (indices ``i`` and ``j`` of ``t10k-images-idx3-ubyte.gz``) as
     weights on the 28 x 28 pixel grid, n = m = 784. Read from the data set
@@ -28,8 +29,10 @@ installed and ``n * m <= EMD_MAX_SIZE`` (or ``emd=True``) ``emd_cost``: the exac
 unregularised OT cost ``ot.emd2(a, b, C, numItermax=10**7)``, as a :class:`LazyFloat`,
 computed on first use (``float(...)``) and then kept, once per problem build.
 
-Suites: ``ot-quick`` (seconds), ``ot-paper`` (the SNS paper's cases, eta = 1200: random
-assignment n = 500, MNIST L1 and L2), and one entry of ``demo``.
+Suites: ``ot-quick`` (seconds; square and rectangular, uniform and non-uniform marginals),
+``ot-paper`` (the SNS paper's cases, eta = 1200: random assignment n = 500, MNIST L1 and L2,
+and random assignment at n = 2000), and one entry of ``demo``. float32 runs of either:
+``optkit bench ... --dtype float32``.
 """
 
 from __future__ import annotations
@@ -183,6 +186,7 @@ def point_clouds(
     m: int | None = None,
     components: int = 3,
     emd: bool | None = None,
+    marginals: str = "uniform",
 ) -> OTProblem:
     """Two 2-D Gaussian-mixture point clouds, squared-Euclidean cost divided by its maximum.
 
@@ -194,6 +198,9 @@ def point_clouds(
         As :func:`random_assignment`.
     components : int
         Gaussians per mixture (``>= 1``); each cloud draws its own centres and widths.
+    marginals : {"uniform", "random"}
+        ``"random"``: weights drawn ``U[0.5, 1.5]`` (after the points, from the same seeded
+        generator) and normalised to unit mass, so the largest is up to 3x the smallest.
     """
     n = check_int("n", n, 2)
     m = n if m is None else check_int("m", m, 2)
@@ -201,13 +208,19 @@ def point_clouds(
     seed = check_int("seed", seed, 0)
     components = check_int("components", components, 1)
     _check_emd(emd)
+    check_choice("marginals", marginals, ("uniform", "random"))
     rng = np.random.default_rng(seed)
     xs = _mixture(rng, n, components)
     xt = _mixture(rng, m, components)
     C = ((xs[:, None, :] - xt[None, :, :]) ** 2).sum(axis=-1)
     C /= C.max()
-    a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
-    return _problem("ot/point-clouds", a, b, C, eta, emd, cost="sqeuclidean", seed=seed, components=components)
+    if marginals == "uniform":
+        a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
+    else:
+        a, b = rng.uniform(0.5, 1.5, n), rng.uniform(0.5, 1.5, m)
+        a, b = a / a.sum(), b / b.sum()
+    meta = {"cost": "sqeuclidean", "seed": seed, "components": components, "marginals": marginals}
+    return _problem("ot/point-clouds", a, b, C, eta, emd, **meta)
 
 
 # ----------------------------------------------------------------------------- images
@@ -305,10 +318,20 @@ def digits(
 
 register_suite(
     "ot-quick",
-    ["ot/random-assignment:n=100,eta=100", "ot/digits:cost=l2,eta=100", "ot/point-clouds:n=200,eta=100"],
+    [
+        "ot/random-assignment:n=100,eta=100",
+        "ot/digits:cost=l2,eta=100",
+        "ot/point-clouds:n=200,eta=100",
+        "ot/point-clouds:n=150,m=100,eta=100,marginals=random",
+    ],
 )
 register_suite(
     "ot-paper",
-    ["ot/random-assignment:n=500,eta=1200", "ot/mnist:cost=l1,eta=1200", "ot/mnist:cost=l2,eta=1200"],
+    [
+        "ot/random-assignment:n=500,eta=1200",
+        "ot/mnist:cost=l1,eta=1200",
+        "ot/mnist:cost=l2,eta=1200",
+        "ot/random-assignment:n=2000,eta=1200",
+    ],
 )
 register_suite("demo", ["ot/point-clouds:n=100,eta=100"], extend=True)

@@ -50,6 +50,13 @@ def test_point_clouds():
     # a squared-Euclidean cost: C = |x|^2 + |y|^2 - 2 x.y has rank <= 4
     assert np.linalg.matrix_rank(p.C, tol=1e-10) <= 4
     assert optkit.get_problem("ot/point-clouds", n=10).shape == (10, 10)
+    # random marginals: the same points (drawn first), weights in [0.5, 1.5] before normalising
+    q = optkit.get_problem("ot/point-clouds", n=40, m=25, eta=100, seed=1, components=2, marginals="random")
+    np.testing.assert_allclose(q.C, p.C, rtol=0, atol=0)
+    for w, size in ((q.a, 40), (q.b, 25)):
+        np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-14)
+        assert 0.5 / 1.5 <= w.min() * size and w.max() * size <= 1.5 / 0.5
+    assert q.metadata["marginals"] == "random" and p.metadata["marginals"] == "uniform"
 
 
 def test_grid_costs_and_image_weights():
@@ -113,6 +120,7 @@ def test_emd_cost_left_out_for_big_problems(monkeypatch):
         ("ot/point-clouds", {"m": 1}, "m"),
         ("ot/point-clouds", {"components": 0}, "components"),
         ("ot/point-clouds", {"emd": "yes"}, "emd"),
+        ("ot/point-clouds", {"marginals": "dirichlet"}, "marginals"),
         ("ot/digits", {"cost": "l3"}, "cost"),
         ("ot/digits", {"i": -1}, "i"),
         ("ot/digits", {"j": 1797}, "j"),
@@ -176,16 +184,22 @@ def test_mnist_reader_rejects_a_bad_file(tmp_path):
 
 def test_suites_resolve(mnist_data):
     quick = optkit.get_suite("ot-quick")
-    assert quick == ["ot/random-assignment:n=100,eta=100", "ot/digits:cost=l2,eta=100", "ot/point-clouds:n=200,eta=100"]
+    assert quick[:3] == [
+        "ot/random-assignment:n=100,eta=100",
+        "ot/digits:cost=l2,eta=100",
+        "ot/point-clouds:n=200,eta=100",
+    ]
+    rectangular = optkit.get_problem(quick[3])
+    assert rectangular.shape == (150, 100) and float(rectangular.a.max()) > 1.5 * float(rectangular.a.min())
     for spec in quick:
         p = optkit.get_problem(spec)
         assert isinstance(p, OTProblem) and p.metadata["eta"] == 100
     paper = optkit.get_suite("ot-paper")
-    assert len(paper) == 3
+    assert len(paper) == 4
     for spec in paper:
         if "mnist" in spec and not HAS_MNIST:
             continue
         p = optkit.get_problem(spec)
-        assert p.metadata["eta"] == 1200 and p.shape in ((500, 500), (784, 784))
+        assert p.metadata["eta"] == 1200 and p.shape in ((500, 500), (784, 784), (2000, 2000))
     demo = [s for s in optkit.get_suite("demo") if s.startswith("ot/")]
     assert len(demo) == 1 and isinstance(optkit.get_problem(demo[0]), OTProblem)
