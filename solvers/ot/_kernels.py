@@ -12,7 +12,15 @@ of the all-numpy version. All take C-contiguous arrays of one floating dtype; ``
 import numba
 import numpy as np
 
-__all__ = ["coo_matvec", "curvature_series", "log_plan_clipped", "pinned_schur_matvec", "shifted_exponents"]
+__all__ = [
+    "binade_histogram",
+    "coo_matvec",
+    "curvature_series",
+    "entries_at_least",
+    "log_plan_clipped",
+    "pinned_schur_matvec",
+    "shifted_exponents",
+]
 
 
 @numba.njit(cache=True)
@@ -105,3 +113,33 @@ def pinned_schur_matvec(ei, si, vals, inv_de, d_s, j0, v, scratch, out):
         out[si[k]] -= vals[k] * scratch[ei[k]]
     out[j0] = v[j0]
     return out
+
+
+@numba.njit(cache=True)
+def binade_histogram(values, bits, shift, mask, counts, masses):
+    """Count and sum the positive ``values`` by binary exponent: the biased exponent field
+    ``(bits >> shift) & mask`` of their integer view ``bits`` indexes ``counts`` and ``masses``
+    (float64 sums)."""
+    for t in range(values.shape[0]):
+        x = values[t]
+        if x > 0:
+            e = (bits[t] >> shift) & mask
+            counts[e] += 1
+            masses[e] += x
+
+
+@numba.njit(cache=True)
+def entries_at_least(P, threshold, count, rows, cols, vals):
+    """The positive entries ``P_ij >= threshold`` in row-major order, into the first
+    ``count`` slots of ``rows``, ``cols`` and ``vals``; returns how many were written."""
+    n, m = P.shape
+    k = 0
+    for i in range(n):
+        for j in range(m):
+            x = P[i, j]
+            if x >= threshold and x > 0 and k < count:
+                rows[k] = i
+                cols[k] = j
+                vals[k] = x
+                k += 1
+    return k

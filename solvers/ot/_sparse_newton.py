@@ -30,12 +30,19 @@ from optkit.linop import Diagonal, FunctionOperator, Sparse
 from optkit.result import Status
 
 from ._dual import log_plan
-from ._kernels import coo_matvec, curvature_series, log_plan_clipped, pinned_schur_matvec
+from ._kernels import (
+    binade_histogram,
+    coo_matvec,
+    curvature_series,
+    entries_at_least,
+    log_plan_clipped,
+    pinned_schur_matvec,
+)
 
 __all__ = ["START_FACTOR", "keep_count", "select_entries", "sparsified_hessian", "top_entries"]
 
-#: The adaptive selection starts from ``START_FACTOR * max(n, m)`` kept entries (the paper's
-#: density ``2 / n`` on a square plan) and doubles from there.
+#: The adaptive selection keeps at least ``START_FACTOR * max(n, m)`` entries (the paper's
+#: density ``2 / n`` on a square plan).
 START_FACTOR = 2
 
 # Below this bound on max |t_ij| the Armijo curvature term is summed from its Taylor series
@@ -81,20 +88,73 @@ def top_entries(P: Any, k: int) -> tuple[Any, Any, Any]:
 
 
 def select_entries(P: Any, mass: float, k: int, drop_tol: float | None) -> tuple[Any, Any, Any, int]:
-    """``(rows, cols, vals, k)``: the entries of ``P`` that the sparsified Hessian keeps.
+    """``(rows, cols, vals, count)``: the entries of ``P`` that the sparsified Hessian keeps.
 
-    ``drop_tol=None``: the ``k`` largest (:func:`top_entries`). Otherwise adaptive: the ``k``
-    largest, with ``k`` doubled (up to ``n m``) until the mass left out is at most
-    ``drop_tol * mass`` (``mass`` is the plan's total ``sum P``). The final ``k`` is returned
-    so that the next Newton step can start from it. Each try is one O(n m) selection.
+    ``drop_tol=None``: the ``k`` largest (:func:`top_entries`); ``count`` is ``k``. Otherwise
+    adaptive: every positive entry at or above a power-of-2 threshold, the largest threshold
+    at which the mass left out is at most ``drop_tol * mass`` and at least ``k`` entries are
+    kept (all positive entries, when there are fewer); ``mass`` is the plan's total ``sum P``
+    and ``count`` the number kept. The kept set is the minimal one up to one binade: the
+    entries in ``[t, 2 t)`` for the threshold ``t`` could not all be left out. Two O(n m)
+    passes: a histogram of the entries by binary exponent (count and mass per binade), then
+    the collection (numpy: compiled loops; torch: ``frexp``, ``bincount`` and a mask).
     """
-    n, m = P.shape
-    xp = get_namespace(P)
-    while True:
+    if drop_tol is None:
         rows, cols, vals = top_entries(P, k)
-        if drop_tol is None or k >= n * m or mass - float(xp.sum(vals)) <= drop_tol * mass:
-            return rows, cols, vals, k
-        k = min(2 * k, n * m)
+        return rows, cols, vals, k
+    counts, masses, edges = _binades(P)
+    # kept count and mass when everything from binade b upwards is kept, for every b
+    kept_count = np.cumsum(counts[::-1])[::-1]
+    kept_mass = np.cumsum(masses[::-1])[::-1]
+    enough = (mass - kept_mass <= drop_tol * mass) & (kept_count >= min(k, int(kept_count[0])))
+    top = int(np.flatnonzero(enough)[-1]) if enough.any() else 0
+    return (*_entries_at_least(P, float(edges[top]), int(kept_count[top])), int(kept_count[top]))
+
+
+def _binades(P: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per binade of the positive entries of ``P``, in ascending order: the count, the mass
+    (float64) and the lower edge (0 for the subnormal one), as numpy arrays."""
+    if is_torch(P):
+        import torch
+
+        flat = P.reshape(-1)
+        positive = flat[flat > 0]
+        _, exponent = torch.frexp(positive)  # x = mantissa * 2**exponent, mantissa in [0.5, 1)
+        info = np.finfo(str(P.dtype).removeprefix("torch."))
+        lowest = info.minexp - info.nmant + 1  # frexp's exponent of the smallest subnormal
+        bins = (exponent - lowest).to(torch.int64)
+        size = info.maxexp - lowest + 1
+        counts = torch.bincount(bins, minlength=size).cpu().numpy()
+        masses = torch.bincount(bins, weights=positive.to(torch.float64), minlength=size).cpu().numpy()
+        with np.errstate(over="ignore"):  # the edge above float64's range: inf, never reached
+            return counts, masses, np.ldexp(1.0, np.arange(size) + lowest - 1)
+    info = np.finfo(P.dtype)
+    width = info.bits
+    field = width - 1 - info.nmant  # bits of the biased exponent field
+    counts = np.zeros(2**field, dtype=np.int64)
+    masses = np.zeros(2**field, dtype=np.float64)
+    flat = np.ascontiguousarray(P).reshape(-1)
+    binade_histogram(flat, flat.view(np.dtype(f"int{width}")), info.nmant, 2**field - 1, counts, masses)
+    bias = 2 ** (field - 1) - 1
+    with np.errstate(over="ignore"):  # the inf/nan field's edge: inf, never reached
+        edges = np.ldexp(1.0, np.arange(2**field) - bias)
+    edges[0] = 0.0  # subnormals
+    return counts, masses, edges
+
+
+def _entries_at_least(P: Any, threshold: float, count: int) -> tuple[Any, Any, Any]:
+    """``(rows, cols, vals)`` of the positive entries ``>= threshold`` (``count`` of them)."""
+    if is_torch(P):
+        import torch
+
+        flat = P.reshape(-1)
+        idx = torch.nonzero((flat >= threshold) & (flat > 0)).reshape(-1)
+        rows = torch.div(idx, P.shape[1], rounding_mode="floor")
+        return rows, idx - rows * P.shape[1], flat[idx]
+    rows, cols = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.int64)
+    vals = np.empty(count, dtype=P.dtype)
+    written = entries_at_least(np.ascontiguousarray(P), threshold, count, rows, cols, vals)
+    return rows[:written], cols[:written], vals[:written]
 
 
 def _sparse(rows: Any, cols: Any, vals: Any, shape: tuple[int, int]) -> Sparse:
@@ -116,7 +176,7 @@ def sparsified_hessian(
     ``-(1/reg) [[(1 + shift) diag(P 1), P_k], [P_k^T, (1 + shift) diag(P^T 1)]]``
 
     ``P_k`` holds the entries :func:`select_entries` keeps: the ``keep_count(n, m, density)``
-    largest, or with ``density=None`` the adaptive choice from ``START_FACTOR * max(n, m)``
+    largest, or with ``density=None`` the adaptive choice with at least ``START_FACTOR * max(n, m)``
     with ``drop_tol``. The diagonal is **exact**: the row and column sums of the full ``P``.
     The matrix is negative semidefinite because the diagonal dominates the kept off-diagonal
     entries.

@@ -122,16 +122,37 @@ def test_sparsified_hessian_keeps_exact_diagonal_and_at_most_k_entries(density):
     assert np.linalg.eigvalsh(H).max() <= 1e-12 * np.abs(H).max()
 
 
-def test_adaptive_selection_leaves_out_at_most_drop_tol_of_the_mass():
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_adaptive_selection_keeps_a_binade_minimal_set_above_a_threshold(backend, dtype):
     _, _, C, f, g, reg = instance(n=40, m=30, reg=0.02, seed=5)
-    P = _dual.plan(f, g, C, reg)
-    mass = P.sum()
-    for drop_tol in (1e-2, 1e-4, 1e-8):
-        _, _, vals, k = select_entries(P, mass, 2 * 40, drop_tol)
-        assert vals.size <= k
-        assert mass - vals.sum() <= drop_tol * mass
-        if k > 80:  # the previous (half) count did not meet the tolerance
-            assert mass - np.sort(P.ravel())[-(k // 2) :].sum() > drop_tol * mass
+    P64 = _dual.plan(f, g, C, reg)
+    P64[3, :5] = 0.0  # zeros are never kept
+    P = P64.astype(dtype)
+    mass = float(P.sum(dtype=np.float64))
+    for drop_tol, floor in ((1e-2, 80), (1e-4, 80), (1e-8, 80), (1e-2, 600)):
+        if backend == "torch":
+            torch = pytest.importorskip("torch")
+            rows, cols, vals, count = (
+                np.asarray(t) for t in select_entries(torch.from_numpy(P), mass, floor, drop_tol)
+            )
+        else:
+            rows, cols, vals, count = select_entries(P, mass, floor, drop_tol)
+        kept = np.zeros(P.shape, dtype=bool)
+        kept[rows, cols] = True
+        assert vals.size == count == kept.sum() and vals.dtype == P.dtype
+        np.testing.assert_array_equal(vals, P[rows, cols])
+        assert (vals > 0).all() and count >= min(floor, np.count_nonzero(P))
+        # a threshold: every positive entry left out is below every kept one
+        left = P[~kept & (P > 0)]
+        assert left.size == 0 or left.max() < vals.min()
+        assert mass - vals.sum(dtype=np.float64) <= drop_tol * mass
+        # minimal up to one binade: leaving out the lowest kept binade breaks a condition
+        lowest = vals < 2.0 ** (np.floor(np.log2(vals.min())) + 1)
+        rest = vals[~lowest]
+        assert mass - rest.sum(dtype=np.float64) > drop_tol * mass or rest.size < floor
+    # everything (but the zeros) when the floor asks for more entries than there are
+    assert select_entries(P, mass, 10**6, 1e-2)[3] == np.count_nonzero(P)
     # the adaptive Hessian has the same exact diagonal
     H = materialize(sparsified_hessian(P, reg, drop_tol=1e-4))
     np.testing.assert_allclose(np.diag(H)[40:], -P.sum(0) / reg, rtol=1e-14)
