@@ -263,3 +263,18 @@ def test_hessian_vs_pyhessian_matches_budgets_and_the_exact_spectrum():
     assert cells["trace (stop rule)"][0] == cells["trace (30 probes)"][0]
     # PyHessian 0.1 accumulates .grad across constructions: a second one measures 2 H
     assert "without zero_grad: lambda_max / exact = 2.000" in out
+
+
+def test_sns_profile_splits_the_run_into_phases():
+    out = run_example("sns_profile.py", "--small")
+    line = next(line for line in out.splitlines() if line.startswith("ot/random-assignment:n=200,eta=1200"))
+    cells = re.split(r"\s{2,}", line.strip())
+    # problem, total, sinkhorn, sparsify, newton system, line search, measure, other, sweeps + Newton, CG, error
+    assert len(cells) == 11
+    total, phases = float(cells[1]), [float(c) for c in cells[2:7]]
+    assert all(p >= 0 for p in phases) and sum(phases) <= total
+    np_sum = sum(phases) + float(cells[7])
+    assert math.isclose(np_sum, total, rel_tol=0, abs_tol=0.35)  # rounding of six 0.1-ms cells
+    sweeps, newton = (int(x) for x in cells[8].split(" + "))
+    assert sweeps == 20 and newton >= 1 and int(cells[9]) >= newton
+    assert float(cells[10]) <= 1e-9
