@@ -273,8 +273,7 @@ def test_sns_profile_splits_the_run_into_phases():
     assert len(cells) == 11
     total, phases = float(cells[1]), [float(c) for c in cells[2:7]]
     assert all(p >= 0 for p in phases) and sum(phases) <= total
-    np_sum = sum(phases) + float(cells[7])
-    assert math.isclose(np_sum, total, rel_tol=0, abs_tol=0.35)  # rounding of six 0.1-ms cells
+    assert math.isclose(sum(phases) + float(cells[7]), total, rel_tol=0, abs_tol=0.35)  # rounding of six 0.1-ms cells
     sweeps, newton = (int(x) for x in cells[8].split(" + "))
     assert sweeps == 20 and newton >= 1 and int(cells[9]) >= newton
     assert float(cells[10]) <= 1e-9
