@@ -22,7 +22,7 @@ data fixed, more parameters grow the bulk and leave the outliers); the same on t
 test images (784-32-32-10) (``problems.curvature.mnist_classification``; skipped with a message
 when the data are absent from ``$OPTKIT_DATA`` and ``../shared/data``). Prints one row per network:
 the outliers (gap rule and SLQ count), ``lambda_1``, the largest bulk eigenvalue, the widest gap
-ratio ``lambda_j / lambda_(j+1)``, the trace (Hutchinson), the bulk's trace (SLQ, below the bulk
+ratio ``lambda_j / lambda_(j+1)`` and the next widest ("next", the rule's margin), the trace (Hutchinson), the bulk's trace (SLQ, below the bulk
 edge), the SLQ fraction of the eigenvalues within ``1e-3 lambda_1`` of zero ("near 0") and the
 largest Ritz residual relative to ``lambda_1``. ``--small`` runs width 32 and the digits 0-4 only,
 with 2 SLQ probes.
@@ -156,7 +156,10 @@ def spectrum_row(name, batch, k, hidden, target, probes, slq_steps):
     spec = hessian_spectrum(model, cross_entropy, [batch], top_k=20, probes=probes, steps=slq_steps, seed=0)
     seconds = time.perf_counter() - start
     lam, count = spec.eigenvalues, spec.outliers()
-    gap = lam[count - 1] / lam[count] if count else float("nan")
+    ratios = lam[:-1] / lam[1:]
+    ratios = ratios[: int(np.sum(lam > 0)) - 1]
+    gap = ratios[count - 1] if count else float("nan")
+    runner_up = np.max(np.delete(ratios, count - 1)) if count else float("nan")
     near_zero = spec.count_above(-NEAR_ZERO * lam[0]) - spec.count_above(NEAR_ZERO * lam[0])
     row = {
         "data": name,
@@ -169,6 +172,7 @@ def spectrum_row(name, batch, k, hidden, target, probes, slq_steps):
         "lambda_1": lam[0],
         "bulk_top": lam[count],
         "gap": gap,
+        "runner_up": runner_up,
         "trace": f"{spec.trace:.1f}+-{spec.trace_stderr:.1f}",
         "bulk_trace": bulk_trace(spec),
         "near_zero": near_zero / spec.n,
@@ -206,7 +210,7 @@ def sagun_real(widths, subset, low_loss_width, mnist, probes, slq_steps, target,
     )
     header = (
         f"{'data':<11} {'k':>2}  {'MLP':>13}  {'params':>6}  {'loss':>6}  {'outliers':>8}  {'SLQ count':>9}  "
-        f"{'lambda_1':>8}  {'bulk top':>8}  {'gap':>5}  {'trace +- s.e.':>13}  {'bulk trace':>10}  {'near 0':>6}  "
+        f"{'lambda_1':>8}  {'bulk top':>8}  {'gap':>5}  {'next':>5}  {'trace +- s.e.':>13}  {'bulk trace':>10}  {'near 0':>6}  "
         f"{'residual':>8}  {'time s':>6}"
     )
     print(header)
@@ -214,7 +218,7 @@ def sagun_real(widths, subset, low_loss_width, mnist, probes, slq_steps, target,
     for r in rows:
         print(
             f"{r['data']:<11} {r['k']:>2}  {r['mlp']:>13}  {r['params']:>6}  {r['loss']:>6.4f}  {r['outliers']:>8}  "
-            f"{r['slq']:>9.2f}  {r['lambda_1']:>8.3f}  {r['bulk_top']:>8.4f}  {r['gap']:>5.2f}  {r['trace']:>13}  "
+            f"{r['slq']:>9.2f}  {r['lambda_1']:>8.3f}  {r['bulk_top']:>8.4f}  {r['gap']:>5.2f}  {r['runner_up']:>5.2f}  {r['trace']:>13}  "
             f"{r['bulk_trace']:>10.2f}  {r['near_zero']:>6.3f}  {r['residual']:>8.1e}  {r['seconds']:>6.1f}"
         )
     if skipped:
