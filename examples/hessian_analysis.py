@@ -14,18 +14,19 @@ is the exact Gauss-Newton trace (the Hessian at an interpolating point) and ``st
 Hutchinson estimate of the Hessian's trace. Prints one row per (eta, seed): converged (final loss
 below 1e-20) or diverged, ``tr(H)``, ``2 / eta`` and ``eta tr(H) / 2``.
 
-(c) Sagun on real data: the same measurement on scikit-learn's digits (``problems.curvature.digits``,
-1797 images of 8 x 8 pixels, 10 classes): an MLP 64-h-h-10 trained by full-batch Adam (lr 3e-3) until
-its training loss reaches 0.03, for each width ``h`` = 16, 32, 64 (Sagun's second claim: with the
-data fixed, more parameters grow the bulk and leave the outliers); the same on the digits 0-4
-(5 classes, the smallest width), once more at width 32 at a ten times lower loss (0.003), and on a seeded subsample of 2000 MNIST
-test images (784-32-32-10) (``problems.curvature.mnist_classification``; skipped with a message
-when the data are absent from ``$OPTKIT_DATA`` and ``../shared/data``). Prints one row per network:
-the outliers (gap rule and SLQ count), ``lambda_1``, the largest bulk eigenvalue, the widest gap
-ratio ``lambda_j / lambda_(j+1)`` and the next widest ("next", the rule's margin), the trace (Hutchinson), the bulk's trace (SLQ, below the bulk
-edge), the SLQ fraction of the eigenvalues within ``1e-3 lambda_1`` of zero ("near 0") and the
-largest Ritz residual relative to ``lambda_1``. ``--small`` runs width 32 and the digits 0-4 only,
-with 2 SLQ probes.
+(c) Sagun on real data: the same measurement on scikit-learn's digits
+(``problems.curvature.digits``, 1797 images of 8 x 8 pixels, 10 classes): an MLP 64-h-h-10 trained
+by full-batch Adam (lr 3e-3) until its training loss reaches 0.03, for each width ``h`` = 16, 32, 64
+(Sagun's second claim: with the data fixed, more parameters grow the bulk and leave the outliers);
+the same on the digits 0-4 (5 classes, the smallest width), once more at width 32 at a ten times
+lower loss (0.003), and on a seeded subsample of 2000 MNIST test images (784-32-32-10)
+(``problems.curvature.mnist_classification``; skipped with a message when the data are absent from
+``$OPTKIT_DATA`` and ``../shared/data``). Prints one row per network: the outliers (gap rule and SLQ
+count), ``lambda_1``, the largest bulk eigenvalue, the widest gap ratio ``lambda_j / lambda_(j+1)``
+and the next widest ("next", the rule's margin), the trace (Hutchinson), the bulk's trace (SLQ,
+below the bulk edge), the SLQ fraction of the eigenvalues within ``1e-3 lambda_1`` of zero ("near
+0") and the largest Ritz residual relative to ``lambda_1``. ``--small`` runs width 32 and the digits
+0-4 only, with 2 SLQ probes.
 
 Run: ``python examples/hessian_analysis.py --out hessian-analysis`` (PNG files under ``--out``);
 ``--small`` for a smoke run (under 30 s); ``--part a``, ``b`` or ``c`` runs one part.
@@ -210,16 +211,17 @@ def sagun_real(widths, subset, low_loss_width, mnist, probes, slq_steps, target,
     )
     header = (
         f"{'data':<11} {'k':>2}  {'MLP':>13}  {'params':>6}  {'loss':>6}  {'outliers':>8}  {'SLQ count':>9}  "
-        f"{'lambda_1':>8}  {'bulk top':>8}  {'gap':>5}  {'next':>5}  {'trace +- s.e.':>13}  {'bulk trace':>10}  {'near 0':>6}  "
-        f"{'residual':>8}  {'time s':>6}"
+        f"{'lambda_1':>8}  {'bulk top':>8}  {'gap':>5}  {'next':>5}  {'trace +- s.e.':>13}  {'bulk trace':>10}  "
+        f"{'near 0':>6}  {'residual':>8}  {'time s':>6}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['data']:<11} {r['k']:>2}  {r['mlp']:>13}  {r['params']:>6}  {r['loss']:>6.4f}  {r['outliers']:>8}  "
-            f"{r['slq']:>9.2f}  {r['lambda_1']:>8.3f}  {r['bulk_top']:>8.4f}  {r['gap']:>5.2f}  {r['runner_up']:>5.2f}  {r['trace']:>13}  "
-            f"{r['bulk_trace']:>10.2f}  {r['near_zero']:>6.3f}  {r['residual']:>8.1e}  {r['seconds']:>6.1f}"
+            f"{r['data']:<11} {r['k']:>2}  {r['mlp']:>13}  {r['params']:>6}  {r['loss']:>6.4f}  "
+            f"{r['outliers']:>8}  {r['slq']:>9.2f}  {r['lambda_1']:>8.3f}  {r['bulk_top']:>8.4f}  "
+            f"{r['gap']:>5.2f}  {r['runner_up']:>5.2f}  {r['trace']:>13}  {r['bulk_trace']:>10.2f}  "
+            f"{r['near_zero']:>6.3f}  {r['residual']:>8.1e}  {r['seconds']:>6.1f}"
         )
     if skipped:
         print(skipped)
