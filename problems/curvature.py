@@ -1,6 +1,8 @@
 """Problems of the curvature experiments (``optkit.analysis``): plain functions, not registered.
 
 - :func:`gaussian_mixture`: a seeded ``k``-class Gaussian mixture (Sagun et al.'s bulk-and-outliers data);
+- :func:`digits`, :func:`mnist_classification`: real classification data (scikit-learn's 8 x 8
+  digits, a seeded subsample of the MNIST test images) as torch tensors, for the same experiment;
 - :func:`mlp`: a small ReLU multilayer perceptron;
 - :func:`diagonal_network_data`, :class:`DiagonalNetwork`: the diagonal linear network
   ``f(x) = x . (u*u - v*v)`` on a sparse regression (Wu & Su's stability experiment), with its
@@ -8,7 +10,8 @@
 - :func:`colored_mnist_environments`: colored-MNIST environments (Arjovsky et al.'s recipe) from the
   MNIST test images, for the alignment penalties.
 
-torch is imported only by :func:`mlp` and :func:`colored_mnist_environments`.
+torch is imported only by :func:`digits`, :func:`mnist_classification`, :func:`mlp` and
+:func:`colored_mnist_environments`; scikit-learn only by :func:`digits`.
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ __all__ = [
     "DiagonalNetwork",
     "colored_mnist_environments",
     "diagonal_network_data",
+    "digits",
     "gaussian_mixture",
     "mlp",
+    "mnist_classification",
 ]
+
+MNIST_TEST_SIZE = 10_000
 
 
 def gaussian_mixture(
@@ -53,6 +60,76 @@ def gaussian_mixture(
     y = rng.permutation(np.arange(n) % k)
     X = means[y] + rng.standard_normal((n, dim))
     return X, y.astype(np.int64)
+
+
+def digits(*, seed: int = 0, dtype: Any = None) -> tuple[Any, Any]:
+    """scikit-learn's 8 x 8 handwritten digits (``load_digits``, bundled: no file is read from
+    ``$OPTKIT_DATA``) as torch tensors, rows in a seeded random order.
+
+    Parameters
+    ----------
+    seed : int
+        The order of the rows: ``numpy.random.default_rng(seed).permutation(1797)``.
+    dtype : torch.dtype, optional
+        Of ``X``; default torch's default dtype.
+
+    Returns
+    -------
+    X : tensor (1797, 64), ``dtype``, the 17 grey levels ``0 .. 16`` divided by 16 (in [0, 1])
+    y : tensor (1797,), int64, the digits ``0 .. 9`` (174 to 183 of each)
+    """
+    torch = optional_import("torch", "problems.curvature.digits")
+    sklearn_datasets = optional_import("sklearn.datasets", "problems.curvature.digits")
+    seed = check_int("seed", seed, minimum=0)
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    data = sklearn_datasets.load_digits()
+    order = np.random.default_rng(seed).permutation(len(data.target))
+    X = torch.from_numpy(data.data[order] / 16.0).to(dtype)
+    return X, torch.from_numpy(data.target[order].astype(np.int64))
+
+
+def mnist_classification(
+    n: int | None = None, *, seed: int = 0, dtype: Any = None, images: Any = None, labels: Any = None
+) -> tuple[Any, Any]:
+    """A seeded subsample of ``n`` MNIST test images, flattened, as torch tensors.
+
+    Parameters
+    ----------
+    n : int, optional
+        ``1 <= n <= 10000``; default all 10000 (in a seeded order).
+    seed : int
+        The subsample: the first ``n`` of ``numpy.random.default_rng(seed).permutation(10000)``.
+    dtype : torch.dtype, optional
+        Of ``X``; default torch's default dtype.
+    images, labels : arrays (10000, 28, 28) and (10000,), optional
+        Default: :func:`problems.mnist.load_mnist_images` / ``load_mnist_labels`` (``$OPTKIT_DATA``;
+        ``FileNotFoundError`` naming it when absent).
+
+    Returns
+    -------
+    X : tensor (n, 784), ``dtype``, the pixels divided by 255 (in [0, 1]), rows of the images
+        read row-major
+    y : tensor (n,), int64, the digits ``0 .. 9``
+    """
+    torch = optional_import("torch", "problems.curvature.mnist_classification")
+    if n is not None:
+        n = check_int("n", n, minimum=1)
+        if n > MNIST_TEST_SIZE:
+            raise ValueError(f"n must be at most the {MNIST_TEST_SIZE} MNIST test images, got {n}")
+    seed = check_int("seed", seed, minimum=0)
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if images is None or labels is None:
+        from .mnist import load_mnist_images, load_mnist_labels
+
+        images, labels = load_mnist_images(), load_mnist_labels()
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.shape != (MNIST_TEST_SIZE, 28, 28) or labels.shape != (MNIST_TEST_SIZE,):
+        raise ValueError(
+            f"images and labels must have shapes (10000, 28, 28) and (10000,), got {images.shape} and {labels.shape}"
+        )
+    pick = np.random.default_rng(seed).permutation(MNIST_TEST_SIZE)[: MNIST_TEST_SIZE if n is None else n]
+    X = torch.from_numpy(images[pick].reshape(len(pick), 784) / 255.0).to(dtype)
+    return X, torch.from_numpy(labels[pick].astype(np.int64))
 
 
 def mlp(dim: int, classes: int, hidden: int = 32, depth: int = 2, *, seed: int = 0, dtype: Any = None) -> Any:

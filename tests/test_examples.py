@@ -238,8 +238,25 @@ def test_hessian_analysis_counts_outliers_and_checks_the_trace_bound(tmp_path):
     # Wu & Su: tr(H) <= 2 / eta at every converged learning rate; the large one sits far below small eta's trace
     assert all(float(row[2]) < 1e-20 and float(row[3]) <= float(row[7]) for row in converged)
     assert float(converged[1][3]) < 0.5 * float(converged[0][3])
+    # Sagun on the digits (10 classes, and the digits 0-4): k - 1 outliers, the widest gap ratio about 2.9 and
+    # 3.9 at loss 0.03 (the rule needs 2), Lanczos converged
+    real = [line.split() for line in out.splitlines() if re.match(r"^digits\S*\s+\d+\s+\d+-", line)]
+    assert [(row[0], row[1], row[2]) for row in real] == [
+        ("digits", "10", "64-32-32-10"),
+        ("digits0-4", "5", "64-32-32-5"),
+    ]
+    for row in real:
+        k, count = int(row[1]), int(row[5])
+        slq, lam1, bulk, gap, runner_up = map(float, row[6:11])
+        assert float(row[4]) <= 0.03 and count == k - 1
+        assert gap >= 2 > runner_up and lam1 > bulk > 0
+        # the density's own count, 2 probes: relative s.e. about sqrt(2 / (2 count)), 0.5 at k = 5; within 1.5 s.e.
+        assert abs(slq - count) < 0.75 * count
+        assert 0.5 < float(row[13]) <= 1  # most eigenvalues lie within 1e-3 lambda_1 of zero
+        assert float(row[14]) < 1e-6  # Ritz residuals relative to lambda_1
     assert (tmp_path / "sagun_outliers.png").stat().st_size > 10_000
     assert (tmp_path / "wu_su_trace.png").stat().st_size > 10_000
+    assert (tmp_path / "sagun_real_data.png").stat().st_size > 10_000
 
 
 def test_hessian_vs_pyhessian_matches_budgets_and_the_exact_spectrum():
