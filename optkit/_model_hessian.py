@@ -46,6 +46,12 @@ def _check_loss(torch, name: str, value: Any) -> Any:
     return value
 
 
+def _check_outputs(torch, value: Any) -> Any:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"outputs_fn must return a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
 def _select(model: Any, params: Sequence[str] | None) -> tuple[str, ...]:
     named = dict(model.named_parameters())
     if params is None:
@@ -112,20 +118,11 @@ class ModelEngine:
         self.frozen = {"model." + k: p.detach() for k, p in named.items() if k not in self.names}
         self.loss_fn, self.outputs_fn, self.loss_on_outputs = loss_fn, outputs_fn, loss_on_outputs
         self.module = _bound(torch, model, self._batch_loss)
-        with torch.no_grad():
-            first = self.batches[0]
-            if loss_fn is not None:
-                _check_loss(torch, "loss_fn", loss_fn(model, first))
-            if kind == "ggn":
-                out = outputs_fn(model, first)
-                if not isinstance(out, torch.Tensor):
-                    raise TypeError(f"outputs_fn must return a torch.Tensor, got {type(out).__name__}")
-                _check_loss(torch, "loss_on_outputs", loss_on_outputs(out, first))
 
     # the functions of the flat weights w on one batch
     def _batch_loss(self, model, batch, what):
         if what == "outputs":
-            return self.outputs_fn(model, batch)
+            return _check_outputs(self.torch, self.outputs_fn(model, batch))
         if self.loss_fn is not None:
             return _check_loss(self.torch, "loss_fn", self.loss_fn(model, batch))
         return self._outer(self.outputs_fn(model, batch), batch)
@@ -142,9 +139,17 @@ class ModelEngine:
 class ForwardOverReverseEngine(ModelEngine):
     """``torch.func.jvp`` of ``torch.func.grad`` per product, ``vmap``ped over columns."""
 
-    def __init__(self, *args) -> None:
-        super().__init__(*args)
-        _load_forward_ad(self.torch)
+    def __init__(self, model, loss_fn, *args) -> None:
+        super().__init__(model, loss_fn, *args)
+        torch = self.torch
+        # the products evaluate lazily: check the callables on the first batch now
+        with torch.no_grad():
+            first = self.batches[0]
+            if loss_fn is not None:
+                _check_loss(torch, "loss_fn", loss_fn(model, first))
+            if self.kind == "ggn":
+                self._outer(_check_outputs(torch, self.outputs_fn(model, first)), first)
+        _load_forward_ad(torch)
 
     def _column(self, batch):
         """``v -> (Hessian or GGN of the batch's loss) v`` for one batch."""
@@ -190,6 +195,8 @@ class ForwardOverReverseEngine(ModelEngine):
 
 class RetainedGraphEngine(ModelEngine):
     """One backward pass per product through the gradient's graph, built once and retained.
+
+    Building the graph evaluates the callables on every batch, which checks them.
 
     The Hessian: ``g = ∇L(w)`` with ``create_graph=True``; ``H v = ∂(gᵀv)/∂w``. The GGN
     ``(1/B) Σ_b J_bᵀ H_b J_b`` per batch: ``J_b v`` by the double-vjp trick (the vjp

@@ -11,6 +11,7 @@ eigenvalues once orthogonality is lost.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,9 @@ class LanczosResult:
     breakdown : bool
         True when the Krylov space became invariant (``β`` fell to rounding level): every Ritz
         value is then an eigenvalue of ``A``.
+    products : array or tensor, shape (n, steps), or None
+        ``A Q_k`` as the matvecs returned it (``keep_products=True``): the Ritz vectors' images
+        ``A Q_k s = products @ s`` without another matvec.
     """
 
     alpha: np.ndarray
@@ -47,6 +51,7 @@ class LanczosResult:
     basis: Any
     steps: int
     breakdown: bool
+    products: Any = None
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
         """Eigenvalues (ascending) and eigenvectors of ``T_k``, float64 numpy."""
@@ -85,6 +90,9 @@ class LanczosProcess:
         Full reorthogonalisation (default) or the plain three-term recurrence.
     seed : int
         Seed of the default start vector.
+    keep_products : bool
+        Keep every matvec ``A q_i`` as well (memory of a second basis), so that Ritz residuals
+        ``||A y - θ y||`` are exact without further matvecs.
 
     Notes
     -----
@@ -92,17 +100,25 @@ class LanczosProcess:
     over the basis (``O(n k)``). The basis is kept in either case (the Ritz vectors need it).
     """
 
-    def __init__(self, A: Any, *, v0: Any = None, reorthogonalize: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self, A: Any, *, v0: Any = None, reorthogonalize: bool = True, seed: int = 0, keep_products: bool = False
+    ) -> None:
         op = aslinearoperator(A)
         n, m = op.shape
         if n != m or n == 0:
             raise ValueError(f"Lanczos needs a square, non-empty operator, got shape {op.shape}")
         if str(op.dtype).removeprefix("torch.") not in ("float32", "float64"):
             raise ValueError(f"Lanczos needs a real float32 or float64 operator, got dtype {op.dtype}")
-        if not isinstance(reorthogonalize, bool):
-            raise TypeError(f"reorthogonalize must be true or false, got {reorthogonalize!r}")
+        for name, flag in (("reorthogonalize", reorthogonalize), ("keep_products", keep_products)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be true or false, got {flag!r}")
         self.op, self.reorthogonalize = op, reorthogonalize
-        self._q = [_start_vector(op, v0, check_int("seed", seed, 0))]
+        q0 = _start_vector(op, v0, check_int("seed", seed, 0))
+        # the basis in one (n, capacity) array, doubled when full: no re-stacking per step
+        self._Q = self._zeros(min(n, 16))
+        self._Q[:, 0] = q0
+        self._W = self._zeros(min(n, 16)) if keep_products else None
+        self._vectors = 1
         self._alpha: list[float] = []
         self._beta: list[float] = []
         self.breakdown = False
@@ -111,25 +127,45 @@ class LanczosProcess:
     def steps(self) -> int:
         return len(self._alpha)
 
+    def _zeros(self, columns: int) -> Any:
+        op = self.op
+        device = None if op.backend == "numpy" else op.device
+        return op.xp.zeros((op.shape[0], columns), dtype=op.dtype, device=device)
+
+    def _append(self, q: Any) -> None:
+        if self._vectors == self._Q.shape[1]:
+            grown = self._zeros(min(self.op.shape[0], 2 * self._vectors))
+            grown[:, : self._vectors] = self._Q
+            self._Q = grown
+            if self._W is not None:
+                products = self._zeros(grown.shape[1])
+                products[:, : self._vectors] = self._W
+                self._W = products
+        self._Q[:, self._vectors] = q
+        self._vectors += 1
+
     def extend(self, steps: int) -> LanczosResult:
         """Take up to ``steps`` more steps (fewer at a breakdown or at ``n`` steps); the decomposition so far."""
         check_int("steps", steps, 0)
-        xp, n = self.op.xp, self.op.shape[0]
+        n = self.op.shape[0]
         eps = float(np.finfo(np.float32 if "32" in str(self.op.dtype) else np.float64).eps)
         for _ in range(steps):
             if self.breakdown or self.steps >= n:
                 break
-            q = self._q[-1]
+            k = self.steps
+            q = self._Q[:, k]
             w = self.op.matvec(q)
-            alpha = float(xp.vecdot(q, w))
+            if self._W is not None:
+                self._W[:, k] = w
+            alpha = float(q @ w)
             w = w - alpha * q
             if self._beta:
-                w = w - self._beta[-1] * self._q[-2]
+                w = w - self._beta[-1] * self._Q[:, k - 1]
             if self.reorthogonalize:
-                Q = xp.stack(self._q, axis=1)
+                Q = self._Q[:, : k + 1]
                 for _ in range(2):
                     w = w - Q @ (Q.T @ w)
-            beta = float(xp.linalg.vector_norm(w))
+            beta = math.sqrt(float(w @ w))
             self._alpha.append(alpha)
             self._beta.append(beta)
             scale = max(abs(alpha), beta, abs(self._beta[-2]) if len(self._beta) > 1 else 0.0)
@@ -137,14 +173,16 @@ class LanczosProcess:
                 self._beta[-1] = 0.0
                 self.breakdown = True
             elif self.steps < n:
-                self._q.append(w / beta)
+                self._append(w / beta)
         return self.result()
 
     def result(self) -> LanczosResult:
-        """The decomposition after the steps taken so far."""
+        """The decomposition after the steps taken so far (the basis is a copy)."""
         k = self.steps
-        basis = self.op.xp.stack(self._q[:k], axis=1) if k else None
-        return LanczosResult(np.array(self._alpha), np.array(self._beta), basis, k, self.breakdown)
+        xp = self.op.xp
+        basis = xp.asarray(self._Q[:, :k], copy=True) if k else None
+        products = xp.asarray(self._W[:, :k], copy=True) if k and self._W is not None else None
+        return LanczosResult(np.array(self._alpha), np.array(self._beta), basis, k, self.breakdown, products)
 
 
 def lanczos(A: Any, k: int, *, v0: Any = None, reorthogonalize: bool = True, seed: int = 0) -> LanczosResult:

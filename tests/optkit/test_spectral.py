@@ -56,6 +56,20 @@ def test_top_eigenpairs_equal_eigh():
     assert pairs.steps < N  # converged well before a full tridiagonalisation
 
 
+def test_kept_products_are_the_matvecs_and_give_exact_residuals():
+    A, _ = bulk_and_outliers()
+    process = LanczosProcess(A, seed=1, keep_products=True)
+    process.extend(20)  # past the first capacity (16): the stores grow
+    r = process.extend(5)
+    np.testing.assert_allclose(r.products, A @ r.basis, rtol=0, atol=1e-13)
+    assert LanczosProcess(A).extend(3).products is None
+    # an unconverged pair (6 steps): its residual equals the one recomputed with A
+    pairs = top_eigenpairs(A, 2, max_steps=6, seed=2)
+    explicit = np.linalg.norm(A @ pairs.vectors - pairs.vectors * pairs.values, axis=0)
+    assert not pairs.converged and explicit.min() > 1e-3
+    np.testing.assert_allclose(pairs.residuals, explicit, rtol=1e-10)
+
+
 def test_without_reorthogonalisation_ghost_eigenvalues_appear():
     A, _ = bulk_and_outliers()
     for reorthogonalize, copies in ((True, 1), (False, 8)):
