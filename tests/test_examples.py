@@ -294,3 +294,23 @@ def test_sns_profile_splits_the_run_into_phases():
     sweeps, newton = (int(x) for x in cells[8].split(" + "))
     assert sweeps == 20 and newton >= 1 and int(cells[9]) >= newton
     assert float(cells[10]) <= 1e-9
+
+
+def test_hessian_alignment_prints_every_method_and_the_color_shortcut(tmp_path):
+    pytest.importorskip("torch")
+    out = run_example("hessian_alignment.py", "--small", "--out", str(tmp_path))
+    if out.startswith("skipped: the MNIST test split"):
+        pytest.skip("the MNIST test split is not available")
+    assert "environments of 500/500/500 images" in out
+    rows = {c[0]: c[1:] for line in out.splitlines() if (c := line.split())[:1] in (["erm"], ["hgp"], ["hutchinson"])}
+    assert list(rows) == ["erm", "hgp", "hutchinson"]
+    # columns: train mean, +-, std, test mean, +-, std, gradient gap, Hessian-gradient gap, seconds per seed
+    stats = {method: [float(cells[i]) for i in (0, 2, 3, 5, 6, 7, 8)] for method, cells in rows.items()}
+    assert all(math.isfinite(v) for values in stats.values() for v in values)
+    assert all(0 <= values[0] <= 1 and 0 <= values[2] <= 1 and values[6] > 0 for values in stats.values())
+    # ERM locks onto the color: well fitted on the training environments, below chance where the color flips
+    assert stats["erm"][0] > 0.7 and stats["erm"][2] < 0.5
+    # with the large penalty weight the penalties shrink what they measure on the head, against ERM
+    assert stats["hgp"][5] < 0.5 * stats["erm"][5] and stats["hgp"][4] < stats["erm"][4]
+    assert stats["hutchinson"][4] < stats["erm"][4]
+    assert (tmp_path / "hessian_alignment.png").stat().st_size > 10_000
