@@ -146,6 +146,16 @@ class LanczosProcess:
 
     def extend(self, steps: int) -> LanczosResult:
         """Take up to ``steps`` more steps (fewer at a breakdown or at ``n`` steps); the decomposition so far."""
+        self.advance(steps)
+        return self.result()
+
+    def tridiagonal(self) -> LanczosResult:
+        """The coefficients so far without the basis (``basis`` and ``products`` None): enough
+        for the Ritz values and their residual estimates, and copies nothing."""
+        return LanczosResult(np.array(self._alpha), np.array(self._beta), None, self.steps, self.breakdown)
+
+    def advance(self, steps: int) -> None:
+        """Take up to ``steps`` more steps (fewer at a breakdown or at ``n`` steps)."""
         check_int("steps", steps, 0)
         n = self.op.shape[0]
         eps = float(np.finfo(np.float32 if "32" in str(self.op.dtype) else np.float64).eps)
@@ -174,7 +184,6 @@ class LanczosProcess:
                 self.breakdown = True
             elif self.steps < n:
                 self._append(w / beta)
-        return self.result()
 
     def result(self) -> LanczosResult:
         """The decomposition after the steps taken so far (the basis is a copy)."""

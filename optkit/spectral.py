@@ -231,9 +231,10 @@ def top_eigenpairs(
 ) -> Eigenpairs:
     """The ``k`` extreme eigenpairs of the symmetric ``A`` by Lanczos.
 
-    Lanczos runs ``2k + 10`` steps, then grows by the same amount until the ``k`` wanted Ritz
-    pairs have residual estimates ``β_m |s_mi| <= tol · max|θ|``, the Krylov space is
-    invariant, or ``max_steps`` (default ``n``) is reached. The returned residuals
+    Lanczos runs ``k`` steps, then one at a time until the ``k`` wanted Ritz pairs have
+    residual estimates ``β_m |s_mi| <= tol · max|θ|`` (checked after every step, from the
+    tridiagonal coefficients alone), the Krylov space is invariant, or ``max_steps`` (default
+    ``n``) is reached. The returned residuals
     ``||A v - θ v||`` are then computed exactly from the matvecs the process kept
     (``A v = A Q s``), with no further matvec.
 
@@ -266,9 +267,9 @@ def top_eigenpairs(
     tol = check_positive("tol", tol)
     max_steps = n if max_steps is None else check_int("max_steps", max_steps, k)
     process = LanczosProcess(op, reorthogonalize=reorthogonalize, seed=seed, keep_products=True)
-    chunk = 2 * k + 10
+    process.advance(min(k, max_steps))
     while True:
-        result = process.extend(min(chunk, max_steps - process.steps))
+        result = process.tridiagonal()
         theta, S = result.ritz()
         order = {"LA": np.argsort(-theta), "SA": np.argsort(theta), "LM": np.argsort(-np.abs(theta))}[which][:k]
         estimates = np.abs(result.beta[-1] * S[-1, order])
@@ -276,6 +277,8 @@ def top_eigenpairs(
         converged = len(order) == k and bool(np.all(estimates <= tol * scale))
         if converged or result.breakdown or process.steps >= max_steps:
             break
+        process.advance(1)
+    result = process.result()
     xp = op.xp
     coefficients = convert(
         np.ascontiguousarray(S[:, order]), op.backend, None if op.backend == "numpy" else op.device, op.dtype
