@@ -102,7 +102,7 @@ class _Call:
     def niter(self) -> int:
         return -1 if self.out is None else int(self.out.niter)
 
-    def same_iterate(self, other: "_Call") -> bool:
+    def same_iterate(self, other: _Call) -> bool:
         return self.l1 == other.l1 and np.array_equal(np.asarray(self.out.dual), np.asarray(other.out.dual))
 
 
@@ -236,7 +236,10 @@ class _RegotBase(Solver):
         if self.max_iter > 0 and not marginal_error(start, a, b) <= self.tol:
             settings, ending, calibration_runs = self._calibrate(regot, args)  # before the clock
         run = BlackBoxRun(
-            self, problem, callback, measure=lambda P: {"marginal_error": marginal_error(P, a, b)},
+            self,
+            problem,
+            callback,
+            measure=lambda P: {"marginal_error": marginal_error(P, a, b)},
             criterion="marginal_error",
         )
         verdict, niter, extras = None, 0, {"calibration_runs": calibration_runs}

@@ -10,10 +10,29 @@ from optkit.ot_problem import OTProblem
 
 regot = pytest.importorskip("regot")
 
-NAMES = ["regot-ssns", "regot-newton", "regot-sparse-newton", "regot-splr", "regot-lbfgs-dual", "regot-apdagd",
-         "regot-bcd"]
-FUNCTIONS = dict(zip(NAMES, ["sinkhorn_ssns", "sinkhorn_newton", "sinkhorn_sparse_newton", "sinkhorn_splr",
-                             "sinkhorn_lbfgs_dual", "sinkhorn_apdagd", "sinkhorn_bcd"]))
+NAMES = [
+    "regot-ssns",
+    "regot-newton",
+    "regot-sparse-newton",
+    "regot-splr",
+    "regot-lbfgs-dual",
+    "regot-apdagd",
+    "regot-bcd",
+]
+FUNCTIONS = dict(
+    zip(
+        NAMES,
+        [
+            "sinkhorn_ssns",
+            "sinkhorn_newton",
+            "sinkhorn_sparse_newton",
+            "sinkhorn_splr",
+            "sinkhorn_lbfgs_dual",
+            "sinkhorn_apdagd",
+            "sinkhorn_bcd",
+        ],
+    )
+)
 QUICK = optkit.get_suite("ot-quick")
 TOL = 1e-9
 # (solver, problem) pairs that reach 1e-9 within 300 RegOT iterations with regot 0.0.3 (it is pinned);
