@@ -42,6 +42,19 @@ REACHES = {("regot-ssns", 0), ("regot-ssns", 1), ("regot-newton", 0), ("regot-ne
 }
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One OpenMP (RegOT) and BLAS thread: on a busy 2-core machine RegOT's spinning OpenMP
+    threads made its SSNS 20-30x slower. A no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
+
+
 def _l1(P, a, b):
     return np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum()
 
