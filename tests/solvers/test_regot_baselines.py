@@ -150,3 +150,38 @@ def test_torch_problem_is_refused():
     p = optkit.get_problem("ot/random-assignment", n=10, eta=10).to("torch")
     with pytest.raises(ValueError, match="numpy"):
         optkit.solve(p, "regot-ssns")
+
+
+QROT = ["assn", "grssn", "bcd", "lbfgs-dual", "lbfgs-semi-dual", "apdagd", "gd", "pdaam"]
+
+
+@pytest.fixture(scope="module")
+def qrot_problem_and_plan():
+    # quadratically regularised OT is sparse-ot with at least n nonzeros per column (reg = gamma)
+    p = optkit.get_problem("ot/random-assignment", n=40, eta=10)
+    ref = optkit.solve(p, "sparse-ot", max_nz=40, tol=1e-12)
+    assert ref.status is Status.CONVERGED
+    return p, ref.x
+
+
+@pytest.mark.parametrize("name", QROT)
+def test_qrot_reaches_tol_or_reports_its_true_status(name, qrot_problem_and_plan):
+    p, plan = qrot_problem_and_plan
+    res = optkit.solve(p, f"regot-qrot-{name}", tol=TOL, max_iter=2000)
+    err = res.metrics["marginal_error"]
+    np.testing.assert_allclose(err, _l1(res.x, p.a, p.b), rtol=1e-12)
+    if name in ("assn", "grssn", "bcd", "lbfgs-semi-dual"):
+        assert res.status is Status.CONVERGED, res.message
+    if res.status is Status.CONVERGED:
+        assert err <= TOL
+        np.testing.assert_allclose(res.x, plan, rtol=0, atol=1e-8)  # the same problem: sparse-ot's plan
+        f, g = res.extras["potentials"]
+        np.testing.assert_allclose(np.maximum(f[:, None] + g[None, :] - p.C, 0) / p.reg, res.x, atol=1e-15)
+        # the first iterate meeting tol, also where RegOT's own test would stop later
+        k = res.counters["regot_iterations"]
+        out = getattr(regot, f"qrot_{name.replace('-', '_')}")(
+            np.asfortranarray(p.C), p.a, p.b, p.reg, tol=0.0, max_iter=k - 1
+        )
+        assert k == 1 or _l1(out.plan, p.a, p.b) > TOL
+    else:
+        assert not err <= TOL and res.status in (Status.MAX_ITER, Status.STALLED, Status.FAILED, Status.NONFINITE)
