@@ -15,7 +15,7 @@ threads spin against the load (its SSNS ran 30x slower with 2 threads than with 
 2-core machine): compare at 1 thread there.
 
 Run: ``python examples/ot_vs_regot.py [--small] [--repeat 3] [--tol 1e-9] [--max-iter 1000]
-[--threads 1]``.
+[--threads 1] [--solvers regot-ssns,...] [--problems "SPEC;SPEC"]``.
 """
 
 import argparse
@@ -53,12 +53,12 @@ def mnist_available() -> bool:
     return True
 
 
-def main(small: bool, repeat: int, tol: float, max_iter: int) -> None:
-    problem_specs = SMALL if small else PAPER
+def main(small: bool, repeat: int, tol: float, max_iter: int, regot: list, problem_specs: list | None) -> None:
+    problem_specs = problem_specs or (SMALL if small else PAPER)
     if not small and not mnist_available():
         print("MNIST rows left out: no MNIST data (set OPTKIT_DATA to the folder holding mnist/)")
         problem_specs = [spec for spec in problem_specs if not spec.startswith("ot/mnist")]
-    solvers = ["sns"] + (REGOT if has_module("regot") else [])
+    solvers = ["sns"] + (regot if has_module("regot") else [])
     if len(solvers) == 1:
         print("regot is not installed (pip install 'optkit[regot]'): sns alone")
     # sns's own max_iter (Newton steps) is left at its default; the RegOT ones get max_iter
@@ -75,5 +75,13 @@ if __name__ == "__main__":
     parser.add_argument("--tol", type=float, default=1e-9, help="L1 marginal error to reach")
     parser.add_argument("--max-iter", type=int, default=1000, help="RegOT iterations per run")
     parser.add_argument("--threads", type=int, default=1, help="threads for RegOT, numba and BLAS (default 1)")
+    parser.add_argument("--solvers", help="comma-separated regot-* solvers against sns (default: all of them)")
+    parser.add_argument("--problems", help="problem specs separated by semicolons (default: ot-paper's first three)")
     args = parser.parse_args()
-    main(args.small, 1 if args.small else args.repeat, args.tol, 300 if args.small else args.max_iter)
+    regot = args.solvers.split(",") if args.solvers else REGOT
+    unknown = sorted(set(regot) - set(REGOT))
+    if unknown:
+        parser.error(f"--solvers: unknown {unknown}; choose from {REGOT}")
+    problem_specs = args.problems.split(";") if args.problems else None
+    repeat, max_iter = (1, 300) if args.small else (args.repeat, args.max_iter)
+    main(args.small, repeat, args.tol, max_iter, regot, problem_specs)

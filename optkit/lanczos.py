@@ -114,9 +114,10 @@ class LanczosProcess:
                 raise TypeError(f"{name} must be true or false, got {flag!r}")
         self.op, self.reorthogonalize = op, reorthogonalize
         q0 = _start_vector(op, v0, check_int("seed", seed, 0))
-        # the basis in one (n, capacity) array, doubled when full: no re-stacking per step
+        # the basis as the rows of one (capacity, n) array, doubled when full: each vector is
+        # contiguous, and nothing is re-stacked per step
         self._Q = self._zeros(min(n, 16))
-        self._Q[:, 0] = q0
+        self._Q[0] = q0
         self._W = self._zeros(min(n, 16)) if keep_products else None
         self._vectors = 1
         self._alpha: list[float] = []
@@ -127,21 +128,21 @@ class LanczosProcess:
     def steps(self) -> int:
         return len(self._alpha)
 
-    def _zeros(self, columns: int) -> Any:
+    def _zeros(self, rows: int) -> Any:
         op = self.op
         device = None if op.backend == "numpy" else op.device
-        return op.xp.zeros((op.shape[0], columns), dtype=op.dtype, device=device)
+        return op.xp.zeros((rows, op.shape[0]), dtype=op.dtype, device=device)
 
     def _append(self, q: Any) -> None:
-        if self._vectors == self._Q.shape[1]:
+        if self._vectors == self._Q.shape[0]:
             grown = self._zeros(min(self.op.shape[0], 2 * self._vectors))
-            grown[:, : self._vectors] = self._Q
+            grown[: self._vectors] = self._Q
             self._Q = grown
             if self._W is not None:
-                products = self._zeros(grown.shape[1])
-                products[:, : self._vectors] = self._W
+                products = self._zeros(grown.shape[0])
+                products[: self._vectors] = self._W
                 self._W = products
-        self._Q[:, self._vectors] = q
+        self._Q[self._vectors] = q
         self._vectors += 1
 
     def extend(self, steps: int) -> LanczosResult:
@@ -163,18 +164,21 @@ class LanczosProcess:
             if self.breakdown or self.steps >= n:
                 break
             k = self.steps
-            q = self._Q[:, k]
+            q = self._Q[k]
             w = self.op.matvec(q)
             if self._W is not None:
-                self._W[:, k] = w
+                self._W[k] = w
             alpha = float(q @ w)
-            w = w - alpha * q
-            if self._beta:
-                w = w - self._beta[-1] * self._Q[:, k - 1]
             if self.reorthogonalize:
-                Q = self._Q[:, : k + 1]
+                # two Gram-Schmidt passes against the whole basis, q_k and q_(k-1) included, do
+                # the three-term recurrence's subtractions too
+                Q = self._Q[: k + 1]
                 for _ in range(2):
-                    w = w - Q @ (Q.T @ w)
+                    w = w - (Q @ w) @ Q
+            else:
+                w = w - alpha * q
+                if self._beta:
+                    w = w - self._beta[-1] * self._Q[k - 1]
             beta = math.sqrt(float(w @ w))
             self._alpha.append(alpha)
             self._beta.append(beta)
@@ -189,8 +193,8 @@ class LanczosProcess:
         """The decomposition after the steps taken so far (the basis is a copy)."""
         k = self.steps
         xp = self.op.xp
-        basis = xp.asarray(self._Q[:, :k], copy=True) if k else None
-        products = xp.asarray(self._W[:, :k], copy=True) if k and self._W is not None else None
+        basis = xp.asarray(self._Q[:k].T, copy=True) if k else None
+        products = xp.asarray(self._W[:k].T, copy=True) if k and self._W is not None else None
         return LanczosResult(np.array(self._alpha), np.array(self._beta), basis, k, self.breakdown, products)
 
 
