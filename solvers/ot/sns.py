@@ -26,17 +26,15 @@ It works in two stages.
      largest mass on the kept side is held at 0.
    * **Solve.** Eliminate the larger side (its block is diagonal) and solve the Schur
      complement system on the smaller side by CG (:func:`optkit.krylov.cg`), optionally
-     Jacobi-preconditioned, over sparse operators: scipy CSR on numpy, torch sparse CSR on
-     torch (CPU or CUDA). This is inexact Newton, with CG tolerance
-     ``min(cg_rtol, sqrt(e))``.
+     Jacobi-preconditioned (numpy: compiled loops over the kept entries; torch: sparse CSR).
+     Inexact Newton: the CG tolerance is ``min(cg_rtol, sqrt(e))``.
    * **Line search.** Backtrack (Armijo, halving) on ``D``. The first trial moves no
      entry of ``log P`` by more than ``max_log_step``. The change of ``D`` is evaluated
      without cancellation (:func:`_curvature_term`), so the test stays meaningful near
      machine precision.
 
-Work per Newton step: one or a few O(n m) top-k selections (``np.argpartition`` /
-``torch.topk``), O(k) sparse assembly, O(k + n + m) per CG matvec, and, per line-search
-trial, one pass that forms the trial plan and its row and column sums. When the step is
+Work per Newton step: two O(n m) passes to select the kept entries, O(k + n + m) per CG
+matvec, and, per line-search trial, one pass that forms the trial plan and its sums. When the step is
 accepted, these are reused as the next step's plan and gradient.
 
 A Newton step fails when CG reports ``BREAKDOWN`` or ``NONFINITE``, the direction is not
@@ -431,8 +429,7 @@ class SNS(IterativeSolver):
             self._fallback(st, "the plan has an empty or non-finite row or column")
             return
         if self.density is None:
-            # at least as many entries as the previous step kept: on hard problems (L1 costs) a
-            # count that shrinks again costs Newton steps (31 against 87 on MNIST L1)
+            # a shrinking count costs Newton steps on hard problems (MNIST L1: 87, not 31)
             floor = max(START_FACTOR * max(n, m), st.kept)
             rows, cols, vals, _ = select_entries(P, mass, floor, self.drop_tol)
         else:
