@@ -200,9 +200,8 @@ class SNS(IterativeSolver):
     density : float in (0, 1] or None
         ``None`` (default): adaptive sparsification. Keep every entry of ``P`` at or above
         the largest power of 2 at which the mass left out is at most ``drop_tol * sum P``
-        and at least ``2 max(n, m)`` entries are kept (two passes over ``P``, no sort). A
-        number: keep the ``ceil(density n m)`` largest entries (the paper's rule, e.g.
-        ``2 / n``). Either way the diagonal is exact.
+        and at least ``2 max(n, m)`` entries are kept. A number: keep the
+        ``ceil(density n m)`` largest (the paper's rule, e.g. ``2 / n``). The diagonal is exact.
     drop_tol : float in (0, 1)
         Mass fraction the adaptive sparsification may leave out (default 1e-6).
     shift : float >= 0
