@@ -36,8 +36,6 @@ import numpy as np
 
 from optkit.backend import get_namespace, is_torch
 
-from ._kernels import shifted_exponents
-
 __all__ = [
     "STALL_CHECKS",
     "StallWatch",
@@ -57,6 +55,13 @@ __all__ = [
 # underflow), so exponents are clipped first where that cannot change a sum: a clipped term
 # adds at most exp(-300) ~ 5e-131 (float64; exp(-80) ~ 2e-35 for float32) instead of less.
 _CLIP = {np.dtype(np.float64): -300.0, np.dtype(np.float32): -80.0}
+
+
+def kernels():
+    """:mod:`solvers.ot._kernels`, imported on first use: numba is not imported with the solvers."""
+    from . import _kernels
+
+    return _kernels
 
 
 def log_plan(f: Any, g: Any, C: Any, reg: float) -> Any:
@@ -98,7 +103,7 @@ def _softmin_numpy(h: np.ndarray, C: np.ndarray, reg: float, axis: int, work: np
     work = np.empty_like(C) if work is None else work
     shift = np.empty(C.shape[0] if axis == 1 else C.shape[1], dtype=C.dtype)
     inv_reg = 1.0 / reg
-    shifted_exponents(h, C, inv_reg, _CLIP.get(C.dtype, -300.0), axis, work, shift)
+    kernels().shifted_exponents(h, C, inv_reg, _CLIP.get(C.dtype, -300.0), axis, work, shift)
     np.exp(work, out=work)
     # the clipped terms keep every sum positive, so an all -inf line is log(s) + -inf = -inf
     out = np.log(work.sum(axis=axis))

@@ -29,15 +29,7 @@ from optkit.krylov import KrylovResult, cg
 from optkit.linop import Diagonal, FunctionOperator, Sparse
 from optkit.result import Status
 
-from ._dual import log_plan
-from ._kernels import (
-    binade_histogram,
-    coo_matvec,
-    curvature_series,
-    entries_at_least,
-    log_plan_clipped,
-    pinned_schur_matvec,
-)
+from ._dual import kernels, log_plan
 
 __all__ = ["START_FACTOR", "keep_count", "select_entries", "sparsified_hessian", "top_entries"]
 
@@ -134,7 +126,7 @@ def _binades(P: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     counts = np.zeros(2**field, dtype=np.int64)
     masses = np.zeros(2**field, dtype=np.float64)
     flat = np.ascontiguousarray(P).reshape(-1)
-    binade_histogram(flat, flat.view(np.dtype(f"int{width}")), info.nmant, 2**field - 1, counts, masses)
+    kernels().binade_histogram(flat, flat.view(np.dtype(f"int{width}")), info.nmant, 2**field - 1, counts, masses)
     bias = 2 ** (field - 1) - 1
     with np.errstate(over="ignore"):  # the inf/nan field's edge: inf, never reached
         edges = np.ldexp(1.0, np.arange(2**field) - bias)
@@ -153,7 +145,7 @@ def _entries_at_least(P: Any, threshold: float, count: int) -> tuple[Any, Any, A
         return rows, idx - rows * P.shape[1], flat[idx]
     rows, cols = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.int64)
     vals = np.empty(count, dtype=P.dtype)
-    written = entries_at_least(np.ascontiguousarray(P), threshold, count, rows, cols, vals)
+    written = kernels().entries_at_least(np.ascontiguousarray(P), threshold, count, rows, cols, vals)
     return rows[:written], cols[:written], vals[:written]
 
 
@@ -315,12 +307,12 @@ class _KeptBlock:
     def matvec(self, y):
         if self.torch:
             return self.K.matvec(y)
-        return coo_matvec(self.ei, self.si, self.vals, y, np.empty(self.inv_de.shape[0], dtype=y.dtype))
+        return kernels().coo_matvec(self.ei, self.si, self.vals, y, np.empty(self.inv_de.shape[0], dtype=y.dtype))
 
     def rmatvec(self, x):
         if self.torch:
             return self.KT.matvec(x)
-        return coo_matvec(self.si, self.ei, self.vals, x, np.empty(self.d_s.shape[0], dtype=x.dtype))
+        return kernels().coo_matvec(self.si, self.ei, self.vals, x, np.empty(self.d_s.shape[0], dtype=x.dtype))
 
     def pinned_schur(self, v, j0):
         if self.torch:
@@ -330,7 +322,9 @@ class _KeptBlock:
             out[j0] = v[j0]
             return out
         out = np.empty_like(v)
-        return pinned_schur_matvec(self.ei, self.si, self.vals, self.inv_de, self.d_s, j0, v, self.scratch, out)
+        return kernels().pinned_schur_matvec(
+            self.ei, self.si, self.vals, self.inv_de, self.d_s, j0, v, self.scratch, out
+        )
 
 
 # ----------------------------------------------------------------------------- line search helpers
@@ -350,7 +344,7 @@ def _curvature_term(P, P1, PT1, mass, new_mass, df, dg, alpha, reg) -> float:
     if _max_abs_sum(sf, sg) >= _SERIES_T:
         return new_mass - mass - float(xp.sum(P1 * sf) + xp.sum(PT1 * sg))
     if not is_torch(P):
-        return float(curvature_series(P, sf, sg))
+        return float(kernels().curvature_series(P, sf, sg))
     T = sf[:, None] + sg[None, :]
     return float(xp.sum(P * (T * T) * (0.5 + T * (1.0 / 6.0 + T * (1.0 / 24.0)))))
 
@@ -379,7 +373,7 @@ def _trial_exponents(f, g, C, reg):
         Z = log_plan(f, g, C, reg)
         return Z, float(Z.max())
     Z = np.empty_like(C)
-    z_max = log_plan_clipped(f, g, np.ascontiguousarray(C), 1.0 / reg, _CLIP.get(C.dtype.name, -700.0), Z)
+    z_max = kernels().log_plan_clipped(f, g, np.ascontiguousarray(C), 1.0 / reg, _CLIP.get(C.dtype.name, -700.0), Z)
     return Z, float(z_max)
 
 
