@@ -41,7 +41,7 @@ import torch
 from optkit.analysis import hgp_penalty, hutchinson_alignment_penalty
 from optkit.data import data_dir
 from problems.curvature import colored_mnist_environments
-from problems.mnist import MNIST_IMAGES, MNIST_LABELS, load_mnist_images, load_mnist_labels
+from problems.mnist import MNIST_IMAGES, MNIST_LABELS, find_mnist_files, load_mnist_images, load_mnist_labels
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 METHODS = ("erm", "hgp", "hutchinson")
@@ -53,12 +53,7 @@ ORACLE = 0.75
 
 def find_mnist() -> tuple[Path, Path] | None:
     """Paths of the t10k images and labels under ``$OPTKIT_DATA`` or ``../shared/data``, or ``None``."""
-    for root in (data_dir(), SHARED_DATA):
-        images = next((root / f for f in MNIST_IMAGES.files if (root / f).exists()), None)
-        labels = next((root / f for f in MNIST_LABELS.files if (root / f).exists()), None)
-        if images is not None and labels is not None:
-            return images, labels
-    return None
+    return find_mnist_files(SHARED_DATA)
 
 
 def make_mlp(hidden: int, seed: int) -> torch.nn.Sequential:

@@ -33,8 +33,7 @@ import torch
 from torch import nn
 
 from optkit._table import text_table
-from optkit.data import data_dir
-from problems.mnist import MNIST_IMAGES, MNIST_LABELS, load_mnist_images, load_mnist_labels
+from problems.mnist import find_mnist_files, load_mnist_images, load_mnist_labels
 from solvers.curvature import MFAC, apply_masks, global_magnitude_prune, magnitude_prune, mfac_prune, sparsity_of
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -44,12 +43,7 @@ METHODS = ("magnitude", "global-magnitude", "mfac-obs")
 
 def find_mnist() -> tuple[Path, Path] | None:
     """Paths of the t10k images and labels under ``$OPTKIT_DATA`` or ``../shared/data``, or ``None``."""
-    for root in (data_dir(), SHARED_DATA):
-        images = next((root / f for f in MNIST_IMAGES.files if (root / f).exists()), None)
-        labels = next((root / f for f in MNIST_LABELS.files if (root / f).exists()), None)
-        if images is not None and labels is not None:
-            return images, labels
-    return None
+    return find_mnist_files(SHARED_DATA)
 
 
 def load_data(seed: int, small: bool):

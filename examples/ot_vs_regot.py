@@ -32,15 +32,11 @@ import problems  # noqa: F401  (registers the problems and suites)
 from optkit.backend import has_module
 from optkit.bench import format_summary, run_benchmark
 
-REGOT = [
-    "regot-ssns",
-    "regot-newton",
-    "regot-sparse-newton",
-    "regot-splr",
-    "regot-lbfgs-dual",
-    "regot-apdagd",
-    "regot-bcd",
-]
+# RegOT's entropic solvers as registered (regot-qrot-* solve another problem), SSNS first
+REGOT = sorted(
+    (name for name in optkit.list_solvers() if name.startswith("regot-") and not name.startswith("regot-qrot-")),
+    key=lambda name: name != "regot-ssns",
+)
 PAPER = ["ot/random-assignment:n=500,eta=1200", "ot/mnist:cost=l1,eta=1200", "ot/mnist:cost=l2,eta=1200"]
 SMALL = ["ot/random-assignment:n=100,eta=100", "ot/digits:cost=l2,eta=100"]
 

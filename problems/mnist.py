@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from optkit.data import Dataset, find_dataset, register_dataset
+from optkit.data import Dataset, data_dir, find_dataset, register_dataset
 
-__all__ = ["MNIST_IMAGES", "MNIST_LABELS", "load_mnist_images", "load_mnist_labels", "read_idx"]
+__all__ = ["MNIST_IMAGES", "MNIST_LABELS", "find_mnist_files", "load_mnist_images", "load_mnist_labels", "read_idx"]
 
 MNIST_IMAGES = register_dataset(
     Dataset(
@@ -33,6 +33,18 @@ MNIST_LABELS = register_dataset(
         "MNIST test labels, 10000 digits 0-9 as uint8 (idx1, optionally gzipped)",
     )
 )
+
+
+def find_mnist_files(*roots: str | Path) -> tuple[Path, Path] | None:
+    """The paths of the test images and labels under ``$OPTKIT_DATA`` (:func:`optkit.data.data_dir`)
+    or, failing that, under the first of ``roots`` that holds both; ``None`` when none does."""
+    for root in (data_dir(), *map(Path, roots)):
+        images = next((root / f for f in MNIST_IMAGES.files if (root / f).exists()), None)
+        labels = next((root / f for f in MNIST_LABELS.files if (root / f).exists()), None)
+        if images is not None and labels is not None:
+            return images, labels
+    return None
+
 
 _KIND = {1: "label", 3: "image"}
 
@@ -65,9 +77,7 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     header = 4 + 4 * ndim
     magic = int.from_bytes(data[:4], "big")
     if magic != 0x800 + ndim:
-        raise ValueError(
-            f"{path} is not an idx{ndim} uint8 {kind} file (magic {magic:#x}, expected {0x800 + ndim:#x})"
-        )
+        raise ValueError(f"{path} is not an idx{ndim} uint8 {kind} file (magic {magic:#x}, expected {0x800 + ndim:#x})")
     if len(data) < header:
         raise ValueError(f"{path} is too short to be an idx{ndim} {kind} file")
     dims = [int.from_bytes(data[k : k + 4], "big") for k in range(4, header, 4)]
