@@ -22,6 +22,13 @@ Comparisons (each anchored on the CPU baseline of the same run):
   floor of two passes over the m x d window (the anchor) and the reference algorithm's step
   (``examples/mfac_step_cost.py``; ``--small``: d = 10^5, m = 64).
 
+* Curvature analysis (issue 17): λ_max (Lanczos against power iteration, PyHessian's
+  product budget), the Hutchinson trace (100 probes) and the SLQ density (5 x 80) of a
+  64-512-10 tanh MLP's Hessian (38,410 weights) on all 1797 digits, float32 on CUDA:
+  PyHessian (``cuda=True``, the anchor) against optkit (``examples/hessian_vs_pyhessian.py``'s
+  runs; ``--small``: 64-16-10 on 300 digits). Accuracy is compared on the CPU, against the
+  exact spectrum, by that example.
+
 ``--sections`` picks which comparisons run.
 """
 
@@ -154,6 +161,36 @@ def mfac_rows(target: str, small: bool) -> list[dict]:
     ]
 
 
+def hessian_rows(target: str, small: bool) -> list[dict]:
+    """PyHessian against optkit on the GPU: λ_max, trace and SLQ density of a digits MLP's Hessian."""
+    try:
+        from hessian_vs_pyhessian import digits_data, optkit_runs, pyhessian_runs, trained_mlp
+    except ImportError as exc:  # PyHessian (the `analysis` extra) or scikit-learn missing
+        print(f"hessian section skipped: {exc}")
+        return []
+
+    hidden, batch_size = (16, 300) if small else (512, 1797)
+    sizes = {"probes": 100, "slq_probes": 5, "slq_steps": 40 if small else 80}
+    train, batch = digits_data(batch_size, seed=0)
+    model = trained_mlp(train, hidden, epochs=2 if small else 20, seed=0)
+    cuda = target == "cuda"
+    if cuda:
+        model, batch = model.cuda(), (batch[0].cuda(), batch[1].cuda())
+    weights = sum(p.numel() for p in model.parameters())
+    theirs = pyhessian_runs(model, batch, 0, sizes, cuda=cuda)
+    ours = optkit_runs(model, batch, 0, sizes, {q: run[1] for q, run in theirs.items()}, "double-backward")
+    rows = []
+    for quantity in theirs:
+        problem = f"hessian {quantity}, MLP 64-{hidden}-10 ({weights} weights), batch {batch_size}"
+        anchor = theirs[quantity][2]
+        for name, (value, hvps, seconds, _) in (("pyhessian", theirs[quantity]), ("optkit", ours[quantity])):
+            # "nit": the Hessian-vector products; the SLQ density has no single value
+            row = {"problem": problem, "solver": name, "status": "converged", "nit": hvps}
+            row |= {"value": value} if value is not None else {}
+            rows.append(row | {"time_s": seconds, "ratio": seconds / anchor})
+    return rows
+
+
 def main(target: str, small: bool, repeat: int, sections: list[str]) -> None:
     rows = []
     for name, (problems, solvers, options) in zip(("cg", "ot"), comparisons(small)):
@@ -172,6 +209,8 @@ def main(target: str, small: bool, repeat: int, sections: list[str]) -> None:
         rows.extend(galore_training_rows(target, small))
     if "mfac" in sections:
         rows.extend(mfac_rows(target, small))
+    if "hessian" in sections:
+        rows.extend(hessian_rows(target, small))
     print(format_summary(rows, note_width=None))
 
 
@@ -180,7 +219,7 @@ if __name__ == "__main__":
     parser.add_argument("--target", default="cuda", choices=("cuda", "torch"), help="where the GPU solvers run")
     parser.add_argument("--small", action="store_true", help="small sizes (CPU smoke test)")
     parser.add_argument("--repeat", type=int, default=3)
-    sections = ["cg", "ot", "galore", "mfac"]
+    sections = ["cg", "ot", "galore", "mfac", "hessian"]
     parser.add_argument("--sections", nargs="+", default=sections, choices=sections)
     args = parser.parse_args()
     main(args.target, args.small, args.repeat, args.sections)

@@ -144,8 +144,9 @@ def _clear_grads(model: torch.nn.Module) -> None:
         p.grad = None
 
 
-def pyhessian_runs(model, batch, seed: int, sizes: dict) -> dict:
-    """PyHessian's estimates on ``batch``: ``{quantity: (value, hvps, seconds, extra)}``."""
+def pyhessian_runs(model, batch, seed: int, sizes: dict, cuda: bool = False) -> dict:
+    """PyHessian's estimates on ``batch``: ``{quantity: (value, hvps, seconds, extra)}``; ``cuda``
+    is PyHessian's flag (the model must already be on the GPU; it moves the batch itself)."""
     counter = _HVPCounter()
     _PYH.hessian_vector_product = counter
     torch_eig, torch.eig = torch.eig, _eig_shim
@@ -156,7 +157,9 @@ def pyhessian_runs(model, batch, seed: int, sizes: dict) -> dict:
         torch.manual_seed(seed)
         counter.calls = 0
         start = time.perf_counter()
-        result = call(pyhessian.hessian(model, F.cross_entropy, data=batch, cuda=False))
+        result = call(pyhessian.hessian(model, F.cross_entropy, data=batch, cuda=cuda))
+        if cuda:
+            torch.cuda.synchronize()
         return result, counter.calls, time.perf_counter() - start
 
     try:
@@ -186,6 +189,8 @@ def optkit_runs(model, batch, seed: int, sizes: dict, budgets: dict, method: str
     def timed(call):
         start = time.perf_counter()
         result = call(HessianOperator.from_model(model, loss_fn, [batch], method=method))
+        if batch[0].is_cuda:
+            torch.cuda.synchronize()
         return result, time.perf_counter() - start
 
     out = {}

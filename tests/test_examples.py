@@ -67,6 +67,11 @@ def test_gpu_check_runs_on_the_cpu_with_small_sizes():
     assert out.count("tok/s, peak") == 4
     mfac = [solver for problem, solver, _ in table_rows(out) if problem.startswith("mfac step")]
     assert mfac == ["floor (G x + G^T y)", "optkit MFAC step", "reference step"]
+    if has_module("pyhessian"):
+        rows = [row for row in table_rows(out) if row[0].startswith("hessian")]
+        hessian = [(problem.split(",")[0], solver) for problem, solver, _ in rows]
+        quantities = ["lambda_max", "lambda_max (own stop)", "trace (stop rule)", "trace (100 probes)", "density W1"]
+        assert hessian == [(f"hessian {q}", s) for q in quantities for s in ("pyhessian", "optkit")]
 
 
 def test_ot_example_plots_three_solvers(tmp_path):
