@@ -38,7 +38,7 @@ PHASES = {
     "sinkhorn": ("update_f", "update_g"),
     "sparsify": ("select_entries",),
     "newton system": ("_newton_direction",),
-    "line search": ("_trial_exponents", "log_plan", "_exp_", "_curvature_term", "marginal_violation"),
+    "line search": ("_trial_plan", "log_plan", "_exp_", "_curvature_term", "marginal_violation"),
     "measure": ("_plan_and_sums",),
 }
 FULL = ["ot/random-assignment:n=500,eta=1200", "ot/mnist:cost=l1,eta=1200", "ot/mnist:cost=l2,eta=1200"]

@@ -20,7 +20,8 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import Any, Callable, ClassVar, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -206,6 +207,8 @@ class OTProblem(Problem):
         reg = _check_reg(reg)
         backend, device = backend_name(C), device_of(C)
         a, b, C = (convert(v, backend, device if backend == "torch" else None, dtype) for v in (a, b, C))
+        if backend == "numpy":  # once here: the solvers' compiled passes read C row by row
+            C = np.ascontiguousarray(C)
         # float64 sums of the weights as given; the allowance covers rounding each weight
         # to the problem's dtype (float32 weights that sum to 1 can differ by ~1e-7)
         mass_a, mass_b = float(to_numpy(a).sum(dtype=np.float64)), float(to_numpy(b).sum(dtype=np.float64))
@@ -264,5 +267,5 @@ class OTProblem(Problem):
             out["emd_gap"] = (plan_cost(rounded, self.C) - float(emd_cost)) / (abs(float(emd_cost)) or 1.0)
         return out
 
-    def _converted(self, conv: Callable[[Any], Any]) -> "OTProblem":
+    def _converted(self, conv: Callable[[Any], Any]) -> OTProblem:
         return OTProblem(conv(self.a), conv(self.b), conv(self.C), self.reg, name=self.name, metadata=self.metadata)

@@ -365,16 +365,17 @@ def _exp_(Z):
     return np.exp(Z, out=Z)
 
 
-def _trial_exponents(f, g, C, reg):
-    """``(Z, max)``: the log-plan ``Z = (f_i + g_j - C_ij) / reg`` raised to ``_CLIP`` (ready
-    for :func:`_exp_`), and the largest entry before the clip. On numpy one compiled pass
-    (:func:`~solvers.ot._kernels.log_plan_clipped`)."""
+def _trial_plan(f, g, C, reg, z_limit):
+    """The plan ``exp((f_i + g_j - C_ij) / reg)`` (exponents raised to ``_CLIP``, as
+    :func:`_exp_`), or None when an exponent exceeds ``z_limit`` (the plan would overflow): the
+    check comes before the exp pass. On numpy the exponents, their clip and their maximum are
+    one compiled pass (:func:`~solvers.ot._kernels.log_plan_clipped`)."""
     if is_torch(C):
         Z = log_plan(f, g, C, reg)
-        return Z, float(Z.max())
+        return _exp_(Z) if float(Z.max()) <= z_limit else None
     Z = np.empty_like(C)
-    z_max = kernels().log_plan_clipped(f, g, np.ascontiguousarray(C), 1.0 / reg, _CLIP.get(C.dtype.name, -700.0), Z)
-    return Z, float(z_max)
+    z_max = kernels().log_plan_clipped(f, g, C, 1.0 / reg, _CLIP.get(C.dtype.name, -700.0), Z)
+    return np.exp(Z, out=Z) if z_max <= z_limit else None
 
 
 def _plan_and_sums(f, g, C, reg):

@@ -79,11 +79,10 @@ from ._dual import (
 from ._sparse_newton import (
     START_FACTOR,
     _curvature_term,
-    _exp_,
     _max_abs_sum,
     _newton_direction,
     _plan_and_sums,
-    _trial_exponents,
+    _trial_plan,
     keep_count,
     select_entries,
     sparsified_hessian,
@@ -461,10 +460,9 @@ class SNS(IterativeSolver):
         alpha = min(1.0, self.max_log_step / t_max) if t_max > 0 else 1.0
         for _ in range(self.max_backtracks + 1):
             f_new, g_new = st.f + alpha * d.df, st.g + alpha * d.dg
-            Z, z_max = _trial_exponents(f_new, g_new, C, reg)
+            P_new = _trial_plan(f_new, g_new, C, reg, zlimit)
             st.ls_evals += 1
-            if z_max <= zlimit:
-                P_new = _exp_(Z)
+            if P_new is not None:
                 P1_new, PT1_new = xp.sum(P_new, axis=1), xp.sum(P_new, axis=0)
                 new_mass = float(xp.sum(P1_new))
                 curv = _curvature_term(P, P1, PT1, mass, new_mass, d.df, d.dg, alpha, reg)
