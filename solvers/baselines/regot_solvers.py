@@ -212,16 +212,20 @@ class _RegotBase(Solver):
                 return lo, (Status.FAILED, f"raises when continued to iteration {hi}: {bad.error}"), runs[0]
             return lo, (Status.NONFINITE, f"its plan overflows when continued to iteration {hi}"), runs[0]
 
+        def first_passing(passing: _Call, lo: int) -> _Call:
+            """Bisect between the failing count ``lo`` and ``passing`` to the first passing count."""
+            while passing.niter - lo > 1:
+                mid = probe((lo + passing.niter) // 2)
+                passing, lo = (mid, lo) if mid.ok and mid.l1 <= self.tol else (passing, mid.max_iter)
+            return passing
+
         first = probe(self.max_iter, self.tol)
         if not first.ok:
             return last_good(None, first)
         if first.l1 <= self.tol:
             if self.own_test_below_l1:
                 return first, _OWN_TEST, runs[0]
-            passing, lo = first, 0
-            while passing.niter - lo > 1:
-                mid = probe((lo + passing.niter) // 2)
-                passing, lo = (mid, lo) if mid.ok and mid.l1 <= self.tol else (passing, mid.max_iter)
+            passing = first_passing(first, 0)
             return passing, (_OWN_TEST if passing is first else _CALIBRATED), runs[0]
         if first.niter >= self.max_iter:
             return first, _MAX_ITER, runs[0]
@@ -242,15 +246,7 @@ class _RegotBase(Solver):
                 return best, _STALLED, runs[0]
             best = last if last.l1 < best.l1 else best
             low, step = last, 2 * step
-        # bisection between the last failing and the first passing iteration counts
-        passing, lo = last, low.niter
-        while passing.niter - lo > 1:
-            mid = probe((lo + passing.niter) // 2)
-            if mid.ok and mid.l1 <= self.tol:
-                passing = mid
-            else:
-                lo = mid.max_iter
-        return passing, _CALIBRATED, runs[0]
+        return first_passing(last, low.niter), _CALIBRATED, runs[0]
 
     def solve(self, problem: Problem, *, x0: Any = None, callback: Callback | None = None) -> Result:
         regot = optional_import("regot", f"solver {self.name!r}")
