@@ -45,7 +45,6 @@ import numpy as np
 import torch
 
 from optkit.analysis import hessian_spectrum, stability_check
-from optkit.data import data_dir
 from problems.curvature import (
     DiagonalNetwork,
     diagonal_network_data,
@@ -54,7 +53,7 @@ from problems.curvature import (
     mlp,
     mnist_classification,
 )
-from problems.mnist import MNIST_IMAGES, MNIST_LABELS, load_mnist_images, load_mnist_labels
+from problems.mnist import find_mnist_files, load_mnist_images, load_mnist_labels
 
 FULL = {"classes": "2,3,5,7,10", "n": 1000, "hidden": 32, "train_steps": 200, "etas": "0.002,0.005,0.01,0.02,0.03,0.04"}
 FULL |= {"seeds": 3, "sgd_steps": 200_000, "widths": "16,32,64", "subset": 5, "low_loss_width": 32, "mnist": 2000}
@@ -132,13 +131,11 @@ def train_to(model, batch, target, max_steps=5000):
 def mnist_or_none(n):
     """``mnist_classification(n)`` (float32: twice the speed of float64 at 26,506 weights) from
     ``$OPTKIT_DATA`` or ``../shared/data``; None when absent."""
-    for root in (data_dir(), SHARED_DATA):
-        images = next((root / f for f in MNIST_IMAGES.files if (root / f).exists()), None)
-        labels = next((root / f for f in MNIST_LABELS.files if (root / f).exists()), None)
-        if images is not None and labels is not None:
-            pixels, digits_ = load_mnist_images(images), load_mnist_labels(labels)
-            return mnist_classification(n, seed=0, dtype=torch.float32, images=pixels, labels=digits_)
-    return None
+    found = find_mnist_files(SHARED_DATA)
+    if found is None:
+        return None
+    pixels, labels = load_mnist_images(found[0]), load_mnist_labels(found[1])
+    return mnist_classification(n, seed=0, dtype=torch.float32, images=pixels, labels=labels)
 
 
 def bulk_trace(spec):
