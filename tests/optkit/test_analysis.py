@@ -223,8 +223,10 @@ def test_stability_check_gives_the_same_numbers_with_either_product_method():
     model, batch, _ = spectrum_case(k=2, seed=2)
     one = stability_check(model, least_squares_loss, batch, 0.01, probes=20, method="double-backward")
     two = stability_check(model, least_squares_loss, batch, 0.01, probes=20, method="forward-over-reverse")
-    for key in one:
+    for key in one.keys() - {"lambda_max_residual"}:
         np.testing.assert_allclose(one[key], two[key], rtol=1e-8, atol=1e-10, err_msg=key)
+    # the residual is Lanczos's stopping quantity: rounding may end the two runs a step apart
+    assert max(one["lambda_max_residual"], two["lambda_max_residual"]) <= 1e-6 * one["lambda_max"]
 
 
 def test_bad_inputs_are_refused_before_any_work():
