@@ -149,6 +149,14 @@ class ScipySLSQP(ConstrainedBaseline):
         if self.ftol is not None:
             check_positive("ftol", self.ftol)
 
+    def check(self, problem: Problem) -> str | None:
+        reason = super().check(problem)
+        if reason is None and problem.m > problem.n:
+            # SciPy 1.17's SLSQP reports "more equality constraints than independent variables"
+            # but first writes past its work arrays: the process later dies of heap corruption
+            return f"SLSQP needs at most n equality constraints, got m={problem.m} > n={problem.n}"
+        return reason
+
     def run_library(self, problem: EqualityConstrainedProblem, run: ConstrainedRun) -> Result:
         from scipy.optimize import minimize
 

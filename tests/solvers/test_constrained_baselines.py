@@ -380,3 +380,20 @@ def test_bad_options(solver, opts, word):
 def test_unknown_option(solver):
     with pytest.raises(TypeError, match=r"unknown option\(s\) 'gtol'"):
         optkit.get_solver(solver, gtol=1e-8)
+
+
+def test_slsqp_refuses_more_equality_constraints_than_variables():
+    # SciPy 1.17's SLSQP corrupts the heap on such a problem (a sweep died of it runs later)
+    overdetermined = EqualityConstrainedProblem(
+        lambda x: float(x @ x),
+        lambda x: 2 * x,
+        lambda x: np.array([x[0] - 1.0, x[1] - 1.0, x[0] - x[1]]),
+        lambda x: np.array([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]),
+        np.zeros(2),
+        name="three-equations-two-unknowns",
+    )
+    solver = optkit.registry.SOLVERS.get("scipy-slsqp")()
+    assert solver.check(overdetermined) == "SLSQP needs at most n equality constraints, got m=3 > n=2"
+    assert solver.check(hs6()) is None
+    with pytest.raises(ValueError, match="m=3 > n=2"):
+        optkit.solve(overdetermined, "scipy-slsqp")
