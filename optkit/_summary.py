@@ -58,7 +58,9 @@ def _median(values: list) -> Any:
     return int(med) if all(isinstance(v, int) for v in values) and med == int(med) else float(med)
 
 
-def summarize(runs: Sequence[Run], problems: Sequence[str], solvers: Sequence[str]) -> list[dict]:
+def summarize(
+    runs: Sequence[Run], problems: Sequence[str], solvers: Sequence[str], *, across_hosts: bool = False
+) -> list[dict]:
     """One summary row per (problem, solver) pair that ran, in the order of the arguments.
 
     Columns: ``problem, solver, options`` (JSON), ``status`` (the worst over the reps:
@@ -78,6 +80,12 @@ def summarize(runs: Sequence[Run], problems: Sequence[str], solvers: Sequence[st
     solver, or the runner's interrupt; its time measures when it was stopped, not how fast
     it was) and on a problem without an anchor. Such runs stay in ``runs.jsonl`` and
     ``results.csv``.
+
+    Times from different machines are not compared: ``hosts`` lists the hosts a pair ran on,
+    and the ratio is the median, over the hosts where both the pair and the anchor ran, of
+    the pair's median time on that host over the anchor's there (on one machine: the plain
+    ratio of medians); empty when they share no host. ``across_hosts=True`` pools the times
+    of all hosts instead.
     """
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
@@ -91,11 +99,32 @@ def summarize(runs: Sequence[Run], problems: Sequence[str], solvers: Sequence[st
                 block.append(_pair_row(problem, solver, group))
         anchor = find_anchor(block)
         for row in block:
-            if anchor is not None and completed(row["status"]) and row["time_s"] is not None:
-                row["ratio"] = 1.0 if row is anchor else row["time_s"] / anchor["time_s"]
+            if anchor is None or not completed(row["status"]) or row["time_s"] is None:
+                continue
+            if row is anchor:
+                row["ratio"] = 1.0
+            elif across_hosts:
+                row["ratio"] = row["time_s"] / anchor["time_s"]
+            else:
+                row["ratio"] = _same_host_ratio(groups[problem, row["solver"]], groups[problem, anchor["solver"]])
         rows.extend(block)
     _add_dual_gaps(rows)
     return rows
+
+
+def _times_by_host(group: list[Run]) -> dict[str, float]:
+    by_host: dict[str, list] = {}
+    for run in group:
+        if run.completed:
+            by_host.setdefault(run.host, []).append(run.time_s)
+    return {host: _median(times) for host, times in by_host.items()}
+
+
+def _same_host_ratio(group: list[Run], anchor_group: list[Run]) -> float | None:
+    """Median over shared hosts of (this pair's median time / the anchor's) on that host."""
+    mine, anchor = _times_by_host(group), _times_by_host(anchor_group)
+    ratios = [mine[h] / anchor[h] for h in mine if h in anchor and anchor[h] and mine[h] is not None]
+    return float(statistics.median(ratios)) if ratios else None
 
 
 def _pair_row(problem: str, solver: str, group: list[Run]) -> dict:
@@ -114,6 +143,7 @@ def _pair_row(problem: str, solver: str, group: list[Run]) -> dict:
         "nit": _median([r.nit for r in done]),
         "time_s": _median([r.time_s for r in done]),
         "ratio": None,
+        "hosts": ";".join(sorted({r.host for r in group if r.host})),
     }
     for key in dict.fromkeys(k for r in done for k in r.metrics):
         row[key] = _median([r.metrics.get(key) for r in done])

@@ -4,25 +4,30 @@
 times (counters reset before every run), skips incompatible pairs with the reason
 given by ``solver.check(problem)``, turns a solver that raises into a run with
 status ``error``, and goes on. Ctrl-C stops the scheduling; everything finished is
-kept on disk.
+kept on disk, and ``resume=True`` (``optkit bench --resume``) later runs only what is
+missing. The runs go one after another in this process, in ``jobs`` local processes
+(joblib), or as one task each on a Dask cluster (``executor="dask"``,
+:mod:`optkit._dask_executor`), with the same records whichever way they ran.
 
 Files written to ``out_dir`` (all appended and flushed as each run ends, except
 ``summary.csv`` which is written at the end, also after an interrupt):
 
 ``results.csv``
     Long format, one row per recorded trace iteration of every run, with columns
-    ``problem, solver, options, rep, iter, time, final, status`` followed by the
+    ``problem, solver, options, rep, iter, time, final, status, host`` followed by the
     union of metric names (in order of first appearance). ``options`` is the JSON of
     the solver's full options; ``time`` is the solver's own clock (seconds, trace
     recording excluded). Each run ends with one extra row with ``final=True``,
     ``iter=nit``, ``time=time_s`` whose metric columns hold the problem's
     ``evaluate(result.x)`` measures, computed the same way for every solver; the
     trace rows (``final=False``) hold the solver's own recorded metrics. ``status`` is
-    the run's final status, repeated on its rows. When a later run brings a new metric
-    name the file is rewritten once with the wider header (empty cells for the old rows).
+    the run's final status, repeated on its rows, and ``host`` the machine it ran on. When
+    a later run brings a new metric name the file is rewritten once with the wider header
+    (empty cells for the old rows). A run's rows are written before its record in
+    runs.jsonl.
 ``runs.jsonl``
     One JSON object per run (also skipped and failed ones): ``problem, solver,
-    options, rep, status, message, nit, time_s, fun, counters, metrics``.
+    options, rep, status, message, nit, time_s, fun, counters, metrics, host, wall_s``.
 ``summary.csv``
     One row per (problem, solver) pair: see :func:`summarize`.
 """
@@ -30,14 +35,17 @@ Files written to ``out_dir`` (all appended and flushed as each run ends, except
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import registry
 from .backend import has_module
-from ._records import RESULT_COLUMNS, SUMMARY_COLUMNS, ResultWriter, read_csv, write_csv
+from ._dask_executor import LOST_WORKER, check_dask, dask_runs
+from ._records import RESULT_COLUMNS, SUMMARY_COLUMNS, ResultWriter, read_csv, read_run_records, run_key, write_csv
 from ._summary import ERROR, INTERRUPTED, SKIPPED, format_summary, main_metric, summarize, summary_cells
 from .solver import Solver
 
@@ -103,8 +111,11 @@ class Run:
 
     ``status`` is the lowercase name of the :class:`~optkit.Status` member, or
     ``"skipped"`` (incompatible pair; the reason is in ``message``) or ``"error"``
-    (the solver raised; the exception is in ``message``). ``metrics`` holds the
-    problem's ``evaluate(result.x)`` measures; ``trace`` the solver's recorded rows.
+    (the solver raised, or the worker running it was lost; the cause is in ``message``).
+    ``metrics`` holds the problem's ``evaluate(result.x)`` measures; ``trace`` the solver's
+    recorded rows. ``host`` is the machine the run took place on and ``wall_s`` the seconds
+    the whole task took there (problem build, warm-up and evaluation included), both taken on
+    that machine with its own clock, like ``time_s``.
     """
 
     problem: str
@@ -119,6 +130,8 @@ class Run:
     counters: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     trace: list = field(default_factory=list)
+    host: str = ""
+    wall_s: float | None = None
 
     @property
     def completed(self) -> bool:
@@ -295,19 +308,27 @@ def _warm_up(problem, pspec: ProblemSpec, sspec: SolverSpec, env: tuple) -> None
 
 def _execute(pspec: ProblemSpec, sspec: SolverSpec, rep: int, env: tuple, warmup: bool = False) -> Run:
     """Run ``sspec`` on ``pspec`` once; never raises (failures become the run's status)."""
+    start = time.perf_counter()
+    run = Run(pspec.label, sspec.label, sspec.solver.options(), rep, ERROR, host=socket.gethostname())
+    _execute_into(run, pspec, sspec, env, warmup)
+    run.wall_s = time.perf_counter() - start
+    return run
+
+
+def _execute_into(run: Run, pspec: ProblemSpec, sspec: SolverSpec, env: tuple, warmup: bool) -> None:
+    """Fill ``run`` with the outcome of one run; never raises."""
     solver = sspec.solver
     if sspec.target is not None:
         env = (*sspec.target, env[2])
-    run = Run(pspec.label, sspec.label, solver.options(), rep, ERROR)
     try:
         problem = _cached_problem(pspec, env)
         if isinstance(problem, Exception):
             run.message = f"could not build problem: {type(problem).__name__}: {problem}"
-            return run
+            return
         reason = solver.check(problem)
         if reason is not None:
             run.status, run.message = SKIPPED, reason
-            return run
+            return
         if warmup:
             _warm_up(problem, pspec, sspec, env)
         problem.reset_counters()
@@ -315,7 +336,7 @@ def _execute(pspec: ProblemSpec, sspec: SolverSpec, rep: int, env: tuple, warmup
             result = solver.solve(problem)
         except Exception as exc:
             run.message = f"{type(exc).__name__}: {exc}"
-            return run
+            return
         run.status, run.message = result.status.name.lower(), result.message
         run.nit, run.time_s = int(result.nit), float(result.time_s)
         run.fun = _scalar(result.fun)
@@ -327,7 +348,6 @@ def _execute(pspec: ProblemSpec, sspec: SolverSpec, rep: int, env: tuple, warmup
             run.message += f" (evaluate failed: {type(exc).__name__}: {exc})"
     except KeyboardInterrupt:
         run.status, run.message = INTERRUPTED, "interrupted (Ctrl-C)"
-    return run
 
 
 # ----------------------------------------------------------------------------- runner
@@ -344,7 +364,12 @@ def run_benchmark(
     device: str | None = None,
     dtype: Any = None,
     jobs: int = 1,
+    executor: str = "local",
+    scheduler: str | None = None,
+    workers: int | None = None,
     out_dir: str | Path | None = None,
+    resume: bool = False,
+    across_hosts: bool = False,
     progress: bool = True,
     warmup: bool = True,
 ) -> Benchmark:
@@ -370,11 +395,29 @@ def run_benchmark(
         unless it stays on numpy with its own dtype. Solvers that do not support the
         backend are skipped with the reason.
     jobs : int
-        Parallel processes (joblib/loky); results are recorded as each run finishes.
-        Each worker builds the problems it needs once. ``1`` runs in this process.
+        With the ``"local"`` executor: parallel processes (joblib/loky); results are recorded
+        as each run finishes. Each worker builds the problems it needs once. ``1`` runs in
+        this process.
+    executor : {"local", "dask"}
+        ``"dask"`` runs each (problem, solver, repetition) as one task on a Dask cluster
+        (see :mod:`optkit._dask_executor`): the one at ``scheduler``, or a new LocalCluster
+        of ``workers`` processes on this machine.
+    scheduler : str, optional
+        Address of a running Dask scheduler, e.g. ``"tcp://10.0.0.5:8786"`` (executor "dask").
+    workers : int, optional
+        Worker processes of the LocalCluster (executor "dask", no ``scheduler``); default
+        one per core.
     out_dir : str or Path, optional
         Where ``results.csv``, ``runs.jsonl`` and ``summary.csv`` go (see the module
         docstring); nothing is written when ``None``.
+    resume : bool
+        Keep the runs already recorded in ``out_dir`` and run only the missing ones: those
+        never recorded, those cut short by an interrupt, and those whose worker was lost. A
+        run is the same when its problem spec, solver spec, full solver options and
+        repetition are.
+    across_hosts : bool
+        Compare times measured on different machines in the summary's ``ratio`` (see
+        :func:`summarize`); by default each host is compared with the anchor on the same host.
     progress : bool
         Show a tqdm bar on stderr (only when stderr is a terminal).
     warmup : bool
@@ -396,6 +439,9 @@ def run_benchmark(
         raise SpecError(f"repeat must be a positive integer, got {repeat!r}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0:
         raise SpecError(f"jobs must be a non-zero integer (negative counts from the number of CPUs), got {jobs!r}")
+    _check_executor(executor, jobs, scheduler, workers)
+    if resume and out_dir is None:
+        raise SpecError("resume needs the output directory of the sweep to resume (out_dir)")
     check_backend(backend, device)
     pspecs = resolve_problems(problems)
     if solvers is None:
@@ -414,14 +460,22 @@ def run_benchmark(
 
     env = (backend, device, dtype)
     tasks = [(p, s, rep) for p in pspecs for rep in range(repeat) for s in sspecs]
-    writer = ResultWriter(Path(out_dir)) if out_dir is not None else None
     bench = Benchmark([p.label for p in pspecs], labels, [], [], out_dir=Path(out_dir) if out_dir else None)
+    writer = None
+    if resume:
+        recorded = _recorded_runs(Path(out_dir))
+        keys = [run_key(p.label, s.label, s.solver.options(), rep) for p, s, rep in tasks]
+        bench.runs = [recorded[key] for key in keys if key in recorded]
+        tasks = [task for task, key in zip(tasks, keys) if key not in recorded]
+        writer = ResultWriter(Path(out_dir), keep=set(recorded))
+    elif out_dir is not None:
+        writer = ResultWriter(Path(out_dir))
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(tasks), desc="bench", unit="run", file=sys.stderr, disable=None if progress else True)
     try:
-        for run in _schedule(tasks, env, jobs, warmup):
+        for run in _schedule(tasks, env, jobs, warmup, executor, scheduler, workers):
             bench.runs.append(run)
             if writer is not None:
                 writer.add(run)
@@ -436,14 +490,54 @@ def run_benchmark(
         bar.close()
         _CACHE.clear()
         _WARMED.clear()
-        bench.summary = summarize(bench.runs, bench.problems, bench.solvers)
+        bench.summary = summarize(bench.runs, bench.problems, bench.solvers, across_hosts=across_hosts)
         if writer is not None:
             writer.write_summary(bench.summary)
     return bench
 
 
-def _schedule(tasks: list, env: tuple, jobs: int, warmup: bool):
-    """Yield the runs of ``tasks`` as they finish (in order when ``jobs == 1``)."""
+def _check_executor(executor: str, jobs: int, scheduler: str | None, workers: int | None) -> None:
+    if executor not in ("local", "dask"):
+        raise SpecError(f"executor must be 'local' or 'dask', got {executor!r}")
+    if executor == "local":
+        if scheduler is not None or workers is not None:
+            raise SpecError("scheduler and workers need executor 'dask' (the local executor takes jobs)")
+        return
+    if jobs != 1:
+        raise SpecError("jobs is for the local executor; with executor 'dask' give workers or scheduler")
+    if scheduler is not None and workers is not None:
+        raise SpecError("give either scheduler (a running cluster) or workers (a new LocalCluster), not both")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise SpecError(f"workers must be a positive integer, got {workers!r}")
+    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
+        raise SpecError(f"scheduler must be an address such as 'tcp://10.0.0.5:8786', got {scheduler!r}")
+    reason = check_dask()
+    if reason is not None:
+        raise SpecError(reason)
+
+
+def _recorded_runs(out_dir: Path) -> dict:
+    """The runs recorded in ``out_dir/runs.jsonl`` that a resumed sweep keeps, by :func:`run_key`:
+    all but those cut short by an interrupt and those whose worker was lost."""
+    fields = set(Run.__dataclass_fields__)
+    kept = {}
+    for record in read_run_records(out_dir / "runs.jsonl"):
+        lost = record["status"] == ERROR and str(record.get("message", "")).startswith(LOST_WORKER)
+        if record["status"] == INTERRUPTED or lost:
+            continue
+        run = Run(**{k: v for k, v in record.items() if k in fields})
+        kept[run_key(run.problem, run.solver, run.options, run.rep)] = run
+    return kept
+
+
+def _schedule(tasks: list, env: tuple, jobs: int, warmup: bool, executor: str, scheduler, workers):
+    """Yield the runs of ``tasks`` as they finish (in order when ``jobs == 1``, locally)."""
+    if executor == "dask":
+        try:
+            yield from dask_runs(tasks, env, warmup, scheduler=scheduler, workers=workers)
+        except ConnectionError as exc:
+            raise SpecError(str(exc)) from None
+        return
     if jobs == 1:
         for pspec, sspec, rep in tasks:
             yield _execute(pspec, sspec, rep, env, warmup)

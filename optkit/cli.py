@@ -198,7 +198,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         jobs=args.jobs,
+        executor=args.executor,
+        scheduler=args.scheduler,
+        workers=args.workers,
         out_dir=args.out,
+        resume=args.resume,
+        across_hosts=args.compare_across_hosts,
         progress=not args.no_progress,
         warmup=not args.no_warmup,
     )
@@ -284,8 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, default=None, metavar="S", help="per-run time limit in seconds")
     _add_backend(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel processes (default 1)")
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="local: this machine (--jobs); dask: one task per run on a Dask cluster")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (--executor dask)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes of a LocalCluster on this machine (--executor dask; default one per core)")
     p.add_argument("--out", type=Path, default=Path("bench-results"), metavar="DIR",
                    help="output directory (default bench-results)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs already recorded in --out and run only the missing ones")
+    p.add_argument("--compare-across-hosts", action="store_true",
+                   help="let the summary's ratio compare times measured on different machines")
     p.add_argument("--json", action="store_true", help="one JSON object per summary row on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--no-warmup", action="store_true",
