@@ -344,3 +344,14 @@ def test_hessian_alignment_prints_every_method_and_the_color_shortcut(tmp_path):
     assert stats["hgp"][5] < 0.5 * stats["erm"][5] and stats["hgp"][4] < stats["erm"][4]
     assert stats["hutchinson"][4] < stats["erm"][4]
     assert (tmp_path / "hessian_alignment.png").stat().st_size > 10_000
+
+
+def test_dask_sweep_compares_the_serial_and_the_dask_run(tmp_path):
+    pytest.importorskip("distributed")
+    out = run_example(
+        "dask_sweep.py", "cutest/HS7", "cutest/BT2", "--solvers", "alm-newton,scipy-slsqp", "--workers", "1",
+        "--out", str(tmp_path),
+    )
+    lines = out.splitlines()
+    assert [line.split()[:3] for line in lines[2:4]] == [["serial", "1", "4"], ["dask", "1", "4"]]
+    assert "runs with the same status and iteration count: 4/4; workers lost: 0" in out

@@ -141,6 +141,24 @@ def test_dask_sweep_gives_the_rows_of_the_serial_sweep(tmp_path, cluster):
     assert all(run.host and run.wall_s >= run.time_s > 0 for run in on_dask.runs)
 
 
+def test_the_time_limit_holds_on_the_workers(tmp_path, cluster):
+    local, _ = cluster
+    bench = run_benchmark(
+        "test/quadratic",
+        ["test-gd:pause=0.05,max_iter=1000"],
+        repeat=2,
+        time_limit=0.3,
+        executor="dask",
+        scheduler=local.scheduler_address,
+        out_dir=tmp_path,
+        progress=False,
+    )
+    assert [run.status for run in bench.runs] == ["time_limit", "time_limit"]
+    # the limit is checked after each 0.05 s step: the run stops within a step (plus slack for a busy machine)
+    np.testing.assert_allclose([run.time_s for run in bench.runs], [0.3, 0.3], atol=0.15)
+    assert all(2 <= run.nit <= 7 for run in bench.runs)
+
+
 def test_a_killed_worker_leaves_one_error_row_and_resume_redoes_only_it(tmp_path, cluster):
     local, client = cluster
     sweep = {**SWEEP, "solvers": ["test-counted-gd:pause=0.05,max_iter=12"], "repeat": 3}
