@@ -73,8 +73,8 @@ def _galore(factory, model, **options):
     return factory(galore_param_groups(model, **GALORE, **options))
 
 
-def _layerwise(factory, model):
-    return LayerwiseOptimizer(galore_param_groups(model, **GALORE), factory)
+def _layerwise(factory, model, **options):
+    return LayerwiseOptimizer(galore_param_groups(model, **GALORE, **options), factory)
 
 
 # name -> (optimizer builder over the unwrapped model, stepped layer-wise through LayerwiseOptimizer.attach)
@@ -86,10 +86,13 @@ CASES = {
     "galore-adafactor": (functools.partial(_galore, _adafactor), False),
     "mfac": (lambda model: _mfac(model.parameters()), False),
     "mfac-sparse": (_mfac_pruned, False),
+    # one window per parameter: a block-diagonal Fisher
+    "layerwise-mfac": (lambda model: LayerwiseOptimizer(model.parameters(), _mfac), True),
+    "layerwise-galore-adamw-randomized": (functools.partial(_layerwise, _adamw, proj="randomized"), True),
     "layerwise-galore-adafactor": (functools.partial(_layerwise, _adafactor), True),
     "layerwise-galore-adamw8bit": (functools.partial(_layerwise, _adamw8bit), True),
 }
-PROJECTED = [name for name in CASES if not name.startswith("mfac")]
+PROJECTED = [name for name in CASES if "mfac" not in name]
 
 
 def _model():
