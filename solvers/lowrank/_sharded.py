@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from optkit.projection import LEFT, RIGHT, Projected, Projector
+from optkit.projection import LEFT, RIGHT, AdaptiveGap, Projected, Projector
 
 __all__ = ["RowShard", "is_dtensor", "lift_rows", "project_rows", "row_shard_of"]
 
@@ -163,6 +163,11 @@ def project_rows(
         shard.broadcast(low)
         if projected.rotation is not None:
             shard.broadcast(projected.rotation)
+        if isinstance(projector.refresh, AdaptiveGap):
+            # the gap grows by a threshold test on each rank's similarities: ranks must agree on the next refresh
+            gap = torch.tensor([state["gap"]], device=low.device)
+            shard.broadcast(gap)
+            state["gap"], state["next_refresh"] = int(gap), step + int(gap)
         if side == RIGHT:
             low = low[shard.start : shard.stop]
         return projected._replace(low=low)
