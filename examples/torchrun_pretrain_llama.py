@@ -36,7 +36,9 @@ from problems.llm import llama_task
 def wrap(model: torch.nn.Module, strategy: str, device: torch.device) -> torch.nn.Module:
     """``model`` under DistributedDataParallel, or sharded in place by FSDP2 (layer by layer, then the rest)."""
     if strategy == "ddp":
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        ids = [device] if device.type == "cuda" else None
+        # gradients as views of the all-reduce buckets: no second copy of every gradient
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
     from torch.distributed.fsdp import fully_shard
 
     for layer in model.model.layers:

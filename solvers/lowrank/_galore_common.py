@@ -113,9 +113,9 @@ class GaLoreMixin:
                 f"placement, got {type(p.grad).__name__}"
             )
         state = self.state[p]
-        for key, value in state.items():
-            if is_dtensor(value):
-                state[key] = value.to_local()
+        sharded = {key: value for key, value in state.items() if is_dtensor(value)}
+        unwrapped = {key: value.to_local() for key, value in sharded.items()}
+        state.update(unwrapped)
         local = p.to_local()
         self._local_steps[local] = _LocalStep(p, shard, p.grad.to_local())
         try:
@@ -126,9 +126,11 @@ class GaLoreMixin:
             row_keys = ("error",)
             if projector_state is None or projector_state["side"] != LEFT:
                 row_keys += self.row_state_keys
-            for key in row_keys:
-                if key in state and not is_dtensor(state[key]):
-                    state[key] = shard.wrap(state[key])
+            for key in row_keys + tuple(key for key in sharded if key not in row_keys):
+                if key not in state:
+                    continue
+                # a quantity updated in place keeps its DTensor; a new one (first step, transport) is wrapped
+                state[key] = sharded[key] if state[key] is unwrapped.get(key) else shard.wrap(state[key])
 
     def _state_of(self, p: torch.Tensor) -> dict[str, Any]:
         local = self._local_steps.get(p)
