@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from pretrain_llama_galore import build
+from torch.distributed.tensor import DTensor
 from torchrun_pretrain_llama import wrap
 
 from problems.llm import llama_task
-from solvers.lowrank._sharded import is_dtensor
 
 CONFIGURATIONS = (("1 process", None, 1), ("DDP", "ddp", 2), ("FSDP2", "fsdp2", 2))
 MiB = 2**20
@@ -39,7 +39,7 @@ def local_nbytes(tensors) -> int:
     """Bytes of the tensors as this rank stores them (a DTensor's local shard)."""
     total = 0
     for t in tensors:
-        t = t.to_local() if is_dtensor(t) else t
+        t = t.to_local() if isinstance(t, DTensor) else t
         total += t.numel() * t.element_size()
     return total
 
