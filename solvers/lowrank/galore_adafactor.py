@@ -8,6 +8,7 @@ from typing import Any, Iterable
 import torch
 
 from ._galore_common import GaLoreMixin, galore_defaults
+from ._sharded import RowShard
 
 __all__ = ["GaLoreAdafactor"]
 
@@ -77,7 +78,14 @@ class GaLoreAdafactor(GaLoreMixin, torch.optim.Optimizer):
     projector's dict. Full-rank parameters with fewer than two dimensions keep an unfactored
     ``exp_avg_sq``. Moments are float32 for half-precision parameters, else the parameter's
     dtype. CPU and CUDA.
+
+    FSDP2 (``fully_shard``) parameters are accepted as they are, with the same result as
+    unsharded training: state indexed by rows is sharded with the weight, and the statistics
+    over a whole row-sharded tensor (column means, the mean of the row factor, the update's
+    RMS, the weight's RMS) are all-reduced.
     """
+
+    row_state_keys = ("exp_avg", "exp_avg_sq_row", "exp_avg_sq")
 
     def __init__(
         self,
@@ -127,17 +135,20 @@ class GaLoreAdafactor(GaLoreMixin, torch.optim.Optimizer):
         self._init_galore()
 
     @staticmethod
-    def _rms(tensor: torch.Tensor) -> torch.Tensor:
+    def _rms(tensor: torch.Tensor, shard: RowShard | None = None) -> torch.Tensor:
+        """RMS of ``tensor``, or of the whole row-sharded tensor of which ``tensor`` is this rank's rows."""
+        if shard is not None:
+            return shard.rms(tensor)
         return tensor.norm(2) / (tensor.numel() ** 0.5)
 
     @staticmethod
-    def _lr(group: dict[str, Any], step: int, weight: torch.Tensor) -> float:
+    def _lr(group: dict[str, Any], step: int, weight: torch.Tensor, shard: RowShard | None = None) -> float:
         lr = group["lr"]
         if group["relative_step"]:
             min_step = 1e-6 * step if group["warmup_init"] else 1e-2
             lr = min(min_step, 1.0 / math.sqrt(step))
         if group["scale_parameter"]:
-            lr = max(group["eps"][1], GaLoreAdafactor._rms(weight)) * lr
+            lr = max(group["eps"][1], GaLoreAdafactor._rms(weight, shard)) * lr
         return lr
 
     def _step_parameter(self, group: dict[str, Any], p: torch.Tensor) -> None:
@@ -164,22 +175,26 @@ class GaLoreAdafactor(GaLoreMixin, torch.optim.Optimizer):
         state["step"] += 1
 
         weight = p.float() if p.dtype in _HALF else p
-        lr = self._lr(group, step + 1, weight)
+        lr = self._lr(group, step + 1, weight, self.weight_shard(p))
+        # under FSDP2 with row-sharded moments, means over rows and the RMS span every rank's rows
+        rows = self.rows_shard(p, state)
         # the decay clock counts the steps since the second moment was last (re)started
         beta2t = 1.0 - math.pow(step + 1 - state["moment_origin"], group["decay_rate"])
         update = (low**2) + group["eps"][0]
         if factored:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
             row.mul_(beta2t).add_(update.mean(dim=-1), alpha=(1.0 - beta2t))
-            col.mul_(beta2t).add_(update.mean(dim=-2), alpha=(1.0 - beta2t))
-            r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
+            col_mean = update.mean(dim=-2) if rows is None else rows.mean_rows(update)
+            col.mul_(beta2t).add_(col_mean, alpha=(1.0 - beta2t))
+            row_mean = row.mean(dim=-1, keepdim=True) if rows is None else rows.mean(row)
+            r_factor = (row / row_mean).rsqrt_().unsqueeze(-1)
             update = torch.mul(r_factor, col.unsqueeze(-2).rsqrt())
             update.mul_(low)
         else:
             exp_avg_sq = state["exp_avg_sq"]
             exp_avg_sq.mul_(beta2t).add_(update, alpha=(1.0 - beta2t))
             update = exp_avg_sq.rsqrt().mul_(low)
-        update.div_((self._rms(update) / group["clip_threshold"]).clamp_(min=1.0))
+        update.div_((self._rms(update, rows) / group["clip_threshold"]).clamp_(min=1.0))
         update.mul_(lr)
         if beta1 is not None:
             exp_avg = state["exp_avg"]

@@ -53,7 +53,14 @@ class GaLoreAdamW(GaLoreMixin, torch.optim.Optimizer):
     State per projected parameter: ``exp_avg`` and ``exp_avg_sq`` of the projected shape
     (parameter dtype), ``step``, and the projector's dict (basis in the parameter dtype, or
     int32 indices for ``"dct"``). Works on CPU and CUDA tensors of any floating dtype.
+
+    FSDP2 (``fully_shard``) parameters are accepted as they are, with the same result as
+    unsharded training: the moments are sharded with the weight (replicated ``(r, n)`` for a
+    left-side projection), the basis is replicated; see ``docs/methods/galore.md``,
+    "Distributed training".
     """
+
+    row_state_keys = ("exp_avg", "exp_avg_sq")
 
     def __init__(
         self,

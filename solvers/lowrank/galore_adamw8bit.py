@@ -92,7 +92,17 @@ class GaLoreAdamW8bit(GaLoreMixin, torch.optim.Optimizer):
     device and saved with each, so that a checkpoint decodes by itself), ``step``,
     ``moment_origin`` (step of the last moment reset) and the projector's dict. All tensors:
     ``state_dict()`` loads with ``torch.load(weights_only=True)``.
+
+    FSDP2-sharded parameters are refused: bitsandbytes quantises blocks of 256 values of the
+    flattened moment, so a rank's shard would be quantised in other blocks than the unsharded
+    moment and the result would differ from unsharded training. Under DDP it works as is.
     """
+
+    supports_fsdp2 = False
+    fsdp2_alternatives = (
+        "bitsandbytes quantises blocks of 256 values of the flattened moment, which row shards do not align with; "
+        "use GaLoreAdamW (or GaLoreAdafactor) under FSDP2, or GaLoreAdamW8bit under DistributedDataParallel"
+    )
 
     def __init__(
         self,

@@ -7,6 +7,9 @@ gradient is freed, so the weight gradients of the whole model never exist at onc
 ``torchrun_main.py``, HF's ``*_layerwise`` optimizers) in three ways: it honours gradient
 accumulation, it has one learning-rate scheduler clock (the wrapper's own param groups), and it
 runs under ``DistributedDataParallel`` by stepping in a communication hook, after the all-reduce.
+FSDP2 (``fully_shard``) parameters are refused: FSDP2 already frees each unsharded gradient
+after its reduce-scatter, so a plain optimizer over the sharded parameters gets the memory
+saving that layer-wise stepping gives elsewhere.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import torch
 import torch.distributed as dist
 
 from optkit.validation import check_int
+
+from ._sharded import is_dtensor
 
 __all__ = ["LayerwiseOptimizer"]
 
@@ -71,7 +76,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     Raises
     ------
     ValueError
-        If ``accumulation_steps`` is not an integer >= 1, or no parameter requires grad.
+        If ``accumulation_steps`` is not an integer >= 1, no parameter requires grad, or a
+        parameter is an FSDP2 ``DTensor``.
 
     Notes
     -----
@@ -118,6 +124,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         index = len(self.param_groups) - 1
         group = self.param_groups[index]
+        if any(is_dtensor(p) for p in group["params"]):
+            raise ValueError(
+                "LayerwiseOptimizer does not take FSDP2 (DTensor) parameters: FSDP2 already frees each unsharded "
+                "gradient after its reduce-scatter, so use the plain optimizer on the sharded parameters, or "
+                "layer-wise stepping under DistributedDataParallel (LayerwiseOptimizer.attach)"
+            )
         hyperparameters = {key: value for key, value in group.items() if key not in _NOT_HYPERPARAMETERS}
         for p in group["params"]:
             if not p.requires_grad:
