@@ -105,6 +105,17 @@ class GaLoreMixin:
                     self._step_sharded(group, p, shard)
         return loss
 
+    def set_param_key(self, p: torch.Tensor, key: int) -> None:
+        """Seed ``p``'s projector with ``key`` (by default its index among this optimizer's parameters).
+
+        A wrapper that gives each parameter its own optimizer (:class:`LayerwiseOptimizer`) sets the
+        parameter's index among all the parameters it trains, so the seeded sources (``randomized``,
+        ``random``) draw what one optimizer over all of them draws. Only before ``p``'s first step.
+        """
+        if "projector" in self.state.get(p, {}):
+            raise ValueError("set_param_key after the parameter's first step: its projector is already seeded")
+        self._param_keys[p] = int(key)
+
     def _step_sharded(self, group: dict[str, Any], p: torch.Tensor, shard: RowShard) -> None:
         """The step of an FSDP2 parameter, run by ``_step_parameter`` on its local rows."""
         if not is_dtensor(p.grad) or tuple(p.grad.placements) != shard.placements:

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from optkit.validation import check_int
 
+from ._galore_common import GaLoreMixin
 from ._sharded import is_dtensor
 
 __all__ = ["LayerwiseOptimizer"]
@@ -131,10 +132,14 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 "layer-wise stepping under DistributedDataParallel (LayerwiseOptimizer.attach)"
             )
         hyperparameters = {key: value for key, value in group.items() if key not in _NOT_HYPERPARAMETERS}
-        for p in group["params"]:
+        first = sum(len(earlier["params"]) for earlier in self.param_groups[:index])
+        for position, p in enumerate(group["params"], start=first):
             if not p.requires_grad:
                 continue
             inner = self._factory([{**hyperparameters, "params": [p]}])
+            if isinstance(inner, GaLoreMixin):
+                # seeded projectors draw what one optimizer over all the groups would (its index, not 0)
+                inner.set_param_key(p, position)
             # One state mapping for all: the base class's state_dict then packs every inner state.
             self.state.update(inner.state)
             inner.state = self.state

@@ -71,7 +71,9 @@ def test_equals_plain_optimizer_with_accumulation_and_schedule(k):
     assert not torch.equal(model[0].weight, _mlp()[0].weight)
 
 
-@pytest.mark.parametrize("proj", ["svd", "dct"])
+# the seeded sources ("randomized", "random") need each parameter's seed key to be its index among all
+# the parameters, as in the plain optimizer, not its index in its own inner optimizer (always 0)
+@pytest.mark.parametrize("proj", ["svd", "dct", "randomized", "random"])
 def test_layerwise_galore_equals_plain_galore_with_accumulation(proj):
     from solvers.lowrank import GaLoreAdamW, galore_param_groups
 
@@ -342,3 +344,16 @@ def test_ddp_off_boundary_is_an_error_in_one_process(tmp_path):
             opt.step()
     finally:
         dist.destroy_process_group()
+
+
+def test_a_seed_key_is_refused_once_the_projector_is_seeded():
+    from solvers.lowrank import GaLoreAdamW
+
+    weight = torch.nn.Parameter(torch.randn(4, 3))
+    opt = GaLoreAdamW([{"params": [weight], "rank": 2, "proj": "random"}])
+    opt.set_param_key(weight, 7)
+    weight.grad = torch.ones(4, 3)
+    opt.step()
+    assert opt.state[weight]["projector"]["seed"] == 7  # proj_seed 0: the key alone
+    with pytest.raises(ValueError, match="after the parameter's first step"):
+        opt.set_param_key(weight, 8)
