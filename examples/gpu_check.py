@@ -29,6 +29,12 @@ Comparisons (each anchored on the CPU baseline of the same run):
   runs; ``--small``: 64-16-10 on 300 digits). Accuracy is compared on the CPU, against the
   exact spectrum, by that example.
 
+* FSDP2 (issue 18): GaLoreAdamW (randomized, rank 128) on llama-60m sharded by
+  ``fully_shard`` over one rank (NCCL) against the same model unsharded (the anchor), 10 steps
+  of 8 x 256 tokens: median step time, and the largest relative difference of the parameters
+  after the steps (the sharded step must equal the unsharded one; ``--small``: llama-micro,
+  gloo). A smoke test: several GPUs are needed for a sharding figure.
+
 ``--sections`` picks which comparisons run.
 """
 
@@ -191,6 +197,84 @@ def hessian_rows(target: str, small: bool) -> list[dict]:
     return rows
 
 
+def fsdp2_rows(target: str, small: bool) -> list[dict]:
+    """GaLoreAdamW on a one-rank FSDP2 model against the unsharded model: step time, parameter agreement."""
+    import argparse
+    import os
+    import statistics
+
+    import torch
+    import torch.distributed as dist
+    from distributed_step_time import free_port
+    from pretrain_llama_galore import build
+    from torchrun_pretrain_llama import wrap
+
+    from problems.llm import llama_task
+
+    device = torch.device("cuda" if target == "cuda" else "cpu")
+    size, seq, steps = ("micro", 64, 4) if small else ("60m", 256, 10)
+    args = argparse.Namespace(
+        optimizer="galore-adamw",
+        lr=0.01,
+        scale=0.25,
+        target="attn-mlp",
+        layerwise=False,
+        rank=128,
+        gap=200,
+        proj="randomized",
+        steps=steps,
+    )
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    try:
+        runs = {}
+        for strategy in ("unsharded", "fsdp2"):
+            task = llama_task(size, batch=8, seq=seq).to("torch", device.type, "float32")
+            torch.manual_seed(0)
+            model = task.make_model().to(device)
+            if strategy == "fsdp2":
+                model = wrap(model, "fsdp2", device)
+            optimizer, _ = build(args, model)
+            batches, seconds = task.train_batches(), []
+            for _ in range(steps):
+                batch = next(batches).to(device)
+                _synchronize(device.type)
+                start = time.perf_counter()
+                task.loss(model, batch).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                _synchronize(device.type)
+                seconds.append(time.perf_counter() - start)
+            params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
+            runs[strategy] = (statistics.median(seconds[1:]), [p.detach().float().cpu() for p in params])
+    finally:
+        dist.destroy_process_group()
+    anchor = runs["unsharded"][0]
+    difference = max(
+        float((a - b).norm() / b.norm().clamp_min(1e-30)) for a, b in zip(runs["fsdp2"][1], runs["unsharded"][1])
+    )
+    problem = f"galore-adamw llama-{size}, {steps} steps, 1 rank"
+    # "param_diff": the largest relative difference of a parameter from the unsharded run's
+    return [
+        {
+            "problem": problem,
+            "solver": "unsharded",
+            "status": "converged",
+            "param_diff": 0.0,
+            "time_s": anchor,
+            "ratio": 1.0,
+        },
+        {
+            "problem": problem,
+            "solver": "fsdp2",
+            "status": "converged",
+            "param_diff": difference,
+            "time_s": runs["fsdp2"][0],
+            "ratio": runs["fsdp2"][0] / anchor,
+        },
+    ]
+
+
 def main(target: str, small: bool, repeat: int, sections: list[str]) -> None:
     rows = []
     for name, (problems, solvers, options) in zip(("cg", "ot"), comparisons(small)):
@@ -211,6 +295,8 @@ def main(target: str, small: bool, repeat: int, sections: list[str]) -> None:
         rows.extend(mfac_rows(target, small))
     if "hessian" in sections:
         rows.extend(hessian_rows(target, small))
+    if "fsdp2" in sections:
+        rows.extend(fsdp2_rows(target, small))
     print(format_summary(rows, note_width=None))
 
 
@@ -219,7 +305,7 @@ if __name__ == "__main__":
     parser.add_argument("--target", default="cuda", choices=("cuda", "torch"), help="where the GPU solvers run")
     parser.add_argument("--small", action="store_true", help="small sizes (CPU smoke test)")
     parser.add_argument("--repeat", type=int, default=3)
-    sections = ["cg", "ot", "galore", "mfac", "hessian"]
+    sections = ["cg", "ot", "galore", "mfac", "hessian", "fsdp2"]
     parser.add_argument("--sections", nargs="+", default=sections, choices=sections)
     args = parser.parse_args()
     main(args.target, args.small, args.repeat, args.sections)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from optkit.backend import has_module
@@ -58,6 +59,9 @@ def test_gpu_check_runs_on_the_cpu_with_small_sizes():
         ("ot/random-assignment", "sns@torch"),
     ]
     assert all(status == "converged" for _, _, status in rows)
+    # one-rank FSDP2 steps equal the unsharded ones (float32; one rank reduces nothing)
+    (diff,) = re.findall(r"^fsdp2\s+converged\s+param_diff=(\S+)", out, flags=re.MULTILINE)
+    assert float(diff) <= 1e-6
     refresh = [solver for problem, solver, _ in table_rows(out) if problem.startswith("llama-micro: refresh")]
     assert refresh == ["galore-torch (svd)", "optkit svd", "optkit randomized", "optkit dct"]
     training = [row for row in table_rows(out) if row[0].startswith("llm/llama-micro")]
@@ -355,3 +359,16 @@ def test_dask_sweep_compares_the_serial_and_the_dask_run(tmp_path):
     lines = out.splitlines()
     assert [line.split()[:3] for line in lines[2:4]] == [["serial", "1", "4"], ["dask", "1", "4"]]
     assert "runs with the same status and iteration count: 4/4; workers lost: 0" in out
+
+
+def test_distributed_step_time_prints_three_configurations_and_halves_fsdp2_parameters():
+    pytest.importorskip("transformers")
+    out = run_example("distributed_step_time.py", "--size", "micro", "--steps", "3", "--warmup", "1", "--batch", "4",
+                      "--seq", "32", "--rank", "8")
+    rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "procs" not in line]
+    assert [row[0].strip() for row in rows] == ["1 process", "DDP", "FSDP2"]
+    params = [float(row[5]) for row in rows]
+    # FSDP2 holds half of each parameter's rows (odd row counts give one rank a row more); the table prints
+    # MiB to 0.1, so half of 0.5 MiB shows as 0.2 or 0.3
+    assert params[0] == params[1] > 0
+    np.testing.assert_allclose(params[2], params[0] / 2, atol=0.1)
