@@ -55,13 +55,11 @@ def build(args, model):
     return optimizer, scheduler
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the model, the optimizer and the schedule that every pre-training script shares."""
     parser.add_argument("--size", default="tiny", help="micro, tiny, 60m, 130m, 350m, 1b, 7b")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--optimizer", default="galore-adamw", choices=sorted(OPTIMIZERS))
     parser.add_argument("--proj", default="randomized", choices=["svd", "randomized", "dct", "random"])
     parser.add_argument("--rank", type=int, default=128)
@@ -69,12 +67,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--scale", type=float, default=0.25)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--target", default="attn-mlp", help="'all-linear', 'attn-mlp' or a regex")
-    parser.add_argument("--layerwise", action="store_true", help="step each layer during backward")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--checkpoint", help="save here every --save-every steps, and resume from it if it exists")
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--stop-after", type=int, help="end this invocation after so many steps (a job's time slot)")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_training_arguments(parser)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
+    parser.add_argument("--layerwise", action="store_true", help="step each layer during backward")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", help="save here every --save-every steps, and resume from it if it exists")
     parser.add_argument("--eval-every", type=int, default=100)
     args = parser.parse_args(argv)
 

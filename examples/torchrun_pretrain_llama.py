@@ -27,7 +27,7 @@ import os
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from pretrain_llama_galore import OPTIMIZERS, build
+from pretrain_llama_galore import add_training_arguments, build
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from problems.llm import llama_task
@@ -67,22 +67,10 @@ def load(path: str, model, optimizer, scheduler) -> int:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategy", default="fsdp2", choices=["ddp", "fsdp2"])
-    parser.add_argument("--size", default="tiny", help="micro, tiny, 60m, 130m, 350m, 1b, 7b")
-    parser.add_argument("--steps", type=int, default=300)
+    add_training_arguments(parser)
     parser.add_argument("--batch", type=int, default=8, help="global batch: sequences per step over all ranks")
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--optimizer", default="galore-adamw", choices=sorted(OPTIMIZERS))
-    parser.add_argument("--proj", default="randomized", choices=["svd", "randomized", "dct", "random"])
-    parser.add_argument("--rank", type=int, default=128)
-    parser.add_argument("--gap", type=int, default=200, help="steps between projector refreshes")
-    parser.add_argument("--scale", type=float, default=0.25)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--target", default="attn-mlp", help="'all-linear', 'attn-mlp' or a regex")
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, the GPU of LOCAL_RANK)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--checkpoint", help="DCP directory: saved every --save-every steps, resumed from if present")
-    parser.add_argument("--save-every", type=int, default=100)
-    parser.add_argument("--stop-after", type=int, help="end this invocation after so many steps (a job's time slot)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     # the single-process example's optimizer builder is reused: no layer-wise stepping, one micro-batch per step

@@ -4,13 +4,13 @@ bit-equal to each other and equal, up to the all-reduce's rounding, to one proce
 import functools
 import importlib.util
 import itertools
-import socket
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import galore_cases
+from distributed_cases import free_port
 
 from solvers.curvature import MFAC
 from solvers.lowrank import (
@@ -158,17 +158,12 @@ def _worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
     """Each rank's parameters and optimizer state after the DDP runs of every case (one spawn for all)."""
     out_dir = tmp_path_factory.mktemp("ddp")
-    torch.multiprocessing.spawn(_worker, args=(_free_port(), out_dir), nprocs=WORLD, join=True)
+    torch.multiprocessing.spawn(_worker, args=(free_port(), out_dir), nprocs=WORLD, join=True)
     return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
 

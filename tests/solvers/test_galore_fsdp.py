@@ -5,13 +5,13 @@ example resumed from its DCP checkpoint."""
 from __future__ import annotations
 
 import functools
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from distributed_cases import free_port
 
 from solvers.lowrank import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, LayerwiseOptimizer
 
@@ -149,16 +149,10 @@ def _worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("fsdp")
-    torch.multiprocessing.spawn(_worker, args=(_free_port(), out_dir), nprocs=WORLD, join=True)
+    torch.multiprocessing.spawn(_worker, args=(free_port(), out_dir), nprocs=WORLD, join=True)
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 

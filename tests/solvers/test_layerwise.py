@@ -3,9 +3,9 @@ scheduler clock, exact resume, and under DDP."""
 
 import contextlib
 import functools
-import socket
 
 import pytest
+from distributed_cases import free_port
 
 torch = pytest.importorskip("torch")
 LayerwiseOptimizer = pytest.importorskip("solvers.lowrank.layerwise").LayerwiseOptimizer
@@ -292,18 +292,13 @@ def _ddp_worker(rank, port, k, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()), reason="needs gloo"
 )
 def test_ddp_ranks_agree_and_equal_full_batch_adamw(tmp_path):
     k = 2
-    torch.multiprocessing.spawn(_ddp_worker, args=(_free_port(), k, tmp_path), nprocs=WORLD, join=True)
+    torch.multiprocessing.spawn(_ddp_worker, args=(free_port(), k, tmp_path), nprocs=WORLD, join=True)
 
     # DDP averages over ranks: the plain run sees every rank's micro-batches, scaled by 1 / WORLD.
     model = _mlp()
