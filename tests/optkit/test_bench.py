@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from bench_toys import quadratic
 
 import optkit
 from optkit.bench import (
@@ -29,18 +30,6 @@ from optkit.result import Result, Status
 from optkit.solver import IterativeSolver, Solver
 
 # ----------------------------------------------------------------------------- toys
-
-
-def quadratic(n: int = 6, cond: float = 10.0) -> SmoothProblem:
-    """f(x) = 1/2 sum d_i x_i^2 - sum x_i with d log-spaced in [1, cond]; f* = -1/2 sum 1/d_i."""
-    d = np.logspace(0, np.log10(cond), n)
-    return SmoothProblem(
-        lambda x: 0.5 * float(d @ (x * x)) - float(x.sum()),
-        lambda x: d * x - 1.0,
-        np.zeros(n),
-        name="test/quadratic",
-        metadata={"f_opt": -0.5 * float((1.0 / d).sum()), "L": float(d.max())},
-    )
 
 
 @dataclass(frozen=True)

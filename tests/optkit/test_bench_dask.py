@@ -19,6 +19,7 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 import pytest
+from bench_toys import quadratic
 
 import optkit._dask_executor as dask_executor
 from optkit.bench import Run, SpecError, read_csv, run_benchmark, summarize
@@ -34,18 +35,6 @@ dask = pytest.importorskip("dask")
 class _State(NamedTuple):
     x: np.ndarray
     g: np.ndarray
-
-
-def quadratic(n: int = 6, cond: float = 10.0) -> SmoothProblem:
-    """f(x) = 1/2 sum d_i x_i^2 - sum x_i with d log-spaced in [1, cond]; f* = -1/2 sum 1/d_i."""
-    d = np.logspace(0, np.log10(cond), n)
-    return SmoothProblem(
-        lambda x: 0.5 * float(d @ (x * x)) - float(x.sum()),
-        lambda x: d * x - 1.0,
-        np.zeros(n),
-        name="test/quadratic",
-        metadata={"f_opt": -0.5 * float((1.0 / d).sum()), "L": float(d.max())},
-    )
 
 
 @dataclass(frozen=True, kw_only=True)
