@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pytest
-from bench_toys import quadratic
+from bench_toys import ToyGD, ToyState, quadratic
 
 import optkit
 from optkit.bench import (
@@ -24,41 +24,11 @@ from optkit.bench import (
     run_benchmark,
     split_solver_list,
 )
-from optkit.problem import SmoothProblem
 from optkit.registry import register_problem, register_solver, register_suite, scoped_registrations
-from optkit.result import Result, Status
-from optkit.solver import IterativeSolver, Solver
+from optkit.result import Result
+from optkit.solver import Solver
 
 # ----------------------------------------------------------------------------- toys
-
-
-@dataclass(frozen=True)
-class _State:
-    x: Any
-    g: Any
-    v: Any = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class ToyGD(IterativeSolver):
-    """Gradient descent with step lr / L; stops when ||grad|| <= tol."""
-
-    name: ClassVar[str] = "test-gd"  # also in joblib workers, which do not run the fixture
-    accepts: ClassVar = (SmoothProblem,)
-    lr: float = 1.0
-
-    def init(self, problem, x0):
-        return _State(x0, problem.grad(x0))
-
-    def step(self, problem, state):
-        x = state.x - self.lr / problem.metadata["L"] * state.g
-        return _State(x, problem.grad(x))
-
-    def terminate(self, problem, state):
-        return Status.CONVERGED if np.linalg.norm(state.g) <= self.tol else None
-
-    def metrics(self, problem, state):
-        return {"grad_norm": float(np.linalg.norm(state.g))}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,11 +39,11 @@ class ToyHeavyBall(ToyGD):
     momentum: float = 0.5
 
     def init(self, problem, x0):
-        return _State(x0, problem.grad(x0), np.zeros_like(x0))
+        return ToyState(x0, problem.grad(x0), np.zeros_like(x0))
 
     def step(self, problem, state):
         v = self.momentum * state.v - self.lr / problem.metadata["L"] * state.g
-        return _State(state.x + v, problem.grad(state.x + v), v)
+        return ToyState(state.x + v, problem.grad(state.x + v), v)
 
     def metrics(self, problem, state):
         return {"grad_norm": float(np.linalg.norm(state.g)), "velocity": float(np.linalg.norm(state.v))}

@@ -15,50 +15,18 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 import numpy as np
 import pytest
-from bench_toys import quadratic
+from bench_toys import ToyGD, quadratic
 
 import optkit._dask_executor as dask_executor
 from optkit.bench import Run, SpecError, read_csv, run_benchmark, summarize
-from optkit.problem import SmoothProblem
 from optkit.registry import register_problem, register_solver, scoped_registrations
-from optkit.result import Status
-from optkit.solver import IterativeSolver
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
-
-
-class _State(NamedTuple):
-    x: np.ndarray
-    g: np.ndarray
-
-
-@dataclass(frozen=True, kw_only=True)
-class ToyGD(IterativeSolver):
-    """Gradient descent with step lr / L (deterministic: the same nit and iterates in every process)."""
-
-    name: ClassVar[str] = "test-gd"
-    accepts: ClassVar = (SmoothProblem,)
-    lr: float = 1.0
-    pause: float = 0.0
-
-    def init(self, problem, x0):
-        return _State(x0, problem.grad(x0))
-
-    def step(self, problem, state):
-        time.sleep(self.pause)
-        x = state.x - self.lr / problem.metadata["L"] * state.g
-        return _State(x, problem.grad(x))
-
-    def terminate(self, problem, state):
-        return Status.CONVERGED if np.linalg.norm(state.g) <= self.tol else None
-
-    def metrics(self, problem, state):
-        return {"grad_norm": float(np.linalg.norm(state.g))}
 
 
 SOLVES = {"runs": 0, "interrupt_at": None}
