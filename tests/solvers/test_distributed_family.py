@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import galore_cases
-from distributed_cases import free_port
+from distributed_cases import run_ranks, save_rank
 
 from solvers.curvature import MFAC
 from solvers.lowrank import (
@@ -151,20 +151,15 @@ def _worker(rank, port, out_dir):
                 "state": _state_entries(opt),
             }
             del ddp, opt
-        torch.save(results, out_dir / f"rank{rank}.pt")
-        # both ranks done before either tears gloo down (an abort at teardown otherwise, see test_layerwise)
-        dist.barrier()
+        save_rank(results, out_dir, rank)
     finally:
         dist.destroy_process_group()
-
 
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
     """Each rank's parameters and optimizer state after the DDP runs of every case (one spawn for all)."""
-    out_dir = tmp_path_factory.mktemp("ddp")
-    torch.multiprocessing.spawn(_worker, args=(free_port(), out_dir), nprocs=WORLD, join=True)
-    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
+    return run_ranks(_worker, tmp_path_factory.mktemp("ddp"), WORLD)
 
 
 def _single_process(name):

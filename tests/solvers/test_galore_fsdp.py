@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from distributed_cases import free_port
+from distributed_cases import run_ranks, save_rank
 
 from solvers.lowrank import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, LayerwiseOptimizer
 
@@ -142,18 +142,14 @@ def _worker(rank, port, out_dir):
         results["resumed"] = _full(model)
 
         _check_refusals(init_device_mesh("cpu", (WORLD,)))
-        torch.save(results, out_dir / f"rank{rank}.pt")
-        # both ranks done before either tears gloo down (see test_layerwise's DDP test)
-        dist.barrier()
+        save_rank(results, out_dir, rank)
     finally:
         dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("fsdp")
-    torch.multiprocessing.spawn(_worker, args=(free_port(), out_dir), nprocs=WORLD, join=True)
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return run_ranks(_worker, tmp_path_factory.mktemp("fsdp"), WORLD)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
