@@ -2,16 +2,17 @@
 
 import copy
 import functools
-import socket
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-import galore_cases  # noqa: E402
-from solvers.lowrank.galore_adamw import GaLoreAdamW  # noqa: E402
-from solvers.lowrank.param_groups import galore_param_groups, select_linear_modules  # noqa: E402
+import galore_cases
+from distributed_cases import run_ranks, save_rank
+
+from solvers.lowrank.galore_adamw import GaLoreAdamW
+from solvers.lowrank.param_groups import galore_param_groups, select_linear_modules
 
 SOURCES = ("svd", "randomized", "dct", "random")
 
@@ -138,30 +139,25 @@ def test_unsupported_parameters_raise():
         opt.step()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world_size, port, out_dir):
+def _ddp_worker(rank, port, out_dir):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    results = {}
-    for source in SOURCES:
-        model = torch.nn.parallel.DistributedDataParallel(Block())
-        opt = GaLoreAdamW(galore_param_groups(model.module, rank=3, proj=source, update_proj_gap=2), lr=1e-2)
-        # each rank sees different data; DDP averages the gradients
-        _train(model, opt, _batches(4, seed=10 + rank))
-        results[source] = [p.detach().clone() for p in model.parameters()]
-    torch.save(results, f"{out_dir}/rank{rank}.pt")
-    dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        results = {}
+        for source in SOURCES:
+            model = torch.nn.parallel.DistributedDataParallel(Block())
+            opt = GaLoreAdamW(galore_param_groups(model.module, rank=3, proj=source, update_proj_gap=2), lr=1e-2)
+            # each rank sees different data; DDP averages the gradients
+            _train(model, opt, _batches(4, seed=10 + rank))
+            results[source] = [p.detach().clone() for p in model.parameters()]
+        save_rank(results, out_dir, rank)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_ddp_ranks_end_with_identical_parameters(tmp_path):
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path, world=2)
     initial = [p.detach() for p in Block().parameters()]
     for source in SOURCES:
         for p, q, p0 in zip(ranks[0][source], ranks[1][source], initial):
