@@ -100,6 +100,24 @@ def as_csr(Q):
     return Q
 
 
+@numba.njit(cache=True)
+def _has_repeats(values, n):  # pragma: no cover - compiled
+    """Whether ``values`` (all in ``[0, n)``) repeats an entry, in ``O(len(values))`` time.
+
+    ``first[v] = k`` records where ``v`` was first seen; an entry of the uninitialised array is
+    trusted only when it points back to ``v`` (the sparse-set trick), so nothing of size ``n`` is
+    initialised and a small block of a large matrix costs only its own length.
+    """
+    first = np.empty(n, np.int64)
+    for k in range(values.size):
+        v = values[k]
+        seen = first[v]
+        if 0 <= seen < k and values[seen] == v:
+            return True
+        first[v] = k
+    return False
+
+
 def check_block(block, n: int, name: str = "block") -> np.ndarray:
     """Validate a block of node indices and return it as an int64 array.
 
@@ -129,7 +147,7 @@ def check_block(block, n: int, name: str = "block") -> np.ndarray:
     arr = arr.astype(np.int64, copy=False)
     if arr.size and (arr.min() < 0 or arr.max() >= n):
         raise ValueError(f"{name} must hold node indices in [0, {n}), got values in [{arr.min()}, {arr.max()}]")
-    if np.unique(arr).size != arr.size:
+    if _has_repeats(arr, n):
         raise ValueError(f"{name} must hold distinct node indices, got repeated ones")
     return arr
 
@@ -329,7 +347,7 @@ def grow_forest(Q, order, max_size=None) -> np.ndarray:
     Returns
     -------
     ndarray of int64, shape (m,)
-        The kept nodes in the order they were kept (a prefix-closed subsequence of ``order``).
+        The kept nodes, a subsequence of ``order``; with ``max_size=k`` the first ``k`` of them.
     """
     graph = graph_of(Q)
     nodes = check_block(order, graph.n, name="order")
