@@ -4,7 +4,7 @@ For a quadratic ``f(x) = x^T Q x / 2 - c^T x`` with ``Q`` sparse, the graph of `
 node per coordinate and one edge per nonzero off-diagonal entry. A block ``b`` whose induced
 subgraph is a forest can be updated exactly in ``O(|b|)`` time by Gaussian belief propagation
 (:func:`solvers.bcd._gabp.solve_forest`). This module builds such blocks (Nutini, Laradji and
-Schmidt, JMLR 2022, section 6):
+Schmidt, JMLR 2022):
 
 - :func:`red_black_blocks`: a greedy colouring; each colour class is an independent set (a
   forest without edges, so ``Q_bb`` is diagonal);

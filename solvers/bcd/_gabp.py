@@ -1,8 +1,8 @@
 """Exact block solves ``Q_bb^{-1} r`` in linear time for blocks that induce a forest.
 
 When the graph of ``Q_bb`` (edges = nonzero off-diagonal entries) is a forest, Gaussian belief
-propagation with two sweeps per tree is exact (Nutini, Laradji and Schmidt, JMLR 2022, section
-6; Bickson 2008, Gaussian BP on trees). Rooting each tree and ordering its nodes breadth first:
+propagation with two sweeps per tree is exact (Nutini, Laradji and Schmidt, JMLR 2022; Bickson,
+Gaussian belief propagation, 2008). Rooting each tree and ordering its nodes breadth first:
 
 - upward sweep (leaves to root): a node ``c`` with parent ``p`` sends the precision message
   ``-Q_pc^2 / P_c`` and the potential message ``-Q_pc h_c / P_c``, where ``P_c = Q_cc + sum of

@@ -149,6 +149,18 @@ def test_bp_accepts_other_matrix_formats():
         np.testing.assert_allclose(solve_forest(matrix, rhs, block), expected, rtol=RTOL, atol=0)
 
 
+def test_stored_zeros_are_not_edges():
+    rng = np.random.default_rng(10)
+    Q = lattice_quadratic(4)
+    # zero the edge 0-1 of the square {0, 1, 4, 5} while keeping it stored: the square is a path
+    Q.data[(Q.indptr[0] + np.flatnonzero(Q.indices[Q.indptr[0] : Q.indptr[1]] == 1))] = 0.0
+    Q.data[(Q.indptr[1] + np.flatnonzero(Q.indices[Q.indptr[1] : Q.indptr[2]] == 0))] = 0.0
+    assert Q.nnz == lattice_quadratic(4).nnz
+    square = [0, 1, 4, 5]
+    assert is_forest(Q, square)
+    assert_forest_solve(Q, square, rng)
+
+
 def test_induced_csr_matches_the_dense_submatrix():
     Q = lattice_quadratic(4)
     block = np.array([5, 1, 6, 9, 0])
@@ -268,6 +280,8 @@ def test_errors_name_the_argument():
         graph_of(np.array([[1.0, 1.0], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="symmetric on the block"):
         solve_forest(np.array([[2.0, 1.0], [0.5, 2.0]]), np.ones(2), [0, 1])
+    with pytest.raises(ValueError, match="symmetric on the block"):
+        solve_forest(np.array([[2.0, 1.0], [0.0, 2.0]]), np.ones(2), [0, 1])
     with pytest.raises(TypeError, match="Q must be"):
         graph_of([[1.0]])
 
