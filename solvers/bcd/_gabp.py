@@ -13,7 +13,8 @@ Gaussian belief propagation, 2008). Rooting each tree and ordering its nodes bre
 
 Every pivot ``P_c`` is a Schur complement pivot of ``Q_bb``, so all are positive exactly when
 ``Q_bb`` is positive definite; a non-positive one is reported as an error. The cost is
-``O(sum over the block of the degrees in Q)``: the block's rows of ``Q`` are read once, and no
+``O(sum over the block of the degrees in Q)`` (the symmetry check of ``Q_bb`` adds a factor of
+its largest degree, a small constant here): the block's rows of ``Q`` are read once, and no
 array of size ``n`` is initialised (membership uses the sparse-set trick on an uninitialised
 position array). numpy backend; the loops are numba-compiled on first use and cached on disk.
 """
