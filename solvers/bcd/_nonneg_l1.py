@@ -18,6 +18,7 @@ any work and return new float64 arrays; the inputs are never modified. ``x_b`` m
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -114,9 +115,12 @@ def gsq_scores(x: Any, g: Any, L: Any, lam: float) -> np.ndarray:
     """
     x = _feasible_point("x", x)
     g = _vector("g", g, x.size)
-    L = np.asarray(L, dtype=np.float64) if np.ndim(L) == 0 else _vector("L", L, x.size)
-    if not np.all((L > 0) & np.isfinite(L)):
-        raise ValueError("L must be positive and finite (a scalar or one constant per coordinate)")
+    if isinstance(L, numbers.Real):
+        L = check_positive("L", L)
+    else:
+        L = _vector("L", L, x.size)
+        if not np.all(L > 0):
+            raise ValueError("L must be positive (a scalar or one constant per coordinate)")
     lam = check_nonnegative("lam", lam)
     c = g + lam
     # The two closed forms are each non-negative in floating point: no cancellation to clip.
@@ -347,7 +351,7 @@ def two_metric_projection(
     if not callable(block_value):
         raise TypeError(f"block_value must be a callable y -> F, got {type(block_value).__name__}")
     max_backtracks = check_int("max_backtracks", max_backtracks, 0)
-    if isinstance(epsilon, bool) or not (isinstance(epsilon, (int, float)) and epsilon > 0):
+    if isinstance(epsilon, bool) or not (isinstance(epsilon, numbers.Real) and epsilon > 0):
         raise ValueError(f"epsilon must be a positive number (inf allowed), got {epsilon!r}")
 
     c = g_b + lam

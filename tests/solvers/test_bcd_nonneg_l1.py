@@ -355,6 +355,7 @@ def _unit_value(x_b):
 BAD_INPUTS = [
     ("shape", lambda: gsq_scores(np.ones(3), np.ones(2), 1.0, 0.1), "g must have shape"),
     ("L", lambda: gsq_scores(np.ones(3), np.ones(3), np.array([1.0, 0.0, 1.0]), 0.1), "L must be positive"),
+    ("L scalar", lambda: gsq_scores(np.ones(3), np.ones(3), 0.0, 0.1), "L must be a positive finite number"),
     ("lam", lambda: gsq_scores(np.ones(3), np.ones(3), 1.0, -0.1), "lam must be a finite number >= 0"),
     ("negative x", lambda: projected_gradient([1.0, -1.0], [0.0, 0.0], 1.0, 0.1), "x_b must be non-negative"),
     ("L_b", lambda: projected_gradient([1.0], [0.0], 0.0, 0.1), "L_b must be a positive"),
