@@ -25,12 +25,20 @@ matrix (iterative hard thresholding) and its absolute row sums.
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from ._kernels import csc_block_product, csr_rows_transpose_product, empty_marker
 
-__all__ = ["LinearModelObjective", "Objective", "QuadraticObjective", "SeparablePenalty", "SoftmaxObjective"]
+__all__ = [
+    "LinearModelObjective",
+    "Objective",
+    "QuadraticObjective",
+    "SeparablePenalty",
+    "SoftmaxObjective",
+    "psd_solver",
+]
 
 
 class SeparablePenalty:
@@ -69,6 +77,24 @@ class SeparablePenalty:
         if self.kind == "l1-nonneg":
             return np.where(x > 0, np.abs(g + self.lam), np.maximum(-g - self.lam, 0.0))
         return np.abs(g)
+
+
+def psd_solver(H: np.ndarray):
+    """``rhs -> H^+ rhs`` for a symmetric positive semi-definite ``H`` (b, b).
+
+    Cholesky when ``H`` is positive definite; otherwise (a zero column of ``A`` in the block,
+    parallel columns, Bohning's bound along its null direction) the pseudo-inverse from an
+    eigendecomposition, dropping eigenvalues below ``b eps lambda_max``, so the step is 0
+    along directions where ``f`` does not change.
+    """
+    try:
+        factor = sla.cho_factor(H)
+    except np.linalg.LinAlgError:
+        w, V = np.linalg.eigh(H)
+        keep = w > H.shape[0] * np.finfo(float).eps * max(float(w[-1]), 0.0)
+        pseudo_inverse = (V[:, keep] / w[keep]) @ V[:, keep].T
+        return lambda rhs: pseudo_inverse @ rhs
+    return lambda rhs: sla.cho_solve(factor, rhs)
 
 
 def _top_eigenvalue(matvec, n: int) -> float:
@@ -173,9 +199,14 @@ class LinearModelObjective(Objective):
         self._value = float(_row_loss(kind, self.z, self.t).sum()) / self.m
         self._bound_norm = None
 
-    def _columns(self, block: np.ndarray) -> np.ndarray:
-        """``A[:, block]`` as a dense (m, b) array."""
-        return self.csc[:, block].toarray() if self.sparse else self.dense[:, block]
+    def _gram(self, block: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """``A_b^T diag(weights) A_b`` as a dense (b, b) array (sparse products when ``A`` is sparse)."""
+        if self.sparse:
+            Ab = self.csc[:, block]
+            left = Ab if weights is None else sp.csc_array(Ab.multiply(weights[:, None]))
+            return (left.T @ Ab).toarray()
+        Ab = self.dense[:, block]
+        return (Ab.T if weights is None else Ab.T * weights) @ Ab
 
     def _touched(self, block: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rows ``R`` where ``A_b delta`` has entries and the product on them."""
@@ -220,15 +251,13 @@ class LinearModelObjective(Objective):
         return self.curvature * np.asarray(A.multiply(A).sum(axis=0) if self.sparse else (A * A).sum(axis=0)).ravel()
 
     def bound_matrix(self, block: np.ndarray) -> np.ndarray:
-        Ab = self._columns(block)
-        return self.curvature * (Ab.T @ Ab)
+        return self.curvature * self._gram(block)
 
     def hessian(self, block: np.ndarray) -> np.ndarray:
         if self.is_quadratic:
             return self.bound_matrix(block)
         s = np.exp(-np.logaddexp(0.0, self.z) - np.logaddexp(0.0, -self.z))  # sigma(z) sigma(-z)
-        Ab = self._columns(block)
-        return (Ab.T * s) @ Ab / self.m
+        return self._gram(block, s) / self.m
 
     def bound_matvec(self, v: np.ndarray) -> np.ndarray:
         A = self.csc if self.sparse else self.dense

@@ -64,7 +64,7 @@ class RunState:
     iteration: int = 0
     cache: dict = field(default_factory=dict)
     f_opt: float | None = None
-    dual: Any = None
+    gap_problem: Any = None
 
     @property
     def x(self) -> np.ndarray:
@@ -285,7 +285,7 @@ class BCD(IterativeSolver):
             matrix=matrix,
             penalty_value=penalty.value(x0),
             f_opt=None if f_opt is None else float(f_opt),
-            dual=problem if isinstance(problem, CompositeProblem) and problem.has_duality_gap else None,
+            gap_problem=problem if isinstance(problem, CompositeProblem) and problem.has_duality_gap else None,
         )
 
     def _choose(self, run: RunState) -> tuple[np.ndarray, int | None]:
@@ -314,12 +314,12 @@ class BCD(IterativeSolver):
             return self.stop_on
         if state.f_opt is not None:
             return "f_gap"
-        return "duality_gap" if state.dual is not None else "optimality"
+        return "duality_gap" if state.gap_problem is not None else "optimality"
 
     @staticmethod
     def _duality_gap(state: RunState) -> float:
         """The gap of :meth:`CompositeProblem.duality_gap` from the maintained ``u = L'(z)`` and ``g = A^T u``."""
-        problem = state.dual
+        problem = state.gap_problem
         size = problem.penalty.dual_norm(-state.objective.g)
         lam = problem.penalty.lam
         scale = 1.0 if size <= lam else lam / size
@@ -341,7 +341,7 @@ class BCD(IterativeSolver):
         out = {"fun": state.fun, "optimality": self._measure(state, "optimality")}
         if state.f_opt is not None:
             out["f_gap"] = state.fun - state.f_opt
-        if state.dual is not None:
+        if state.gap_problem is not None:
             out["duality_gap"] = self._duality_gap(state)
         return out
 

@@ -29,8 +29,8 @@ gsl      ``||G_b||^2 / L_b`` (the paper)     ``|G_i| / sqrt(sum_j |H_ij|)`` (the
 gsl-code ``sum |G_b| / sqrt(L_b)`` (the      (none: the code has no VB version)
          reference code's FB GSL)
 gsd      ``sum_b |G_i| / sqrt(L_i)``         ``|G_i| / sqrt(L_i)``
-gsq      ``G_b^T H_b^{-1} G_b`` (cached      iterative hard thresholding, <= 10 steps
-         Cholesky factors of every ``H_b``)  (:func:`iht_block`)
+gsq      ``G_b^T H_b^+ G_b`` (every         iterative hard thresholding, <= 10 steps
+         ``H_b^+`` formed once)            (:func:`iht_block`)
 ======== =================================== =================================================
 
 ``cyclic`` goes through the blocks in order (variable: windows of ``tau`` consecutive
@@ -47,7 +47,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.linalg as sla
+
+from ._objectives import psd_solver
 
 __all__ = [
     "IHT_MAX_STEPS",
@@ -133,7 +134,8 @@ def _gsl_fixed(run: Any) -> int:
 
 def _gsl_variable(run: Any) -> np.ndarray:
     if "abs_row_sums" not in run.cache:
-        run.cache["abs_row_sums"] = run.objective.bound_abs_row_sums()
+        # sum_j |H_ij| >= H_ii = L_i: the floor only acts on zero columns (0 / 0 otherwise)
+        run.cache["abs_row_sums"] = np.maximum(run.objective.bound_abs_row_sums(), run.lipschitz)
     return top_coordinates(np.abs(greedy_gradient(run)) / np.sqrt(run.cache["abs_row_sums"]), run.block_size)
 
 
@@ -149,17 +151,28 @@ def _gsd_variable(run: Any) -> np.ndarray:
     return top_coordinates(np.abs(greedy_gradient(run)) / np.sqrt(run.lipschitz), run.block_size)
 
 
-def _block_factors(run: Any) -> list:
-    """Cholesky factors of every fixed block's ``H_b`` (formed once, kept in ``run.cache``)."""
-    if "gsq_factors" not in run.cache:
-        run.cache["gsq_factors"] = [sla.cho_factor(run.objective.bound_matrix(b)) for b in run.blocks]
-    return run.cache["gsq_factors"]
+def _gsq_tables(run: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Every fixed block's ``H_b^+`` stacked (nb, tau, tau) with the blocks' indices (nb, tau).
+
+    Formed once (kept in ``run.cache``); a short last block is padded with index ``n`` (a
+    zero appended to ``G``) and zero rows, so one ``einsum`` scores all blocks.
+    """
+    if "gsq_tables" not in run.cache:
+        n, tau = run.objective.n, max(b.shape[0] for b in run.blocks)
+        index = np.full((len(run.blocks), tau), n, dtype=np.int64)
+        inverses = np.zeros((len(run.blocks), tau, tau))
+        for k, block in enumerate(run.blocks):
+            size = block.shape[0]
+            index[k, :size] = block
+            inverses[k, :size, :size] = psd_solver(run.objective.bound_matrix(block))(np.eye(size))
+        run.cache["gsq_tables"] = (index, inverses)
+    return run.cache["gsq_tables"]
 
 
 def _gsq_fixed(run: Any) -> int:
-    G = greedy_gradient(run)
-    scores = [float(G[b] @ sla.cho_solve(factor, G[b])) for b, factor in zip(run.blocks, _block_factors(run))]
-    return int(np.argmax(scores))
+    index, inverses = _gsq_tables(run)
+    G = np.append(greedy_gradient(run), 0.0)[index]
+    return int(np.argmax(np.einsum("ki,kij,kj->k", G, inverses, G)))
 
 
 def iht_block(run: Any) -> np.ndarray:

@@ -3,7 +3,7 @@
 A rule is an :class:`UpdateRule` in :data:`UPDATES`: ``apply(step) -> delta`` for a
 :class:`BlockStep`, which exposes the block, ``x_b``, ``g_b``, the penalty and, computed on
 demand and cached across iterations for fixed blocks, ``lipschitz`` (``L_b``),
-``bound_matrix`` (``H_b``), its Cholesky factor and the block ``hessian``.
+``bound_matrix`` (``H_b``), its solver ``H_b^+`` and the block ``hessian``.
 
 =========== ==========================================================================
 rule        step
@@ -13,7 +13,7 @@ doubling    as ``gradient`` with an estimate ``L`` of ``L_b``: start from half t
             accepted ``L`` of this block (first: ``max L_i`` on it), double until
             ``f(x+) <= f(x) + g_b^T d + L/2 ||d||^2``; capped at ``sum_b L_i >= L_b``
             (where the test must hold), so it ends; any penalty
-matrix      ``H_b d = -g_b`` (Newton-upper-bound step); no penalty (``lam = 0``, no
+matrix      ``d = -H_b^+ g_b`` (Newton-upper-bound step); no penalty (``lam = 0``, no
             constraint): its proximal version is a QP, the ``"pn"`` update
 newton      ``hessian_b d = -g_b`` with Armijo backtracking (``c = 1e-4``, halving); no penalty
 exact       minimises ``f`` over the block of a quadratic: ``Q_bb d = -g_b`` (dense Cholesky,
@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.linalg as sla
+
+from ._objectives import psd_solver
 
 __all__ = ["ARMIJO_C", "UPDATES", "BlockStep", "UpdateRule"]
 
@@ -84,9 +85,9 @@ class BlockStep:
         return self._cached("bound_matrix", lambda: self.objective.bound_matrix(self.block))
 
     @property
-    def bound_factor(self) -> Any:
-        """``scipy.linalg.cho_factor(H_b)``."""
-        return self._cached("bound_factor", lambda: sla.cho_factor(self.bound_matrix))
+    def bound_solve(self) -> Callable[[np.ndarray], np.ndarray]:
+        """``rhs -> H_b^+ rhs`` (Cholesky, or the pseudo-inverse when ``H_b`` is singular)."""
+        return self._cached("bound_solve", lambda: psd_solver(self.bound_matrix))
 
     @property
     def lipschitz(self) -> float:
@@ -139,16 +140,11 @@ def doubling_update(step: BlockStep) -> np.ndarray:
 
 
 def matrix_update(step: BlockStep) -> np.ndarray:
-    return -sla.cho_solve(step.bound_factor, step.g_b)
+    return -step.bound_solve(step.g_b)
 
 
 def newton_update(step: BlockStep) -> np.ndarray:
-    H = step.hessian()
-    try:
-        direction = -sla.solve(H, step.g_b, assume_a="pos")
-    except (np.linalg.LinAlgError, sla.LinAlgError):
-        # a singular block Hessian (more block columns than informative rows): least-norm step
-        direction = -np.linalg.lstsq(H, step.g_b, rcond=None)[0]
+    direction = -psd_solver(step.hessian())(step.g_b)
     slope = float(step.g_b @ direction)
     t = 1.0
     for _ in range(_MAX_HALVINGS):
@@ -162,7 +158,7 @@ def exact_update(step: BlockStep) -> np.ndarray:
     solver = step.run.partition_rule.block_solver
     if solver is not None:
         return -solver(step.run.matrix, step.g_b, step.block)
-    return -sla.cho_solve(step.bound_factor, step.g_b)
+    return -step.bound_solve(step.g_b)
 
 
 #: name -> rule; unknown names are refused by ``BCD.validate`` with this list.
