@@ -252,6 +252,8 @@ class BCD(IterativeSolver):
 
     def init(self, problem: Problem, x0: Any) -> RunState:
         x0 = np.array(x0, dtype=np.float64)
+        if x0.shape != (problem.n,) or not np.all(np.isfinite(x0)):
+            raise ValueError(f"x0 must be a finite array of shape ({problem.n},), got shape {x0.shape}")
         penalty = _penalty_of(problem)
         if not np.isfinite(penalty.value(x0)):
             raise ValueError("x0 must be >= 0 for the L1NonNegative penalty (outside its domain)")
@@ -266,9 +268,13 @@ class BCD(IterativeSolver):
         blocks = block_of = block_lipschitz = None
         if rule.kind == "fixed":
             blocks = [np.asarray(b, dtype=np.int64) for b in rule.build(data)]
-            block_of = np.empty(objective.n, dtype=np.int64)
+            block_of = np.full(objective.n, -1, dtype=np.int64)
             for index, block in enumerate(blocks):
                 block_of[block] = index
+            if sum(b.shape[0] for b in blocks) != objective.n or np.any(block_of < 0):
+                raise ValueError(
+                    f"partition={self.partition!r} must split the {objective.n} coordinates into disjoint blocks"
+                )
             block_lipschitz = np.array([objective.block_lipschitz(b) for b in blocks])
         f_opt = problem.metadata.get("f_opt")
         return RunState(

@@ -42,7 +42,8 @@ __all__ = ["ARMIJO_C", "UPDATES", "BlockStep", "UpdateRule"]
 
 #: sufficient-decrease constant of the Newton line search
 ARMIJO_C = 1e-4
-_MAX_HALVINGS = 60
+#: cap on the halvings of the line search and the doublings of ``L``
+_MAX_TRIALS = 60
 
 
 class BlockStep:
@@ -67,13 +68,14 @@ class BlockStep:
         self.lam = run.penalty.lam
         self.x_b = run.objective.x[block].copy()
         self.g_b = run.objective.g[block].copy()
+        self._this_step: dict[str, Any] = {}
 
     def _cached(self, what: str, make: Callable[[], Any]) -> Any:
+        """``make()`` once per step, or once per run for a fixed block (kept in ``run.cache``)."""
         if self.index is None:
-            key = (what, None)
-            if key not in self.__dict__:
-                self.__dict__[key] = make()
-            return self.__dict__[key]
+            if what not in self._this_step:
+                self._this_step[what] = make()
+            return self._this_step[what]
         store = self.run.cache.setdefault(what, {})
         if self.index not in store:
             store[self.index] = make()
@@ -130,7 +132,7 @@ def doubling_update(step: BlockStep) -> np.ndarray:
     memory = step.run.cache.setdefault("doubling", {})
     cap = float(step.run.lipschitz[step.block].sum())
     L = min(memory[step.index] / 2 if step.index in memory else float(step.run.lipschitz[step.block].max()), cap)
-    for _ in range(_MAX_HALVINGS):
+    for _ in range(_MAX_TRIALS):
         delta = step.prox_step(L)
         if L >= cap or step.change(delta) <= step.g_b @ delta + 0.5 * L * (delta @ delta):
             break
@@ -147,7 +149,7 @@ def newton_update(step: BlockStep) -> np.ndarray:
     direction = -psd_solver(step.hessian())(step.g_b)
     slope = float(step.g_b @ direction)
     t = 1.0
-    for _ in range(_MAX_HALVINGS):
+    for _ in range(_MAX_TRIALS):
         if step.change(t * direction) <= ARMIJO_C * t * slope:
             return t * direction
         t *= 0.5

@@ -329,6 +329,14 @@ def test_bad_problem_data_is_refused():
     nonneg = CompositeProblem(np.eye(2), QuadraticDatafit(np.ones(2)), L1NonNegative(0.1))
     with pytest.raises(ValueError, match="x0 must be >= 0"):
         BCD(block_size=1).solve(nonneg, x0=np.array([-1.0, 0.0]))
+    with pytest.raises(ValueError, match="x0 must be a finite array of shape \\(2,\\)"):
+        BCD(block_size=1).solve(nonneg, x0=np.array([np.nan, 0.0]))
+
+
+def test_a_fixed_partition_that_misses_coordinates_is_refused(monkeypatch):
+    monkeypatch.setitem(PARTITIONS, "test-gappy", PartitionRule("fixed", build=lambda data: [np.array([0, 1])]))
+    with pytest.raises(ValueError, match="must split the 20 coordinates into disjoint blocks"):
+        BCD(partition="test-gappy").solve(lasso())
 
 
 def test_registries_list_the_rules_of_the_spec():
