@@ -4,9 +4,11 @@ import itertools
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from optkit.composite_problem import L1, CompositeProblem, QuadraticDatafit
-from solvers.bcd import BCD
+from problems.linear_models import SoftmaxRegression
+from solvers.bcd import BCD, _objectives
 from solvers.bcd.selection import SELECTIONS, iht_block
 
 
@@ -53,7 +55,7 @@ def test_fixed_block_greedy_rules_pick_the_brute_force_best_block(rule, partitio
 VARIABLE_SCORES = {
     "gs": lambda g, L, A, m: np.abs(g),
     "gsd": lambda g, L, A, m: np.abs(g) / np.sqrt(L),
-    "gsl": lambda g, L, A, m: np.abs(g) / np.sqrt(np.abs(A).T @ np.abs(A).sum(axis=1) / m),
+    "gsl": lambda g, L, A, m: np.abs(g) / np.sqrt(np.abs(A.T @ A / m).sum(axis=1)),
 }
 
 
@@ -159,3 +161,17 @@ def test_paper_ordering_greedy_variable_blocks_beat_random_after_200_iterations(
         result = BCD(partition="variable", selection=selection, block_size=5, max_iter=200, seed=0).solve(problem)
         gaps[selection] = result.metrics["fun"]
     assert gaps["gsl"] < gaps["random"] and gaps["gsq"] < gaps["random"]
+
+
+def test_absolute_row_sums_of_the_bound_matrix_are_exact_in_chunks(monkeypatch):
+    monkeypatch.setattr(_objectives, "_GRAM_CHUNK_ENTRIES", 40)  # 4 columns per chunk of 10
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((12, 10))
+    expected = np.abs(A.T @ A).sum(axis=1)
+    # a sum of the same products in another order: agreement to rounding
+    np.testing.assert_allclose(_objectives.gram_abs_row_sums(A), expected, rtol=1e-13)
+    np.testing.assert_allclose(_objectives.gram_abs_row_sums(sp.csc_array(A)), expected, rtol=1e-13)
+    problem = SoftmaxRegression(A, rng.integers(0, 3, 12), lam=0.1, bias=False, n_classes=3)
+    objective = BCD().init(problem, problem.x0).objective
+    full = objective.bound_matrix(np.arange(problem.n))
+    np.testing.assert_allclose(objective.bound_abs_row_sums(), np.abs(full).sum(axis=1), rtol=1e-13)
