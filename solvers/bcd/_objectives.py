@@ -1,8 +1,9 @@
 """Smooth parts of the problems ``bcd`` solves, with the iterate's state maintained per block update.
 
 Each objective holds the iterate ``x``, the predictions ``z`` (``A x``, ``Q x`` or the
-logits ``A W^T``), the smooth value ``f(x)`` and the FULL gradient ``g = grad f(x)``, and
-keeps them exact after every block update ``x_b += delta_b`` without a pass over the data:
+logits ``A W^T``) and the FULL gradient ``g = grad f(x)``, and keeps them exact after every
+block update ``x_b += delta_b`` without a pass over the data (``f(x)`` is formed from ``z``
+when asked, in ``O(m)``, ``O(n)`` or ``O(N k)``):
 
 * :class:`LinearModelObjective` (least squares, logistic; ``A`` dense or CSC sparse):
   ``dz = A_b delta_b`` touches only the rows where a block column has an entry; on those
@@ -131,7 +132,9 @@ def _top_eigenvalue(matvec, n: int) -> float:
 class Objective:
     """Base of the maintained objectives: ``x``, ``z``, ``g`` (full gradient), ``value()``.
 
-    Subclasses implement :meth:`update`, :meth:`change`, :meth:`coordinate_lipschitz`,
+    Subclasses implement ``value()`` (``f(x)`` from the maintained predictions, never a
+    running sum of changes, which would drift by ``eps |f(x0)|`` per update),
+    :meth:`update`, :meth:`change`, :meth:`coordinate_lipschitz`,
     :meth:`bound_matrix`, :meth:`hessian`, :meth:`bound_matvec`, :meth:`bound_abs_row_sums`
     and :meth:`recomputed`.
     """
@@ -144,10 +147,6 @@ class Objective:
     @property
     def n(self) -> int:
         return int(self.x.shape[0])
-
-    def value(self) -> float:
-        """``f(x)``, tracked through the updates."""
-        return self._value
 
     def bound_norm(self) -> float:
         """``lambda_max`` of the full bound matrix (computed once)."""
@@ -217,7 +216,6 @@ class LinearModelObjective(Objective):
         self.z = np.asarray(A @ self.x, dtype=np.float64).ravel()
         self.u = _row_derivative(kind, self.z, self.t) / self.m
         self.g = np.asarray(A.T @ self.u, dtype=np.float64).ravel()
-        self._value = float(_row_loss(kind, self.z, self.t).sum()) / self.m
         self._bound_norm = None
 
     def _gram(self, block: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -256,7 +254,6 @@ class LinearModelObjective(Objective):
         rows, dz = self._touched(block, delta)
         z_old, t = self.z[rows], self.t[rows]
         z_new = z_old + dz
-        self._value += float((_row_loss(self.kind, z_new, t) - _row_loss(self.kind, z_old, t)).sum()) / self.m
         u_new = _row_derivative(self.kind, z_new, t) / self.m
         du = u_new - self.u[rows]
         self.z[rows] = z_new
@@ -286,6 +283,10 @@ class LinearModelObjective(Objective):
 
     def bound_abs_row_sums(self) -> np.ndarray:
         return self.curvature * gram_abs_row_sums(self.csc if self.sparse else self.dense)
+
+    def value(self) -> float:
+        """``f(x)`` from ``z``, ``O(m)``."""
+        return float(_row_loss(self.kind, self.z, self.t).sum()) / self.m
 
     def dual_point(self) -> np.ndarray:
         """``u = L'(z)`` (with the ``1/m``), the datafit's gradient at the predictions."""
@@ -327,7 +328,6 @@ class QuadraticObjective(Objective):
         self.x = np.array(x0, dtype=np.float64)
         self.z = np.asarray(self.Q @ self.x).ravel()
         self.g = self.z - self.c
-        self._value = float(0.5 * self.x @ self.z - self.c @ self.x)
         self._bound_norm = None
 
     def _column_change(self, block: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -344,13 +344,16 @@ class QuadraticObjective(Objective):
         dz = self.Q[:, block] @ delta
         return np.arange(self.n), dz, float(delta @ dz[block])
 
+    def value(self) -> float:
+        """``f(x)`` from ``z = Q x``, ``O(n)``."""
+        return float(0.5 * self.x @ self.z - self.c @ self.x)
+
     def change(self, block: np.ndarray, delta: np.ndarray) -> float:
         _, _, curvature = self._column_change(block, delta)
         return float(delta @ self.g[block]) + 0.5 * curvature
 
     def update(self, block: np.ndarray, delta: np.ndarray) -> None:
-        rows, dz, curvature = self._column_change(block, delta)
-        self._value += float(delta @ self.g[block]) + 0.5 * curvature
+        rows, dz, _ = self._column_change(block, delta)
         self.z[rows] += dz
         self.g[rows] += dz
         self.x[block] += delta
@@ -419,6 +422,10 @@ class SoftmaxObjective(Objective):
 
     def _W(self) -> np.ndarray:
         return self.x.reshape(self.k, self.width)
+
+    def value(self) -> float:
+        """``f(x)``, formed from the logits at the last update."""
+        return self._value
 
     def _loss(self, Z: np.ndarray, W: np.ndarray) -> tuple[float, np.ndarray]:
         top = Z.max(axis=1, keepdims=True)

@@ -60,7 +60,6 @@ class RunState:
     block_size: int
     rng: np.random.Generator
     matrix: Any = None
-    penalty_value: float = 0.0
     iteration: int = 0
     cache: dict = field(default_factory=dict)
     f_opt: float | None = None
@@ -72,8 +71,8 @@ class RunState:
 
     @property
     def fun(self) -> float:
-        """``F(x)``, from the tracked smooth value and penalty value."""
-        return self.objective.value() + self.penalty_value
+        """``F(x)``: ``f`` from the maintained predictions, the penalty in ``O(n)``."""
+        return self.objective.value() + self.penalty.value(self.objective.x)
 
 
 def _penalty_of(problem: Problem) -> SeparablePenalty:
@@ -289,7 +288,6 @@ class BCD(IterativeSolver):
             block_size=self.block_size,
             rng=rng,
             matrix=matrix,
-            penalty_value=penalty.value(x0),
             f_opt=None if f_opt is None else float(f_opt),
             gap_problem=problem if isinstance(problem, CompositeProblem) and problem.has_duality_gap else None,
         )
@@ -309,7 +307,6 @@ class BCD(IterativeSolver):
         step = BlockStep(state, block, index)
         delta = UPDATES[self.update].apply(step)
         state.objective.update(block, delta)
-        state.penalty_value += state.penalty.value(state.x[block]) - state.penalty.value(step.x_b)
         state.iteration += 1
         return state
 
