@@ -12,9 +12,10 @@ A rule is a :class:`PartitionRule` in :data:`PARTITIONS`, one of three kinds:
   random); no selection rule is used.
 
 Extension point: add one entry to :data:`PARTITIONS`. A rule with ``needs_quadratic`` is
-refused on non-quadratic problems; ``block_solver(Q, rhs, block)``, when set, replaces the
-dense block solve of the ``"exact"`` update on the blocks it makes (Gaussian belief
-propagation on forest blocks).
+refused unless the problem is a ``LinearSystemProblem`` with a sparse matrix ``Q``;
+``block_solver(Q, rhs, block) -> Q_bb^{-1} rhs``, when set, replaces the dense block solve of
+the ``"exact"`` update on the blocks it makes (Gaussian belief propagation on forest blocks)
+and needs ``needs_quadratic=True`` (it is handed that ``Q``).
 """
 
 from __future__ import annotations
