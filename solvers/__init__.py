@@ -4,6 +4,6 @@ Importing this package registers every solver. Nothing heavy is imported here: p
 scikit-learn and torch are imported inside ``solve`` when a solver needs them.
 """
 
-from . import baselines, constrained, curvature, linear, lowrank, ot
+from . import baselines, bcd, constrained, curvature, linear, lowrank, ot
 
-__all__ = ["baselines", "constrained", "curvature", "linear", "lowrank", "ot"]
+__all__ = ["baselines", "bcd", "constrained", "curvature", "linear", "lowrank", "ot"]

@@ -1,0 +1,499 @@
+"""Smooth parts of the problems ``bcd`` solves, with the iterate's state maintained per block update.
+
+Each objective holds the iterate ``x``, the predictions ``z`` (``A x``, ``Q x`` or the
+logits ``A W^T``) and the FULL gradient ``g = grad f(x)``, and keeps them exact after every
+block update ``x_b += delta_b`` without a pass over the data (``f(x)`` is formed from ``z``
+when asked, in ``O(m)``, ``O(n)`` or ``O(N k)``):
+
+* :class:`LinearModelObjective` (least squares, logistic; ``A`` dense or CSC sparse):
+  ``dz = A_b delta_b`` touches only the rows where a block column has an entry; on those
+  rows ``du = L'(z_new) - L'(z_old)`` and ``g += A_rows^T du`` through the CSR rows
+  (:mod:`._kernels`). Cost: the entries of the touched rows (sparse); ``O(m n)`` for dense
+  ``A``, since every row is touched.
+* :class:`QuadraticObjective` (``x^T Q x / 2 - c^T x``): ``g += Q[:, b] delta_b``, the
+  entries of the block's columns.
+* :class:`SoftmaxObjective` (mean cross-entropy of ``softmax(A W^T)`` + ``lam/2 ||W_r||^2``,
+  ``x = W.ravel()``): a block update changes the logits of every row, hence every row's
+  probabilities, so the gradient ``(P - Y)^T A / N`` is re-formed from the maintained logits:
+  ``O(N k n)`` per update, the price of a full gradient (no cheaper update exists).
+
+Each one also gives the curvature quantities the rules use: coordinate Lipschitz constants
+``L_i``, the block upper-bound matrix ``H_b`` (``f(x + d) <= f(x) + g_b^T d + d^T H_b d / 2``
+for ``d`` supported on the block), the exact block Hessian, products with the full bound
+matrix (iterative hard thresholding) and its absolute row sums.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from ._kernels import csc_block_product, csr_rows_transpose_product, empty_marker
+
+__all__ = [
+    "LinearModelObjective",
+    "Objective",
+    "QuadraticObjective",
+    "SeparablePenalty",
+    "SoftmaxObjective",
+    "gram_abs_row_sums",
+    "psd_solver",
+]
+
+
+class SeparablePenalty:
+    """The non-smooth part: ``"none"``, ``"l1"`` (``lam ||x||_1``) or ``"l1-nonneg"`` (``lam sum x``, ``x >= 0``).
+
+    ``prox(v, step)`` is the proximal map of ``step * g`` with a per-coordinate ``step``.
+    """
+
+    def __init__(self, kind: str, lam: float = 0.0) -> None:
+        self.kind = kind
+        self.lam = float(lam)
+
+    @property
+    def smooth(self) -> bool:
+        """Whether there is no penalty at all (no constraint, ``lam = 0``)."""
+        return self.kind == "none" or (self.kind == "l1" and self.lam == 0.0)
+
+    def value(self, x: np.ndarray) -> float:
+        if self.kind == "l1":
+            return self.lam * float(np.abs(x).sum())
+        if self.kind == "l1-nonneg":
+            return self.lam * float(x.sum()) if np.all(x >= 0) else np.inf
+        return 0.0
+
+    def prox(self, v: np.ndarray, step: np.ndarray | float) -> np.ndarray:
+        if self.kind == "l1":
+            return np.sign(v) * np.maximum(np.abs(v) - step * self.lam, 0.0)
+        if self.kind == "l1-nonneg":
+            return np.maximum(v - step * self.lam, 0.0)
+        return v
+
+    def subdiff_distance(self, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """Distance of ``-g`` to the subdifferential of the penalty at ``x`` (0 at a solution)."""
+        if self.kind == "l1":
+            return np.where(x != 0, np.abs(g + self.lam * np.sign(x)), np.maximum(np.abs(g) - self.lam, 0.0))
+        if self.kind == "l1-nonneg":
+            return np.where(x > 0, np.abs(g + self.lam), np.maximum(-g - self.lam, 0.0))
+        return np.abs(g)
+
+
+def psd_solver(H: np.ndarray):
+    """``rhs -> H^+ rhs`` for a symmetric positive semi-definite ``H`` (b, b).
+
+    Cholesky when ``H`` is positive definite; otherwise (a zero column of ``A`` in the block,
+    parallel columns, Bohning's bound along its null direction) the pseudo-inverse from an
+    eigendecomposition, dropping eigenvalues below ``b eps lambda_max``, so the step is 0
+    along directions where ``f`` does not change.
+    """
+    try:
+        factor = sla.cho_factor(H)
+    except np.linalg.LinAlgError:
+        w, V = np.linalg.eigh(H)
+        keep = w > H.shape[0] * np.finfo(float).eps * max(float(w[-1]), 0.0)
+        pseudo_inverse = (V[:, keep] / w[keep]) @ V[:, keep].T
+        return lambda rhs: pseudo_inverse @ rhs
+    return lambda rhs: sla.cho_solve(factor, rhs)
+
+
+#: entries of one chunk of ``A^T A`` formed at a time by :func:`gram_abs_row_sums` (32 MiB)
+_GRAM_CHUNK_ENTRIES = 2**22
+
+
+def gram_abs_row_sums(A) -> np.ndarray:
+    """``sum_j |(A^T A)_ij|`` for every column ``i`` of ``A`` (dense or sparse), exactly.
+
+    ``A^T A`` is formed a chunk of columns at a time (about 4 million entries each), so
+    memory stays bounded; the cost is that of the Gram matrix: cheap for sparse ``A``,
+    ``O(m n^2)`` for dense ``A`` (10^11 flops for 1000 x 10000). Done once per run, for the
+    variable-block GSL rule.
+    """
+    n = A.shape[1]
+    chunk = max(1, _GRAM_CHUNK_ENTRIES // n)
+    out = np.empty(n)
+    for start in range(0, n, chunk):
+        part = A.T @ A[:, start : start + chunk]
+        out[start : start + chunk] = np.asarray(abs(part).sum(axis=0)).ravel()
+    return out
+
+
+def _top_eigenvalue(matvec, n: int) -> float:
+    """``lambda_max`` of a symmetric PSD operator of size ``n`` (Lanczos; dense below 64)."""
+    if n < 64:
+        return float(np.linalg.eigvalsh(np.column_stack([matvec(e) for e in np.eye(n)]))[-1])
+    op = spla.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    v0 = np.random.default_rng(0).standard_normal(n)
+    return float(spla.eigsh(op, k=1, which="LA", v0=v0, tol=1e-8, return_eigenvectors=False)[0])
+
+
+class Objective:
+    """Base of the maintained objectives: ``x``, ``z``, ``g`` (full gradient), ``value()``.
+
+    Subclasses implement ``value()`` (``f(x)`` from the maintained predictions, never a
+    running sum of changes, which would drift by ``eps |f(x0)|`` per update),
+    :meth:`update`, :meth:`change`, :meth:`coordinate_lipschitz`,
+    :meth:`bound_matrix`, :meth:`hessian`, :meth:`bound_matvec`, :meth:`bound_abs_row_sums`
+    and :meth:`recomputed`.
+    """
+
+    #: whether ``f`` is quadratic (its Hessian is the bound matrix, exact block solves apply)
+    is_quadratic = False
+    x: np.ndarray
+    g: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    def bound_norm(self) -> float:
+        """``lambda_max`` of the full bound matrix (computed once)."""
+        if getattr(self, "_bound_norm", None) is None:
+            self._bound_norm = _top_eigenvalue(self.bound_matvec, self.n)
+        return self._bound_norm
+
+    def block_lipschitz(self, block: np.ndarray) -> float:
+        """``L_b = lambda_max(H_b)``."""
+        H = self.bound_matrix(block)
+        return float(H[0, 0]) if H.shape[0] == 1 else float(np.linalg.eigvalsh(H)[-1])
+
+
+# ------------------------------------------------------------------ least squares and logistic
+
+
+def _row_loss(kind: str, z: np.ndarray, t: np.ndarray) -> np.ndarray:
+    if kind == "quadratic":
+        return 0.5 * (z - t) ** 2
+    return np.logaddexp(0.0, -t * z)
+
+
+def _row_derivative(kind: str, z: np.ndarray, t: np.ndarray) -> np.ndarray:
+    if kind == "quadratic":
+        return z - t
+    # -t sigma(-t z) through exp(-log(1 + exp(t z))): no overflow for large margins
+    return -t * np.exp(-np.logaddexp(0.0, t * z))
+
+
+class LinearModelObjective(Objective):
+    """``f(x) = (1/m) sum_i l(a_i^T x, t_i)``: least squares (``kind="quadratic"``, ``l = (z - t)^2/2``)
+    or logistic (``kind="logistic"``, ``l = log(1 + exp(-t z))``, ``t = +-1``).
+
+    Parameters
+    ----------
+    A : ndarray or scipy sparse, shape (m, n), float64
+        Kept as CSC (columns) and CSR (rows) when sparse, Fortran-ordered when dense.
+    target : ndarray (m,)
+    kind : {"quadratic", "logistic"}
+    x0 : ndarray (n,)
+
+    Notes
+    -----
+    ``L_i = c ||a_i||^2`` and ``H_b = c A_b^T A_b`` with ``c = 1/m`` (least squares: exact
+    Hessian) or ``c = 1/(4m)`` (logistic: ``sigma' <= 1/4``); the logistic block Hessian is
+    ``A_b^T D A_b / m``, ``D = diag(sigma(z) sigma(-z))``. ``bound_abs_row_sums`` is
+    ``c sum_j |(A^T A)_ij|`` (exact; see :func:`gram_abs_row_sums` for its cost).
+    """
+
+    def __init__(self, A, target: np.ndarray, kind: str, x0: np.ndarray) -> None:
+        self.kind = kind
+        self.is_quadratic = kind == "quadratic"
+        self.sparse = sp.issparse(A)
+        if self.sparse:
+            self.csc = sp.csc_array(A, dtype=np.float64)
+            self.csc.sort_indices()
+            self.csr = sp.csr_array(self.csc)
+            self._marker = empty_marker(A.shape[0])
+            self._rows_ws = np.empty(A.shape[0], dtype=np.int64)
+            self._vals_ws = np.empty(A.shape[0])
+        else:
+            self.dense = np.asfortranarray(A, dtype=np.float64)
+        self.m = int(A.shape[0])
+        self.t = np.asarray(target, dtype=np.float64)
+        self.curvature = (1.0 if self.is_quadratic else 0.25) / self.m
+        self.x = np.array(x0, dtype=np.float64)
+        self.z = np.asarray(A @ self.x, dtype=np.float64).ravel()
+        self.u = _row_derivative(kind, self.z, self.t) / self.m
+        self.g = np.asarray(A.T @ self.u, dtype=np.float64).ravel()
+        self._bound_norm = None
+
+    def _gram(self, block: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """``A_b^T diag(weights) A_b`` as a dense (b, b) array (sparse products when ``A`` is sparse)."""
+        if self.sparse:
+            Ab = self.csc[:, block]
+            left = Ab if weights is None else sp.csc_array(Ab.multiply(weights[:, None]))
+            return (left.T @ Ab).toarray()
+        Ab = self.dense[:, block]
+        return (Ab.T if weights is None else Ab.T * weights) @ Ab
+
+    def _touched(self, block: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows ``R`` where ``A_b delta`` has entries and the product on them."""
+        if self.sparse:
+            count = csc_block_product(
+                self.csc.indptr,
+                self.csc.indices,
+                self.csc.data,
+                block,
+                delta,
+                self._marker,
+                self._rows_ws,
+                self._vals_ws,
+            )
+            return self._rows_ws[:count].copy(), self._vals_ws[:count].copy()
+        return np.arange(self.m), self.dense[:, block] @ delta
+
+    def change(self, block: np.ndarray, delta: np.ndarray) -> float:
+        """``f(x + delta on block) - f(x)``, from the touched rows only (nothing is updated)."""
+        rows, dz = self._touched(block, delta)
+        z_old, t = self.z[rows], self.t[rows]
+        return float((_row_loss(self.kind, z_old + dz, t) - _row_loss(self.kind, z_old, t)).sum()) / self.m
+
+    def update(self, block: np.ndarray, delta: np.ndarray) -> None:
+        """``x[block] += delta``, keeping ``z``, ``g`` and ``f`` exact."""
+        rows, dz = self._touched(block, delta)
+        z_old, t = self.z[rows], self.t[rows]
+        z_new = z_old + dz
+        u_new = _row_derivative(self.kind, z_new, t) / self.m
+        du = u_new - self.u[rows]
+        self.z[rows] = z_new
+        self.u[rows] = u_new
+        self.x[block] += delta
+        if self.sparse:
+            csr_rows_transpose_product(self.csr.indptr, self.csr.indices, self.csr.data, rows, du, self.g)
+        else:
+            self.g += self.dense.T @ du
+
+    def coordinate_lipschitz(self) -> np.ndarray:
+        A = self.csc if self.sparse else self.dense
+        return self.curvature * np.asarray(A.multiply(A).sum(axis=0) if self.sparse else (A * A).sum(axis=0)).ravel()
+
+    def bound_matrix(self, block: np.ndarray) -> np.ndarray:
+        return self.curvature * self._gram(block)
+
+    def hessian(self, block: np.ndarray) -> np.ndarray:
+        if self.is_quadratic:
+            return self.bound_matrix(block)
+        s = np.exp(-np.logaddexp(0.0, self.z) - np.logaddexp(0.0, -self.z))  # sigma(z) sigma(-z)
+        return self._gram(block, s) / self.m
+
+    def bound_matvec(self, v: np.ndarray) -> np.ndarray:
+        A = self.csc if self.sparse else self.dense
+        return self.curvature * (A.T @ (A @ v))
+
+    def bound_abs_row_sums(self) -> np.ndarray:
+        return self.curvature * gram_abs_row_sums(self.csc if self.sparse else self.dense)
+
+    def value(self) -> float:
+        """``f(x)`` from ``z``, ``O(m)``."""
+        return float(_row_loss(self.kind, self.z, self.t).sum()) / self.m
+
+    def dual_point(self) -> np.ndarray:
+        """``u = L'(z)`` (with the ``1/m``), the datafit's gradient at the predictions."""
+        return self.u
+
+    def recomputed(self) -> dict[str, np.ndarray]:
+        """``z``, ``g`` and ``f`` formed from scratch at ``x`` (for checks)."""
+        A = self.csc if self.sparse else self.dense
+        z = A @ self.x
+        g = A.T @ (_row_derivative(self.kind, z, self.t) / self.m)
+        return {"z": z, "g": g, "f": float(_row_loss(self.kind, z, self.t).sum()) / self.m}
+
+
+# ------------------------------------------------------------------ quadratic
+
+
+class QuadraticObjective(Objective):
+    """``f(x) = x^T Q x / 2 - c^T x`` for a symmetric positive definite ``Q`` (dense or sparse).
+
+    ``z = Q x``, ``g = z - c``, ``L_i = Q_ii``, ``H_b = Q_bb`` (the exact block Hessian),
+    ``bound_abs_row_sums = |Q| 1`` (exact).
+    """
+
+    is_quadratic = True
+
+    def __init__(self, Q, c: np.ndarray, x0: np.ndarray) -> None:
+        self.sparse = sp.issparse(Q)
+        if self.sparse:
+            self.Q = sp.csc_array(Q, dtype=np.float64)
+            self.Q.sort_indices()
+            n = self.Q.shape[0]
+            self._marker = empty_marker(n)
+            self._rows_ws = np.empty(n, dtype=np.int64)
+            self._vals_ws = np.empty(n)
+            self._scatter = np.zeros(n)
+        else:
+            self.Q = np.asfortranarray(Q, dtype=np.float64)
+        self.c = np.asarray(c, dtype=np.float64)
+        self.x = np.array(x0, dtype=np.float64)
+        self.z = np.asarray(self.Q @ self.x).ravel()
+        self.g = self.z - self.c
+        self._bound_norm = None
+
+    def _column_change(self, block: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Rows touched by ``Q[:, b] delta``, the change on them and ``delta^T Q_bb delta``."""
+        if self.sparse:
+            count = csc_block_product(
+                self.Q.indptr, self.Q.indices, self.Q.data, block, delta, self._marker, self._rows_ws, self._vals_ws
+            )
+            rows, dz = self._rows_ws[:count].copy(), self._vals_ws[:count].copy()
+            self._scatter[rows] = dz
+            curvature = float(delta @ self._scatter[block])
+            self._scatter[rows] = 0.0
+            return rows, dz, curvature
+        dz = self.Q[:, block] @ delta
+        return np.arange(self.n), dz, float(delta @ dz[block])
+
+    def value(self) -> float:
+        """``f(x)`` from ``z = Q x``, ``O(n)``."""
+        return float(0.5 * self.x @ self.z - self.c @ self.x)
+
+    def change(self, block: np.ndarray, delta: np.ndarray) -> float:
+        _, _, curvature = self._column_change(block, delta)
+        return float(delta @ self.g[block]) + 0.5 * curvature
+
+    def update(self, block: np.ndarray, delta: np.ndarray) -> None:
+        rows, dz, _ = self._column_change(block, delta)
+        self.z[rows] += dz
+        self.g[rows] += dz
+        self.x[block] += delta
+
+    def coordinate_lipschitz(self) -> np.ndarray:
+        return np.asarray(self.Q.diagonal()).copy()
+
+    def bound_matrix(self, block: np.ndarray) -> np.ndarray:
+        if self.sparse:
+            return self.Q[block][:, block].toarray()
+        return self.Q[np.ix_(block, block)]
+
+    hessian = bound_matrix
+
+    def bound_matvec(self, v: np.ndarray) -> np.ndarray:
+        return self.Q @ v
+
+    def bound_abs_row_sums(self) -> np.ndarray:
+        return np.asarray(abs(self.Q) @ np.ones(self.n)).ravel()
+
+    def recomputed(self) -> dict[str, np.ndarray]:
+        z = self.Q @ self.x
+        return {"z": z, "g": z - self.c, "f": float(0.5 * self.x @ z - self.c @ self.x)}
+
+
+# ------------------------------------------------------------------ softmax
+
+
+class SoftmaxObjective(Objective):
+    """Mean cross-entropy of ``softmax(A W^T)`` plus ``lam/2 ||W_r||_F^2``; ``x = W.ravel()``, ``W`` (k, n).
+
+    Parameters
+    ----------
+    A : ndarray (N, n)
+        Dense rows (with the ones column already appended when ``bias``).
+    y : int array (N,)
+    n_classes : int
+    lam : float
+    bias : bool
+        The last column of ``W`` holds unregularised intercepts.
+    x0 : ndarray (k n,)
+
+    Notes
+    -----
+    Coordinate ``i = c n + j`` is ``W[c, j]``. ``L_i = ||a_j||^2 / (4 N) + lam_j``: the
+    diagonal Hessian entry is ``(1/N) sum p_c (1 - p_c) a_j^2`` and ``p (1 - p) <= 1/4``.
+    ``H_b`` is the block of Bohning's bound ``(1/2)(I_k - 1 1^T / k) (x) A^T A / N + lam``,
+    which dominates the Hessian ``(1/N) sum (diag(p) - p p^T) (x) a a^T`` everywhere (so its
+    diagonal, ``(1 - 1/k)/2 ||a_j||^2/N``, exceeds ``L_i`` when ``k > 2``). Every update
+    costs ``O(N k n)`` (see the module docstring).
+    """
+
+    def __init__(self, A: np.ndarray, y: np.ndarray, n_classes: int, lam: float, bias: bool, x0: np.ndarray) -> None:
+        self.A = np.ascontiguousarray(A, dtype=np.float64)
+        self.N, self.width = self.A.shape
+        self.k = int(n_classes)
+        self.lam = float(lam)
+        self.mask = np.ones(self.width)
+        if bias:
+            self.mask[-1] = 0.0
+        self.labels = np.asarray(y, dtype=np.int64)
+        self.x = np.array(x0, dtype=np.float64)
+        self.z = self.A @ self._W().T
+        self._refresh()
+        self._bound_norm = None
+
+    def _W(self) -> np.ndarray:
+        return self.x.reshape(self.k, self.width)
+
+    def value(self) -> float:
+        """``f(x)``, formed from the logits at the last update."""
+        return self._value
+
+    def _loss(self, Z: np.ndarray, W: np.ndarray) -> tuple[float, np.ndarray]:
+        top = Z.max(axis=1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(Z - top).sum(axis=1))
+        data = float((lse - Z[np.arange(self.N), self.labels]).mean())
+        Wr = W * self.mask
+        return data + 0.5 * self.lam * float((Wr * Wr).sum()), lse
+
+    def _refresh(self) -> None:
+        W = self._W()
+        self._value, lse = self._loss(self.z, W)
+        R = np.exp(self.z - lse[:, None])
+        R[np.arange(self.N), self.labels] -= 1.0
+        self._residual = R  # P - Y
+        self.g = ((R.T @ self.A) / self.N + self.lam * W * self.mask).ravel()
+
+    def _logit_change(self, block: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        classes, columns = np.divmod(block, self.width)
+        scatter = np.zeros((block.shape[0], self.k))
+        scatter[np.arange(block.shape[0]), classes] = delta
+        return self.A[:, columns] @ scatter
+
+    def change(self, block: np.ndarray, delta: np.ndarray) -> float:
+        W = self._W().copy()
+        W.ravel()[block] += delta
+        value, _ = self._loss(self.z + self._logit_change(block, delta), W)
+        return value - self._value
+
+    def update(self, block: np.ndarray, delta: np.ndarray) -> None:
+        self.z += self._logit_change(block, delta)
+        self.x[block] += delta
+        self._refresh()
+
+    def coordinate_lipschitz(self) -> np.ndarray:
+        return np.tile(0.25 * (self.A * self.A).sum(axis=0) / self.N + self.lam * self.mask, self.k)
+
+    def _regulariser(self, block: np.ndarray) -> np.ndarray:
+        return np.diag(self.lam * self.mask[block % self.width])
+
+    def bound_matrix(self, block: np.ndarray) -> np.ndarray:
+        classes, columns = np.divmod(block, self.width)
+        Ab = self.A[:, columns]
+        coupling = 0.5 * ((classes[:, None] == classes[None, :]) - 1.0 / self.k)
+        return coupling * (Ab.T @ Ab) / self.N + self._regulariser(block)
+
+    def hessian(self, block: np.ndarray) -> np.ndarray:
+        classes, columns = np.divmod(block, self.width)
+        Ab = self.A[:, columns]
+        P = self._residual.copy()
+        P[np.arange(self.N), self.labels] += 1.0  # back from P - Y to P
+        weighted = Ab * P[:, classes]
+        same = classes[:, None] == classes[None, :]
+        return (same * (weighted.T @ Ab) - weighted.T @ weighted) / self.N + self._regulariser(block)
+
+    def bound_matvec(self, v: np.ndarray) -> np.ndarray:
+        V = v.reshape(self.k, self.width)
+        centred = V - V.mean(axis=0, keepdims=True)
+        return (0.5 * (centred @ self.A.T) @ self.A / self.N + self.lam * V * self.mask).ravel()
+
+    def bound_abs_row_sums(self) -> np.ndarray:
+        # sum over classes of |(delta_cc' - 1/k) / 2| is (k - 1) / k; the diagonal's lam adds
+        row = (1.0 - 1.0 / self.k) * gram_abs_row_sums(self.A) / self.N + self.lam * self.mask
+        return np.tile(row, self.k)
+
+    def recomputed(self) -> dict[str, np.ndarray]:
+        W = self._W()
+        Z = self.A @ W.T
+        value, lse = self._loss(Z, W)
+        R = np.exp(Z - lse[:, None])
+        R[np.arange(self.N), self.labels] -= 1.0
+        return {"z": Z, "g": ((R.T @ self.A) / self.N + self.lam * W * self.mask).ravel(), "f": value}

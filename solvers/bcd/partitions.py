@@ -1,0 +1,97 @@
+"""Partition rules of ``bcd``: how the coordinates are grouped into blocks.
+
+A rule is a :class:`PartitionRule` in :data:`PARTITIONS`, one of three kinds:
+
+* ``"fixed"``: ``build(data) -> list of index arrays`` once, at ``init``; the selection rule
+  then picks one of these blocks each iteration (``"order"``, ``"sort"``, ``"avg"``).
+* ``"variable"``: no partition; the selection rule picks any ``block_size`` coordinates
+  each iteration (``"variable"``).
+* ``"dynamic"``: the rule itself grows the block every iteration,
+  ``choose(data, state) -> index array`` (the forest rules: a block whose coordinates induce
+  a forest in the graph of a sparse quadratic, grown in the order of a greedy score or at
+  random); no selection rule is used.
+
+Extension point: add one entry to :data:`PARTITIONS`. A rule with ``needs_quadratic`` is
+refused unless the problem is a ``LinearSystemProblem`` with a sparse matrix ``Q``;
+``block_solver(Q, rhs, block) -> Q_bb^{-1} rhs``, when set, replaces the dense block solve of
+the ``"exact"`` update on the blocks it makes (Gaussian belief propagation on forest blocks)
+and needs ``needs_quadratic=True`` (it is handed that ``Q``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PARTITIONS", "PartitionData", "PartitionRule", "avg_blocks", "order_blocks", "sort_blocks"]
+
+
+@dataclass(frozen=True)
+class PartitionData:
+    """What a partition rule may read.
+
+    Attributes
+    ----------
+    lipschitz : ndarray (n,)
+        Coordinate Lipschitz constants ``L_i``.
+    block_size : int
+        ``tau``, the largest block.
+    matrix : scipy sparse or ndarray or None
+        ``Q`` of a quadratic problem (``None`` otherwise).
+    rng : numpy.random.Generator
+        The run's seeded generator.
+    """
+
+    lipschitz: np.ndarray
+    block_size: int
+    matrix: Any = None
+    rng: Any = None
+
+
+@dataclass(frozen=True)
+class PartitionRule:
+    """One partition rule (see the module docstring for ``kind``)."""
+
+    kind: str
+    build: Callable[[PartitionData], list[np.ndarray]] | None = None
+    choose: Callable[[PartitionData, Any], np.ndarray] | None = None
+    needs_quadratic: bool = False
+    block_solver: Callable[[Any, np.ndarray, np.ndarray], np.ndarray] | None = None
+
+
+def _chunks(order: np.ndarray, size: int) -> list[np.ndarray]:
+    return [np.sort(order[start : start + size]) for start in range(0, order.shape[0], size)]
+
+
+def order_blocks(data: PartitionData) -> list[np.ndarray]:
+    """Contiguous blocks ``{0..tau-1}, {tau..2tau-1}, ...`` (the last one may be smaller)."""
+    return _chunks(np.arange(data.lipschitz.shape[0]), data.block_size)
+
+
+def sort_blocks(data: PartitionData) -> list[np.ndarray]:
+    """Blocks of coordinates with similar ``L_i``: contiguous chunks of the order of decreasing ``L_i``."""
+    return _chunks(np.argsort(-data.lipschitz, kind="stable"), data.block_size)
+
+
+def avg_blocks(data: PartitionData) -> list[np.ndarray]:
+    """Blocks that mix large and small ``L_i`` so their averages are close (the reference's ``Avg``).
+
+    The coordinates sorted by decreasing ``L_i`` are dealt out round-robin over the
+    ``ceil(n / tau)`` blocks: block ``k`` gets ranks ``k, k + nb, k + 2 nb, ...``.
+    """
+    n = data.lipschitz.shape[0]
+    order = np.argsort(-data.lipschitz, kind="stable")
+    n_blocks = -(-n // data.block_size)
+    return [np.sort(order[k::n_blocks]) for k in range(n_blocks)]
+
+
+#: name -> rule; unknown names are refused by ``BCD.validate`` with this list.
+PARTITIONS: dict[str, PartitionRule] = {
+    "order": PartitionRule("fixed", build=order_blocks),
+    "sort": PartitionRule("fixed", build=sort_blocks),
+    "avg": PartitionRule("fixed", build=avg_blocks),
+    "variable": PartitionRule("variable"),
+}
