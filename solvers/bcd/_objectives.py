@@ -30,7 +30,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from ._kernels import csc_block_product, csr_rows_transpose_product, empty_marker
+from ._kernels import csc_block_product, csr_rows_transpose_product, empty_marker, weighted_gram
 
 __all__ = [
     "LinearModelObjective",
@@ -101,6 +101,8 @@ def psd_solver(H: np.ndarray):
 
 #: entries of one chunk of ``A^T A`` formed at a time by :func:`gram_abs_row_sums` (32 MiB)
 _GRAM_CHUNK_ENTRIES = 2**22
+#: a sparse block whose columns hold more than this share of A's entries has its Gram formed row by row
+ROWWISE_GRAM_SHARE = 0.05
 
 
 def gram_abs_row_sums(A) -> np.ndarray:
@@ -153,6 +155,10 @@ class Objective:
         if getattr(self, "_bound_norm", None) is None:
             self._bound_norm = _top_eigenvalue(self.bound_matvec, self.n)
         return self._bound_norm
+
+    def hessian(self, block: np.ndarray) -> np.ndarray:
+        """The exact block Hessian; a quadratic's is its bound matrix (others override this)."""
+        return self.bound_matrix(block)
 
     def block_lipschitz(self, block: np.ndarray) -> float:
         """``L_b = lambda_max(H_b)``."""
@@ -219,8 +225,20 @@ class LinearModelObjective(Objective):
         self._bound_norm = None
 
     def _gram(self, block: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """``A_b^T diag(weights) A_b`` as a dense (b, b) array (sparse products when ``A`` is sparse)."""
+        """``A_b^T diag(weights) A_b`` as a dense (b, b) array.
+
+        Sparse ``A``: a block holding more than :data:`ROWWISE_GRAM_SHARE` of the entries (a
+        working set) is formed row by row (:func:`weighted_gram`: ``O(nnz(A) + sum_i nnz_b(a_i)^2)``),
+        a smaller one by a sparse product of its columns.
+        """
         if self.sparse:
+            indptr = self.csc.indptr
+            if (indptr[block + 1] - indptr[block]).sum() > ROWWISE_GRAM_SHARE * self.csc.nnz:
+                position = np.full(self.n, -1, dtype=np.int64)
+                position[block] = np.arange(block.shape[0])
+                w = np.ones(self.m) if weights is None else np.asarray(weights, dtype=np.float64)
+                csr = self.csr
+                return weighted_gram(csr.indptr, csr.indices, csr.data, position, w, block.shape[0])
             Ab = self.csc[:, block]
             left = Ab if weights is None else sp.csc_array(Ab.multiply(weights[:, None]))
             return (left.T @ Ab).toarray()

@@ -24,6 +24,7 @@ from optkit.result import Status
 from optkit.solver import IterativeSolver
 from optkit.validation import check_choice, check_int
 
+from ._forest import graph_of
 from ._objectives import (
     LinearModelObjective,
     Objective,
@@ -198,6 +199,12 @@ class BCD(IterativeSolver):
         quadratic = isinstance(problem, LinearSystemProblem) or (
             isinstance(problem, CompositeProblem) and isinstance(problem.datafit, QuadraticDatafit)
         )
+        selection = SELECTIONS[self._selection]
+        if PARTITIONS[self.partition].kind != "dynamic" and penalty_kind not in selection.penalties:
+            return (
+                f"selection={self._selection!r} handles penalties {sorted(selection.penalties)}, not "
+                f"{penalty_kind!r} of problem {problem.name!r}"
+            )
         if update.quadratic_only and not quadratic:
             return f"update={self.update!r} needs a quadratic objective; use 'newton' or 'matrix' on {problem.name!r}"
         if PARTITIONS[self.partition].needs_quadratic and not (
@@ -262,8 +269,14 @@ class BCD(IterativeSolver):
         lipschitz = np.maximum(lipschitz, np.finfo(float).eps * max(float(lipschitz.max()), 1.0))
         rule = PARTITIONS[self.partition]
         matrix = problem.matrix if isinstance(problem, LinearSystemProblem) else None
+        graph = None
+        if rule.needs_quadratic:
+            # canonical CSR: belief propagation reads a block's rows in time linear in the block
+            matrix = sp.csr_array(matrix)
+            matrix.sum_duplicates()
+            graph = graph_of(matrix)
         rng = np.random.default_rng(self.seed)
-        data = PartitionData(lipschitz, self.block_size, matrix, rng)
+        data = PartitionData(lipschitz, self.block_size, matrix, rng, graph)
         blocks = block_of = block_lipschitz = None
         if rule.kind == "fixed":
             blocks = [np.asarray(b, dtype=np.int64) for b in rule.build(data)]

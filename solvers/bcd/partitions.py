@@ -11,6 +11,23 @@ A rule is a :class:`PartitionRule` in :data:`PARTITIONS`, one of three kinds:
   a forest in the graph of a sparse quadratic, grown in the order of a greedy score or at
   random); no selection rule is used.
 
+The forest rules (for a :class:`~optkit.problem.LinearSystemProblem` with a sparse ``Q``), all
+with the exact update solved by Gaussian belief propagation in time linear in the block
+(:func:`~._gabp.solve_forest`):
+
+============= =============================================================================
+rule          blocks
+============= =============================================================================
+red-black     fixed: the colour classes of a greedy colouring (2 on a lattice), each an
+              independent set (``Q_bb`` diagonal)
+forest-cover  fixed: maximal forests grown in node order until every node is covered (2 on
+              the 50 x 50 lattice, 4 on the two-moons graph)
+forest-gs     dynamic: a forest of at most ``tau`` nodes grown in the order of ``|g_i|``
+forest-gsl    dynamic: the same in the order of ``g_i^2 / L_i`` (for single coordinates the
+              GSD order ``|g_i| / sqrt(L_i)`` is the same order, so it has no rule of its own)
+forest-random dynamic: the same in a random order
+============= =============================================================================
+
 Extension point: add one entry to :data:`PARTITIONS`. A rule with ``needs_quadratic`` is
 refused unless the problem is a ``LinearSystemProblem`` with a sparse matrix ``Q``;
 ``block_solver(Q, rhs, block) -> Q_bb^{-1} rhs``, when set, replaces the dense block solve of
@@ -25,6 +42,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ._forest import forest_partition, greedy_forest, random_forest, red_black_blocks
+from ._gabp import solve_forest
 
 __all__ = ["PARTITIONS", "PartitionData", "PartitionRule", "avg_blocks", "order_blocks", "sort_blocks"]
 
@@ -43,12 +63,15 @@ class PartitionData:
         ``Q`` of a quadratic problem (``None`` otherwise).
     rng : numpy.random.Generator
         The run's seeded generator.
+    graph : Graph or None
+        ``Q``'s adjacency (:func:`~._forest.graph_of`), formed once for the forest rules.
     """
 
     lipschitz: np.ndarray
     block_size: int
     matrix: Any = None
     rng: Any = None
+    graph: Any = None
 
 
 @dataclass(frozen=True)
@@ -88,10 +111,30 @@ def avg_blocks(data: PartitionData) -> list[np.ndarray]:
     return [np.sort(order[k::n_blocks]) for k in range(n_blocks)]
 
 
+def _scored_forest(score: Callable[[Any], np.ndarray]) -> Callable[[PartitionData, Any], np.ndarray]:
+    def choose(data: PartitionData, run: Any) -> np.ndarray:
+        return greedy_forest(data.graph, score(run), data.block_size)
+
+    return choose
+
+
+def _random_forest(data: PartitionData, run: Any) -> np.ndarray:
+    return random_forest(data.graph, data.rng, data.block_size)
+
+
+def _forest_rule(kind: str, **rule: Any) -> PartitionRule:
+    return PartitionRule(kind, needs_quadratic=True, block_solver=solve_forest, **rule)
+
+
 #: name -> rule; unknown names are refused by ``BCD.validate`` with this list.
 PARTITIONS: dict[str, PartitionRule] = {
     "order": PartitionRule("fixed", build=order_blocks),
     "sort": PartitionRule("fixed", build=sort_blocks),
     "avg": PartitionRule("fixed", build=avg_blocks),
     "variable": PartitionRule("variable"),
+    "red-black": _forest_rule("fixed", build=lambda data: red_black_blocks(data.graph)),
+    "forest-cover": _forest_rule("fixed", build=lambda data: forest_partition(data.graph)),
+    "forest-gs": _forest_rule("dynamic", choose=_scored_forest(lambda run: np.abs(run.objective.g))),
+    "forest-gsl": _forest_rule("dynamic", choose=_scored_forest(lambda run: run.objective.g**2 / run.lipschitz)),
+    "forest-random": _forest_rule("dynamic", choose=_random_forest),
 }

@@ -33,6 +33,16 @@ gsq      ``G_b^T H_b^+ G_b`` (every         iterative hard thresholding, <= 10 s
          ``H_b^+`` formed once)            (:func:`iht_block`)
 ======== =================================== =================================================
 
+Two more rules:
+
+* ``gs-q`` (non-negative L1 only): the GS-q rule, the decrease of ``F`` guaranteed by the
+  exact step on each coordinate's one-dimensional model with ``L_i``
+  (:func:`~._nonneg_l1.gsq_scores`), summed per fixed block or the ``tau`` largest;
+* ``working-set`` (variable blocks): every non-zero coordinate plus the zero ones that most
+  violate their optimality condition (the subdifferential distance, the working sets of
+  celer and skglm), ``max(tau, 2 nnz(x))`` coordinates in all; with the ``prox-newton``
+  update it is the fast configuration for the Lasso and L1-logistic.
+
 ``cyclic`` goes through the blocks in order (variable: windows of ``tau`` consecutive
 coordinates, wrapping around), ``random`` draws uniformly, ``lipschitz`` draws with
 probability proportional to ``L_b`` (variable: ``tau`` coordinates without replacement,
@@ -48,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from ._nonneg_l1 import gsq_scores
 from ._objectives import psd_solver
 
 __all__ = [
@@ -66,10 +77,12 @@ IHT_MAX_STEPS = 10
 
 @dataclass(frozen=True)
 class SelectionRule:
-    """One selection rule: ``fixed(run) -> block index`` and/or ``variable(run) -> coordinates``."""
+    """One selection rule: ``fixed(run) -> block index`` and/or ``variable(run) -> coordinates``,
+    and the penalty kinds it handles (checked by ``BCD.check``)."""
 
     fixed: Callable[[Any], int] | None = None
     variable: Callable[[Any], np.ndarray] | None = None
+    penalties: frozenset = frozenset({"none", "l1", "l1-nonneg"})
 
 
 def greedy_gradient(run: Any) -> np.ndarray:
@@ -204,6 +217,34 @@ def iht_block(run: Any) -> np.ndarray:
     return support
 
 
+def _gsq_nonneg_scores(run: Any) -> np.ndarray:
+    return gsq_scores(run.objective.x, run.objective.g, run.lipschitz, run.penalty.lam)
+
+
+def _gs_q_fixed(run: Any) -> int:
+    return block_argmax(run, _gsq_nonneg_scores(run))
+
+
+def _gs_q_variable(run: Any) -> np.ndarray:
+    return top_coordinates(_gsq_nonneg_scores(run), run.block_size)
+
+
+def working_set(run: Any) -> np.ndarray:
+    """The support of ``x`` and the largest optimality violations at zero, ``max(tau, 2 nnz(x))`` in all.
+
+    A zero coordinate that is optimal (subdifferential distance 0) is never chosen; when every
+    zero coordinate is optimal the block is the support alone (or, at ``x = 0``, the largest
+    violation).
+    """
+    x = run.objective.x
+    distance = run.penalty.subdiff_distance(x, run.objective.g)
+    score = np.where(x != 0, np.inf, distance)
+    size = min(max(run.block_size, 2 * int(np.count_nonzero(x))), x.shape[0])
+    chosen = top_coordinates(score, size)
+    kept = chosen[score[chosen] > 0]
+    return kept if kept.shape[0] else chosen[[int(np.argmax(score[chosen]))]]
+
+
 #: name -> rule; unknown names are refused by ``BCD.validate`` with this list.
 SELECTIONS: dict[str, SelectionRule] = {
     "cyclic": SelectionRule(_cyclic_fixed, _cyclic_variable),
@@ -214,4 +255,6 @@ SELECTIONS: dict[str, SelectionRule] = {
     "gsl-code": SelectionRule(_gsl_code_fixed, None),
     "gsd": SelectionRule(_gsd_fixed, _gsd_variable),
     "gsq": SelectionRule(_gsq_fixed, iht_block),
+    "gs-q": SelectionRule(_gs_q_fixed, _gs_q_variable, penalties=frozenset({"l1-nonneg"})),
+    "working-set": SelectionRule(None, working_set),
 }

@@ -303,8 +303,8 @@ def test_a_dynamic_partition_with_a_block_solver_drives_the_exact_update(monkeyp
     ("options", "match"),
     [
         ({"block_size": 0}, "block_size must be an integer >= 1"),
-        ({"partition": "rows"}, "partition must be one of 'avg', 'order', 'sort', 'variable'"),
-        ({"selection": "best"}, "selection must be one of 'cyclic', 'gs', 'gsd', 'gsl', 'gsl-code', 'gsq'"),
+        ({"partition": "rows"}, "partition must be one of 'avg', 'forest-cover', .*'variable'"),
+        ({"selection": "best"}, "selection must be one of 'cyclic', 'gs', 'gs-q', 'gsd', 'gsl', 'gsl-code', 'gsq'"),
         ({"update": "cg"}, "update must be one of 'doubling', 'exact', 'gradient', 'matrix', 'newton'"),
         ({"stop_on": "grad"}, "stop_on must be one of"),
         ({"partition": "variable", "selection": "gsl-code"}, "no variable-block version"),
@@ -363,6 +363,10 @@ def test_a_fixed_partition_that_misses_coordinates_is_refused(monkeypatch):
 
 
 def test_registries_list_the_rules_of_the_spec():
-    assert set(PARTITIONS) == {"order", "sort", "avg", "variable"}
-    assert set(SELECTIONS) == {"cyclic", "random", "lipschitz", "gs", "gsl", "gsl-code", "gsd", "gsq"}
-    assert set(UPDATES) == {"gradient", "doubling", "matrix", "newton", "exact"}
+    assert set(PARTITIONS) == {
+        "order", "sort", "avg", "variable", "red-black", "forest-cover", "forest-gs", "forest-gsl", "forest-random"
+    }
+    assert set(SELECTIONS) == {
+        "cyclic", "random", "lipschitz", "gs", "gsl", "gsl-code", "gsd", "gsq", "gs-q", "working-set"
+    }
+    assert set(UPDATES) == {"gradient", "doubling", "matrix", "newton", "exact", "prox-newton", "pg", "tmp", "pn"}
