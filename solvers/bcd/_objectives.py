@@ -223,6 +223,7 @@ class LinearModelObjective(Objective):
         self.u = _row_derivative(kind, self.z, self.t) / self.m
         self.g = np.asarray(A.T @ self.u, dtype=np.float64).ravel()
         self._bound_norm = None
+        self._value = None
 
     def _gram(self, block: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """``A_b^T diag(weights) A_b`` as a dense (b, b) array.
@@ -277,14 +278,18 @@ class LinearModelObjective(Objective):
         self.z[rows] = z_new
         self.u[rows] = u_new
         self.x[block] += delta
+        self._value = None
         if self.sparse:
             csr_rows_transpose_product(self.csr.indptr, self.csr.indices, self.csr.data, rows, du, self.g)
         else:
             self.g += self.dense.T @ du
 
     def coordinate_lipschitz(self) -> np.ndarray:
-        A = self.csc if self.sparse else self.dense
-        return self.curvature * np.asarray(A.multiply(A).sum(axis=0) if self.sparse else (A * A).sum(axis=0)).ravel()
+        if self.sparse:
+            # ||a_i||^2 straight from the CSC arrays: a sparse elementwise product costs ~5x more
+            columns = np.repeat(np.arange(self.n), np.diff(self.csc.indptr))
+            return self.curvature * np.bincount(columns, weights=self.csc.data**2, minlength=self.n)
+        return self.curvature * (self.dense * self.dense).sum(axis=0)
 
     def bound_matrix(self, block: np.ndarray) -> np.ndarray:
         return self.curvature * self._gram(block)
@@ -303,8 +308,10 @@ class LinearModelObjective(Objective):
         return self.curvature * gram_abs_row_sums(self.csc if self.sparse else self.dense)
 
     def value(self) -> float:
-        """``f(x)`` from ``z``, ``O(m)``."""
-        return float(_row_loss(self.kind, self.z, self.t).sum()) / self.m
+        """``f(x)`` from ``z``, ``O(m)`` once per update (kept until the next one)."""
+        if self._value is None:
+            self._value = float(_row_loss(self.kind, self.z, self.t).sum()) / self.m
+        return self._value
 
     def dual_point(self) -> np.ndarray:
         """``u = L'(z)`` (with the ``1/m``), the datafit's gradient at the predictions."""
