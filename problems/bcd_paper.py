@@ -102,6 +102,8 @@ class GraphQuadratic(NamedTuple):
     labelled, unlabelled : ndarray of int64
         Node indices (sorted for ``unlabelled``; ``Q``'s row ``r`` is node ``unlabelled[r]``).
     labels : ndarray of float64, shape (len(labelled),)
+    points : ndarray of float64, shape (N, 2)
+        Where the nodes lie: (row, column) on the lattice, the two-moons coordinates.
     """
 
     Q: Any
@@ -110,6 +112,7 @@ class GraphQuadratic(NamedTuple):
     labelled: np.ndarray
     unlabelled: np.ndarray
     labels: np.ndarray
+    points: np.ndarray
 
 
 def _design(rs: np.random.RandomState, m: int, n: int) -> np.ndarray:
@@ -154,7 +157,7 @@ def classification_data(m: int = 1000, d: int = 1000, n_classes: int = 50, seed:
     return X, np.argmax(logits, axis=1).astype(np.int64)
 
 
-def label_propagation(W: Any, labelled: np.ndarray, labels: np.ndarray) -> GraphQuadratic:
+def label_propagation(W: Any, labelled: np.ndarray, labels: np.ndarray, points: np.ndarray) -> GraphQuadratic:
     """The harmonic label-propagation quadratic of the graph ``W`` with ``labels`` fixed at ``labelled``.
 
     Parameters
@@ -164,6 +167,8 @@ def label_propagation(W: Any, labelled: np.ndarray, labels: np.ndarray) -> Graph
     labelled : int array (k,)
         Distinct node indices.
     labels : float array (k,)
+    points : float array (N, 2)
+        The nodes' positions, kept in the result.
 
     Raises
     ------
@@ -183,7 +188,8 @@ def label_propagation(W: Any, labelled: np.ndarray, labels: np.ndarray) -> Graph
     laplacian = sp.csr_array(sp.diags_array(W.sum(axis=0)) - W)
     Q = sp.csr_array(laplacian[unlabelled][:, unlabelled])
     c = W[unlabelled][:, labelled] @ labels
-    return GraphQuadratic(Q, c, W, np.asarray(labelled, dtype=np.int64), unlabelled, np.asarray(labels, float))
+    labelled = np.asarray(labelled, dtype=np.int64)
+    return GraphQuadratic(Q, c, W, labelled, unlabelled, np.asarray(labels, dtype=np.float64), points)
 
 
 def lattice_quadratic(grid: int = 50, n_labelled: int = 100, weight: float = 1e5, seed: int = 1) -> GraphQuadratic:
@@ -203,7 +209,8 @@ def lattice_quadratic(grid: int = 50, n_labelled: int = 100, weight: float = 1e5
     heads = np.concatenate([node[:-1, :].ravel(), node[:, :-1].ravel()])
     tails = np.concatenate([node[1:, :].ravel(), node[:, 1:].ravel()])
     W = sp.coo_array((np.full(heads.size, weight), (heads, tails)), shape=(n_nodes, n_nodes))
-    return label_propagation(W + W.T, labelled, labels)
+    points = np.column_stack([np.arange(n_nodes) % grid, np.arange(n_nodes) // grid]).astype(np.float64)
+    return label_propagation(W + W.T, labelled, labels, points)
 
 
 def two_moons_quadratic(
@@ -235,7 +242,7 @@ def two_moons_quadratic(
     tails = np.repeat(np.arange(n_nodes), n_neighbors)
     knn = sp.coo_array((np.ones(heads.size), (heads, tails)), shape=(n_nodes, n_nodes))
     W = sp.csr_array(((knn + knn.T) > 0).astype(np.float64))
-    return label_propagation(W, labelled, classes[labelled])
+    return label_propagation(W, labelled, classes[labelled], points)
 
 
 # ---------------------------------------------------------------------------- cached optima
