@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog, minimize
+from scipy.sparse.linalg import splu
 from scipy.special import logsumexp
 
 __all__ = ["classification_optimum", "least_squares_optimum", "nonnegative_lasso_optimum", "quadratic_optimum"]
@@ -83,11 +84,14 @@ def nonnegative_lasso_optimum(X: Any, y: np.ndarray, lam: float, max_iter: int =
             if np.all(z > 0):
                 w[support] = z
                 break
+            # move from w towards z until the first coordinate reaches 0, and drop it (and any other at 0)
             current = w[support]
-            blocked = z <= 0
-            step = np.min(current[blocked] / (current[blocked] - z[blocked]))
-            w[support] = current + step * (z - current)
-            kept = [i for i, v in zip(support, w[support]) if v > 0]
+            blocked = np.flatnonzero(z <= 0)
+            ratios = current[blocked] / (current[blocked] - z[blocked])
+            first = int(np.argmin(ratios))
+            w[support] = current + ratios[first] * (z - current)
+            w[support[blocked[first]]] = 0.0
+            kept = [i for i in support if w[i] > 0]
             w[np.setdiff1d(support, kept)] = 0.0
             support = kept
     grad = X.T @ (X @ w - y) + mu
@@ -192,7 +196,7 @@ def classification_optimum(X: Any, labels: np.ndarray, n_classes: int | None = N
 
 def quadratic_optimum(Q: Any, c: np.ndarray) -> tuple[float, np.ndarray]:
     """``min_x x^T Q x / 2 - c^T x = -c^T Q^{-1} c / 2`` for sparse SPD ``Q``: ``(f_opt, x_star)``."""
-    lu = sp.linalg.splu(sp.csc_array(Q))
+    lu = splu(sp.csc_array(Q))
     x = lu.solve(c)
     x += lu.solve(c - Q @ x)
     return float(-0.5 * (c @ x)), x

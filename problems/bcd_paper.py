@@ -56,11 +56,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 
 from optkit.composite_problem import L1, CompositeProblem, L1NonNegative, LogisticDatafit, QuadraticDatafit
 from optkit.problem import LinearSystemProblem
 from optkit.registry import register_problem, register_suite
-from optkit.validation import check_int, check_nonnegative, check_positive
+from optkit.validation import check_choice, check_int, check_nonnegative, check_positive
 
 from ._bcd_optima import classification_optimum, least_squares_optimum, nonnegative_lasso_optimum, quadratic_optimum
 from .linear_models import SoftmaxRegression
@@ -133,8 +134,7 @@ def regression_data(kind: str, m: int = 1000, n: int = 10000, seed: int = 1) -> 
         ``y`` for A, labels +-1 for B.
     w_star : ndarray of float64, shape (n,)
     """
-    if kind not in ("regression", "classification"):
-        raise ValueError(f"kind must be 'regression' or 'classification', got {kind!r}")
+    check_choice("kind", kind, ("regression", "classification"))
     m, n, seed = check_int("m", m, 2), check_int("n", n, 1), check_int("seed", seed, 0)
     rs = np.random.RandomState(seed)
     X = _design(rs, m, n)
@@ -177,8 +177,23 @@ def label_propagation(W: Any, labelled: np.ndarray, labels: np.ndarray, points: 
     """
     W = sp.csr_array(W, dtype=np.float64)
     n_nodes = W.shape[0]
+    if W.shape != (n_nodes, n_nodes):
+        raise ValueError(f"W must be square (N, N), got shape {W.shape}")
+    if (W != W.T).nnz or W.diagonal().any() or (W < 0).nnz:
+        raise ValueError("W must be symmetric and non-negative with a zero diagonal")
+    labelled = np.asarray(labelled)
+    if (
+        labelled.ndim != 1
+        or np.unique(labelled).size != labelled.size
+        or np.any((labelled < 0) | (labelled >= n_nodes))
+    ):
+        raise ValueError(f"labelled must hold distinct node indices in 0 .. {n_nodes - 1}")
+    if np.shape(labels) != labelled.shape:
+        raise ValueError(f"labels must have shape {labelled.shape} (one per labelled node), got {np.shape(labels)}")
+    if np.shape(points) != (n_nodes, 2):
+        raise ValueError(f"points must have shape ({n_nodes}, 2), got {np.shape(points)}")
     unlabelled = np.setdiff1d(np.arange(n_nodes), labelled)
-    _, component = sp.csgraph.connected_components(W, directed=False)
+    _, component = connected_components(W, directed=False)
     orphans = np.setdiff1d(component[unlabelled], component[labelled])
     if orphans.size:
         raise ValueError(
@@ -188,8 +203,7 @@ def label_propagation(W: Any, labelled: np.ndarray, labels: np.ndarray, points: 
     laplacian = sp.csr_array(sp.diags_array(W.sum(axis=0)) - W)
     Q = sp.csr_array(laplacian[unlabelled][:, unlabelled])
     c = W[unlabelled][:, labelled] @ labels
-    labelled = np.asarray(labelled, dtype=np.int64)
-    return GraphQuadratic(Q, c, W, labelled, unlabelled, np.asarray(labels, dtype=np.float64), points)
+    return GraphQuadratic(Q, c, W, labelled.astype(np.int64), unlabelled, np.asarray(labels, dtype=np.float64), points)
 
 
 def lattice_quadratic(grid: int = 50, n_labelled: int = 100, weight: float = 1e5, seed: int = 1) -> GraphQuadratic:

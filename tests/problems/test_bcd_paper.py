@@ -166,10 +166,16 @@ def test_two_moons_graph_is_the_symmetrised_knn_graph_with_an_spd_system():
     np.testing.assert_allclose(p.metadata["f_opt"], -0.5 * graph.c @ np.linalg.solve(Q, graph.c), rtol=1e-10)
 
 
-def test_a_component_without_labels_is_refused():
+def test_label_propagation_refuses_bad_graphs_and_labels():
     W = sp.csr_array(np.kron(np.eye(2), np.ones((2, 2)) - np.eye(2)))
     with pytest.raises(ValueError, match="hold no labelled node"):
         label_propagation(W, np.array([0]), np.array([1.0]), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="W must be symmetric"):
+        label_propagation(sp.csr_array(np.triu(np.ones((4, 4)), 1)), np.array([0]), np.array([1.0]), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="labelled must hold distinct node indices in 0 .. 3"):
+        label_propagation(W, np.array([0, 0]), np.array([1.0, 2.0]), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
+        label_propagation(W, np.array([0, 2]), np.array([1.0]), np.zeros((4, 2)))
 
 
 SMALL = {
