@@ -28,6 +28,9 @@ __all__ = ["classification_optimum", "least_squares_optimum", "nonnegative_lasso
 
 #: Relative tolerance of the KKT check of :func:`nonnegative_lasso_optimum`.
 KKT_RTOL = 1e-10
+#: The largest gradient entry accepted at the end of :func:`classification_optimum`'s L-BFGS,
+#: relative to the largest at 0.
+GRAD_RTOL = 1e-8
 
 
 def _dense(X: Any) -> np.ndarray:
@@ -193,7 +196,14 @@ def classification_optimum(X: Any, labels: np.ndarray, n_classes: int | None = N
 
         size = n_classes * d
     options = {"gtol": 1e-12, "ftol": 0.0, "maxiter": 100000, "maxcor": 30}
-    return float(minimize(fun_grad, np.zeros(size), jac=True, method="L-BFGS-B", options=options).fun)
+    result = minimize(fun_grad, np.zeros(size), jac=True, method="L-BFGS-B", options=options)
+    # L-BFGS may end on a failed line search once rounding dominates; the gradient says whether that is optimal
+    grad_norm, start_norm = float(np.max(np.abs(result.jac))), float(np.max(np.abs(fun_grad(np.zeros(size))[1])))
+    if grad_norm > GRAD_RTOL * start_norm:
+        raise RuntimeError(
+            f"L-BFGS stopped ({result.message}) with a gradient of max-norm {grad_norm:.3e} ({start_norm:.3e} at 0)"
+        )
+    return float(result.fun)
 
 
 def quadratic_optimum(Q: Any, c: np.ndarray) -> tuple[float, np.ndarray]:
