@@ -291,15 +291,31 @@ class LinearSystemProblem(Problem):
 
     def evaluate(self, x: Any, extras: Mapping[str, Any] | None = None) -> dict[str, float]:
         """``residual``: the relative residual ``||b - A x|| / ||b||``; ``error``:
-        ``||x - x_true|| / ||x_true||`` when ``metadata["x_true"]`` is known."""
-        r = self.b - self.A @ x
+        ``||x - x_true|| / ||x_true||`` when ``metadata["x_true"]`` is known.
+
+        When ``metadata["f_opt"]`` is known (``A`` symmetric positive definite, ``f_opt`` the
+        minimum of the energy), also ``energy``: ``x^T A x / 2 - b^T x``, and ``f_gap``:
+        ``energy - f_opt``. With ``x_true`` known too, ``f_gap`` is computed as
+        ``e^T A e / 2``, ``e = x - x_true``: equal in exact arithmetic, and free of the
+        cancellation of subtracting two large numbers (``|f_opt|`` near 1e9 would otherwise
+        hide any gap below about 1e-7)."""
+        Ax = self.A @ x
+        r = self.b - Ax
         bnorm = float((self.b * self.b).sum() ** 0.5) or 1.0
         out = {"residual": float((r * r).sum() ** 0.5) / bnorm}
         x_true = self.metadata.get("x_true")
+        e = None
         if x_true is not None:
             x_true = convert(x_true, self.backend, self.device)
             e = x - x_true
             out["error"] = float((e * e).sum() ** 0.5) / (float((x_true * x_true).sum() ** 0.5) or 1.0)
+        f_opt = self.metadata.get("f_opt")
+        if f_opt is not None:
+            out["energy"] = float((x * (0.5 * Ax - self.b)).sum())
+            if e is None:
+                out["f_gap"] = out["energy"] - float(f_opt)
+            else:
+                out["f_gap"] = 0.5 * float((e * (self.A @ e)).sum())
         return out
 
     def _converted(self, conv: Callable[[Any], Any]) -> "LinearSystemProblem":

@@ -4,6 +4,19 @@ Importing this package registers every problem family and suite; heavy optional
 dependencies (scikit-learn ...) are imported only when a problem that needs them is built.
 """
 
-from . import composite, curvature, cutest, libsvm, linear, linear_models, llm, ml, mnist, ot, pde_control
+from . import bcd_paper, composite, curvature, cutest, libsvm, linear, linear_models, llm, ml, mnist, ot, pde_control
 
-__all__ = ["composite", "curvature", "cutest", "libsvm", "linear", "linear_models", "llm", "ml", "mnist", "ot", "pde_control"]
+__all__ = [
+    "bcd_paper",
+    "composite",
+    "curvature",
+    "cutest",
+    "libsvm",
+    "linear",
+    "linear_models",
+    "llm",
+    "ml",
+    "mnist",
+    "ot",
+    "pde_control",
+]

@@ -85,6 +85,31 @@ def test_linear_system_problem_capabilities_evaluate_and_to_torch():
     np.testing.assert_allclose(pt.evaluate(pt.x0 + 1.0)["residual"], p.evaluate(p.x0 + 1.0)["residual"])
 
 
+def test_linear_system_problem_reports_energy_and_f_gap_when_f_opt_is_known():
+    A = np.diag([1.0, 2.0, 4.0])
+    b = np.ones(3)
+    x_star = np.array([1.0, 0.5, 0.25])
+    f_opt = -0.5 * float(b @ x_star)
+    x = np.array([1.0, 0.5, 0.0])
+    energy = 0.5 * float(x @ A @ x) - float(b @ x)
+    # exact small rationals: only rounding separates the two ways of computing the gap
+    by_difference = LinearSystemProblem(A, b, metadata={"f_opt": f_opt}).evaluate(x)
+    np.testing.assert_allclose([by_difference["energy"], by_difference["f_gap"]], [energy, energy - f_opt], rtol=1e-15)
+    by_error = LinearSystemProblem(A, b, metadata={"f_opt": f_opt, "x_true": x_star}).evaluate(x)
+    np.testing.assert_allclose([by_error["energy"], by_error["f_gap"]], [energy, energy - f_opt], rtol=1e-15)
+    assert "energy" not in LinearSystemProblem(A, b).evaluate(x)
+
+
+def test_linear_system_f_gap_from_x_true_resolves_gaps_below_the_cancellation_floor():
+    A = np.diag([1e9, 2e9])
+    b = np.array([1e9, 2e9])
+    x_star = np.ones(2)
+    p = LinearSystemProblem(A, b, metadata={"f_opt": -1.5e9, "x_true": x_star})
+    x = x_star + np.array([1e-9, 0.0])
+    # the gap is 1e9 * (1e-9)^2 / 2 = 5e-10, far below the rounding of energies near 1.5e9 (~2e-7)
+    np.testing.assert_allclose(p.evaluate(x)["f_gap"], 5e-10, rtol=1e-6)
+
+
 def test_smooth_problem_counts_and_evaluates():
     p = SmoothProblem(lambda x: float(x @ x), lambda x: 2 * x, np.ones(2), metadata={"f_opt": 0.0})
     assert p.capabilities == {"fun", "grad"}
