@@ -22,7 +22,8 @@ red-black     fixed: the colour classes of a greedy colouring (2 on a lattice), 
               independent set (``Q_bb`` diagonal)
 forest-cover  fixed: maximal forests grown in node order until every node is covered (2 on
               the 50 x 50 lattice, 4 on the two-moons graph)
-forest-gs     dynamic: a forest of at most ``tau`` nodes grown in the order of ``|g_i|``
+forest-gs     dynamic: a maximal forest grown in the order of ``|g_i|`` (the paper's greedy
+              tree: as large as the graph allows, so ``block_size`` does not apply)
 forest-gsl    dynamic: the same in the order of ``g_i^2 / L_i`` (for single coordinates the
               GSD order ``|g_i| / sqrt(L_i)`` is the same order, so it has no rule of its own)
 forest-random dynamic: the same in a random order
@@ -113,13 +114,13 @@ def avg_blocks(data: PartitionData) -> list[np.ndarray]:
 
 def _scored_forest(score: Callable[[Any], np.ndarray]) -> Callable[[PartitionData, Any], np.ndarray]:
     def choose(data: PartitionData, run: Any) -> np.ndarray:
-        return greedy_forest(data.graph, score(run), data.block_size)
+        return greedy_forest(data.graph, score(run))
 
     return choose
 
 
 def _random_forest(data: PartitionData, run: Any) -> np.ndarray:
-    return random_forest(data.graph, data.rng, data.block_size)
+    return random_forest(data.graph, data.rng)
 
 
 def _forest_rule(kind: str, **rule: Any) -> PartitionRule:

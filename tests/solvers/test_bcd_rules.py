@@ -101,10 +101,11 @@ def test_forest_blocks_with_belief_propagation_reach_the_direct_solution(partiti
 
 def test_a_forest_block_step_equals_the_dense_block_solve():
     problem = lattice_quadratic(side=10)
-    solver = BCD(partition="forest-gs", update="exact", block_size=30)
+    solver = BCD(partition="forest-gs", update="exact")
     state = run_state(solver, problem, 3)
     block, _ = solver._choose(state)
-    assert block.size == 30 and is_forest(problem.matrix, block)
+    # a maximal forest of the 10 x 10 lattice holds well over half of its nodes
+    assert block.size > 50 and is_forest(problem.matrix, block)
     delta = exact_update(BlockStep(state, block, None))
     Q = problem.matrix.toarray()
     expected = -np.linalg.solve(Q[np.ix_(block, block)], state.objective.g[block])
