@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import scipy.sparse as sp
 
 from optkit.blackbox import BlackBoxRun, LibraryVerdict
 from optkit.composite_problem import L1, CompositeProblem, L1NonNegative
@@ -48,7 +49,7 @@ from optkit.result import Result, Status
 from optkit.solver import Callback, Solver
 from optkit.validation import check_choice
 
-__all__ = ["DEFAULT_LIBRARY_TOLS", "LadderFit", "LadderSolver", "relative_gap_measure", "run_ladder"]
+__all__ = ["DEFAULT_LIBRARY_TOLS", "LadderFit", "LadderSolver", "library_matrix", "relative_gap_measure", "run_ladder"]
 
 #: The library tolerances tried in turn, loosest first.
 DEFAULT_LIBRARY_TOLS = tuple(10.0**-k for k in range(2, 15))
@@ -71,6 +72,24 @@ class LadderFit:
 
     x: np.ndarray
     n_iter: int
+
+
+def library_matrix(problem: CompositeProblem, sparse_format: str = "csc") -> Any:
+    """The problem's ``A`` as the libraries read it without a copy.
+
+    A sparse ``A`` becomes a ``scipy.sparse`` matrix in ``sparse_format`` (``"csc"`` or ``"csr"``)
+    with 32-bit indices (scikit-learn and celer refuse 64-bit ones; the LIBSVM loader makes
+    them); a dense one becomes Fortran-ordered float64 (columns contiguous, as coordinate
+    descent reads them).
+    """
+    A = problem.matrix
+    if not sp.issparse(A):
+        return np.asfortranarray(A, dtype=np.float64)
+    A = sp.csc_matrix(A) if sparse_format == "csc" else sp.csr_matrix(A)
+    if A.nnz < np.iinfo(np.int32).max:
+        A.indices = A.indices.astype(np.int32, copy=False)
+        A.indptr = A.indptr.astype(np.int32, copy=False)
+    return A
 
 
 def relative_gap_measure(problem: CompositeProblem) -> Callable[[Any], dict[str, float]]:

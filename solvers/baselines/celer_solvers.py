@@ -14,22 +14,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from optkit.backend import optional_import
 from optkit.composite_problem import L1, CompositeProblem, L1NonNegative, LogisticDatafit, QuadraticDatafit
 from optkit.registry import register_solver
 from optkit.validation import check_int
 
-from ._target_ladder import LadderFit, LadderSolver
+from ._target_ladder import LadderFit, LadderSolver, library_matrix
 
 __all__ = ["CelerLasso", "CelerLogistic"]
 
 
 def _celer_inputs(problem: CompositeProblem, target: Any) -> tuple[Any, np.ndarray]:
     """``A`` in the layout celer reads without a copy (CSC, or Fortran-ordered) and the targets."""
-    A = sp.csc_matrix(problem.matrix) if sp.issparse(problem.matrix) else np.asfortranarray(problem.matrix)
-    return A, np.asarray(target, dtype=np.float64)
+    return library_matrix(problem), np.asarray(target, dtype=np.float64)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from optkit.backend import optional_import
 from optkit.composite_problem import L1, CompositeProblem, L1NonNegative, LogisticDatafit, QuadraticDatafit
 from optkit.registry import register_solver
 from optkit.validation import check_choice, check_int
 
-from ._target_ladder import LadderFit, LadderSolver
+from ._target_ladder import LadderFit, LadderSolver, library_matrix
 
 __all__ = ["SkglmAnderson", "SkglmGramCD", "SkglmProxNewton"]
 
@@ -51,7 +50,7 @@ class _SkglmSolver(LadderSolver):
         optional_import("skglm", f"solver {self.name!r}")
         from skglm import datafits, penalties, solvers
 
-        A = sp.csc_matrix(problem.matrix) if sp.issparse(problem.matrix) else np.asfortranarray(problem.matrix)
+        A = library_matrix(problem)
         data = {
             "solvers": solvers,
             "A": A,

@@ -15,26 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from optkit.backend import optional_import
 from optkit.composite_problem import L1, CompositeProblem, L1NonNegative, LogisticDatafit, QuadraticDatafit
 from optkit.registry import register_solver
 from optkit.validation import check_choice
 
-from ._target_ladder import LadderFit, LadderSolver
+from ._target_ladder import LadderFit, LadderSolver, library_matrix
 
 __all__ = ["SklearnL1Logistic", "SklearnLasso"]
 
 _SELECTIONS = ("cyclic", "random")
 _LOGISTIC_SOLVERS = ("liblinear", "saga")
-
-
-def _library_matrix(problem: CompositeProblem) -> Any:
-    """``A`` as scikit-learn's coordinate descent reads it without a copy: CSC, or Fortran-ordered."""
-    if sp.issparse(problem.matrix):
-        return sp.csc_matrix(problem.matrix)
-    return np.asfortranarray(problem.matrix, dtype=np.float64)
 
 
 def _check_seed(seed: Any) -> None:
@@ -95,7 +87,7 @@ class SklearnLasso(LadderSolver):
         linear_model = optional_import("sklearn.linear_model", f"solver {self.name!r}")
         return {
             "estimator": linear_model.Lasso,
-            "A": _library_matrix(problem),
+            "A": library_matrix(problem),
             "b": np.asarray(problem.datafit.b, dtype=np.float64),
             "alpha": float(problem.penalty.lam),
             "positive": isinstance(problem.penalty, L1NonNegative),
@@ -174,10 +166,9 @@ class SklearnL1Logistic(LadderSolver):
         linear_model = optional_import("sklearn.linear_model", f"solver {self.name!r}")
         if self.solver == "liblinear" and np.any(x0):
             raise ValueError("x0 must be 0 with solver='liblinear' (liblinear has no warm start)")
-        A = sp.csr_matrix(problem.matrix) if sp.issparse(problem.matrix) else np.asarray(problem.matrix)
         return {
             "estimator": linear_model.LogisticRegression,
-            "A": A,
+            "A": library_matrix(problem, "csr"),  # liblinear and SAGA read rows
             "y": np.asarray(problem.datafit.y, dtype=np.float64),
             "C": 1.0 / (problem.m * problem.penalty.lam),
             "l1": _l1_option(),

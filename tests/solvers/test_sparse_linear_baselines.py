@@ -40,7 +40,25 @@ def logistic():
     return optkit.get_problem("ml/l1-logistic/synthetic", m=40, n=15, density=0.3, lam_ratio=0.1)
 
 
-PROBLEMS = {"lasso": lasso, "nn-lasso": nonnegative_lasso, "logistic": logistic}
+def sparse(make):
+    """The same problem with ``A`` as a scipy sparse matrix with 64-bit indices (as the LIBSVM loader makes)."""
+
+    def build():
+        p = make()
+        A = sp.csc_array(p.matrix)
+        A.indices, A.indptr = A.indices.astype(np.int64), A.indptr.astype(np.int64)
+        return CompositeProblem(A, p.datafit, p.penalty, name=f"sparse-{p.name}")
+
+    return build
+
+
+PROBLEMS = {
+    "lasso": lasso,
+    "nn-lasso": nonnegative_lasso,
+    "logistic": logistic,
+    "sparse-lasso": sparse(lasso),
+    "sparse-logistic": sparse(logistic),
+}
 
 
 def clarabel_reference(problem):
@@ -68,22 +86,23 @@ REFERENCES = {}
 
 
 def reference(kind):
+    kind = kind.removeprefix("sparse-")
     if kind not in REFERENCES:
         REFERENCES[kind] = clarabel_reference(PROBLEMS[kind]())
     return REFERENCES[kind]
 
 
 CASES = [
-    ("sklearn-lasso", ("lasso", "nn-lasso")),
+    ("sklearn-lasso", ("lasso", "nn-lasso", "sparse-lasso")),
     ("sklearn-lasso:selection=random", ("lasso", "nn-lasso")),
-    ("skglm-gramcd", ("lasso", "nn-lasso")),
+    ("skglm-gramcd", ("lasso", "nn-lasso", "sparse-lasso")),
     ("skglm-gramcd:greedy=False", ("lasso",)),
-    ("skglm-anderson", ("lasso", "nn-lasso", "logistic")),
-    ("celer-lasso", ("lasso", "nn-lasso")),
-    ("sklearn-l1-logistic", ("logistic",)),
-    ("sklearn-l1-logistic:solver=saga", ("logistic",)),
-    ("skglm-prox-newton", ("logistic",)),
-    ("celer-logistic", ("logistic",)),
+    ("skglm-anderson", ("lasso", "nn-lasso", "logistic", "sparse-lasso", "sparse-logistic")),
+    ("celer-lasso", ("lasso", "nn-lasso", "sparse-lasso")),
+    ("sklearn-l1-logistic", ("logistic", "sparse-logistic")),
+    ("sklearn-l1-logistic:solver=saga", ("logistic", "sparse-logistic")),
+    ("skglm-prox-newton", ("logistic", "sparse-logistic")),
+    ("celer-logistic", ("logistic", "sparse-logistic")),
 ]
 
 
