@@ -88,8 +88,9 @@ class SkglmGramCD(_SkglmSolver):
     matrix ``A^T A / m`` (n x n, dense) and runs epochs of ``n`` coordinate updates with step
     ``1 / Q_jj``; ``greedy=True`` picks each coordinate as the argmax of the subdifferential
     distance (a GS-s rule), ``greedy=False`` cycles. The library stops when the largest
-    subdifferential distance is ``<= library_tol``. Needs every column of ``A`` non-zero
-    (``1 / Q_jj``).
+    subdifferential distance is ``<= library_tol``. Refuses a zero column of ``A`` (``1 / Q_jj``)
+    with ``greedy=False``, and with ``greedy=True`` where it is column 0 (the greedy rule scores a
+    zero column 0, and ``argmax`` of all-zero scores is column 0).
 
     Options
     -------
@@ -115,9 +116,14 @@ class SkglmGramCD(_SkglmSolver):
             raise TypeError(f"greedy must be True or False, got {self.greedy!r}")
 
     def check_terms(self, problem: CompositeProblem) -> str | None:
+        # GramCD steps by 1 / ||a_j||^2: cycling reaches every column, the greedy rule only scores a
+        # zero column 0, so it picks one only as argmax of all-zero scores (column 0)
         empty = np.flatnonzero(problem.column_norms_sq() == 0)
-        if empty.size:
-            return f"solver {self.name!r} divides by ||a_j||^2; column {int(empty[0])} of {problem.name!r} is zero"
+        if empty.size and (not self.greedy or empty[0] == 0):
+            return (
+                f"solver {self.name!r} (greedy={self.greedy}) divides by ||a_j||^2; "
+                f"column {int(empty[0])} of {problem.name!r} is zero"
+            )
         return None
 
     def library_datafit(self, skglm_datafits: Any, problem: CompositeProblem) -> Any:

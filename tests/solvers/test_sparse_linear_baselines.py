@@ -230,6 +230,20 @@ def test_bad_options_are_errors_naming_the_argument(spec, options, argument):
         optkit.get_solver(spec, **options)
 
 
+def lasso_with_a_zero_column():
+    A = lasso().matrix.copy()
+    A[:, 3] = 0.0
+    return CompositeProblem(A, QuadraticDatafit(lasso().datafit.b), L1(lasso().penalty.lam), name="zero-column")
+
+
+def test_greedy_gramcd_solves_a_lasso_with_a_zero_column():
+    problem = lasso_with_a_zero_column()
+    res = optkit.get_solver("skglm-gramcd", tol=TOL).solve(problem)
+    assert res.status is Status.CONVERGED and res.x[3] == 0.0
+    # both within a relative gap of TOL of F*
+    np.testing.assert_allclose(res.fun, optkit.get_solver("sklearn-lasso", tol=TOL).solve(problem).fun, rtol=2 * TOL)
+
+
 def test_problems_of_the_wrong_kind_are_refused_with_a_reason():
     assert "LogisticDatafit" in optkit.get_solver("sklearn-lasso").check(logistic())
     assert "QuadraticDatafit" in optkit.get_solver("skglm-prox-newton").check(lasso())
@@ -241,10 +255,9 @@ def test_problems_of_the_wrong_kind_are_refused_with_a_reason():
     zero_lam = CompositeProblem(logistic().matrix, LogisticDatafit(logistic().datafit.y), L1(0.0))
     for name in ("sklearn-l1-logistic", "celer-logistic"):
         assert "lam > 0" in optkit.get_solver(name).check(zero_lam)
-    A = lasso().matrix.copy()
-    A[:, 3] = 0.0
-    empty_column = CompositeProblem(A, QuadraticDatafit(lasso().datafit.b), L1(0.1))
-    assert "column 3" in optkit.get_solver("skglm-gramcd").check(empty_column)
+    empty_column = lasso_with_a_zero_column()
+    assert "column 3" in optkit.get_solver("skglm-gramcd", greedy=False).check(empty_column)
+    assert optkit.get_solver("skglm-gramcd").check(empty_column) is None  # the greedy rule never picks it
     with pytest.raises(ValueError, match="accepts CompositeProblem"):
         optkit.get_solver("sklearn-lasso").solve(poisson)
     with pytest.raises(ValueError, match="x0 must be 0"):
