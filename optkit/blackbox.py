@@ -293,7 +293,7 @@ class BlackBoxRun:
             device=self.problem.device,
         )
         self.recorder.rows.append(start_row)
-        self.x, self.nit, self.metrics = self._start
+        self.x, self.nit, self.metrics = self._start[0], 0, dict(self._start[2])
         try:
             with self.library():
                 yield self

@@ -43,6 +43,11 @@ class _CelerSolver(LadderSolver):
         check_int("max_epochs", self.max_epochs, 1)
         check_int("p0", self.p0, 1)
 
+    def check_terms(self, problem: CompositeProblem) -> str | None:
+        if problem.penalty.lam <= 0:
+            return f"solver {self.name!r} needs lam > 0 (celer divides by alpha); problem {problem.name!r} has lam = 0"
+        return None
+
     def _path(self, data: Any, x0: np.ndarray, library_tol: float, **options: Any) -> LadderFit:
         from sklearn.exceptions import ConvergenceWarning
 
@@ -71,7 +76,8 @@ class CelerLasso(_CelerSolver):
     """celer on the Lasso and the non-negative Lasso (``celer_path(pb="lasso")``).
 
     celer minimises ``||b - A x||^2 / (2 m) + alpha ||x||_1``: ``alpha = lam`` exactly, and
-    :class:`~optkit.composite_problem.L1NonNegative` is ``positive=True``.
+    :class:`~optkit.composite_problem.L1NonNegative` is ``positive=True``. ``lam > 0`` is required
+    (celer scales its dual point by ``1 / alpha``).
 
     Options
     -------
@@ -140,11 +146,6 @@ class CelerLogistic(_CelerSolver):
 
     datafits = (LogisticDatafit,)
     penalties = (L1,)
-
-    def check_terms(self, problem: CompositeProblem) -> str | None:
-        if problem.penalty.lam <= 0:
-            return f"solver {self.name!r} needs lam > 0 (alpha = m lam); problem {problem.name!r} has lam = 0"
-        return None
 
     def prepare(self, problem: CompositeProblem, x0: np.ndarray) -> Any:
         celer = optional_import("celer", f"solver {self.name!r}")

@@ -194,6 +194,21 @@ def test_a_fit_using_max_iter_ends_the_ladder_and_the_time_limit_counts_every_fi
     assert limited.time_s == 2.0 and limited.extras["ladder_time_s"] == 3.0
 
 
+@pytest.mark.parametrize("spec", ["sklearn-lasso", "skglm-gramcd", "skglm-anderson"])
+def test_least_squares_without_penalty_runs_to_f_gap(spec):
+    # the BCD paper's problem A: lam = 0, where the duality gap is F itself, so only f_gap can stop it
+    p = lasso()
+    A, b = p.matrix, p.datafit.b
+    x_ls = np.linalg.lstsq(A, b, rcond=None)[0]
+    f_opt = float(np.sum((A @ x_ls - b) ** 2) / (2 * p.m))
+    problem = CompositeProblem(A, QuadraticDatafit(b), L1(0.0), metadata={"f_opt": f_opt})
+    res = optkit.get_solver(spec, tol=1e-10, target="f_gap").solve(problem)
+    assert res.status is Status.CONVERGED and res.metrics["f_gap"] <= 1e-10
+    # F is strongly convex (A has full column rank): ||x - x_ls||^2 <= 2 f_gap / lambda_min(A^T A / m)
+    mu = np.linalg.eigvalsh(A.T @ A / p.m)[0]
+    np.testing.assert_allclose(res.x, x_ls, rtol=0, atol=np.sqrt(2e-10 / mu) + 1e-12)
+
+
 def test_target_f_gap_stops_on_the_known_optimum():
     problem = lasso()
     problem.metadata["f_opt"] = reference("lasso")[1]
@@ -255,6 +270,8 @@ def test_problems_of_the_wrong_kind_are_refused_with_a_reason():
     zero_lam = CompositeProblem(logistic().matrix, LogisticDatafit(logistic().datafit.y), L1(0.0))
     for name in ("sklearn-l1-logistic", "celer-logistic"):
         assert "lam > 0" in optkit.get_solver(name).check(zero_lam)
+    zero_lam_lasso = CompositeProblem(lasso().matrix, QuadraticDatafit(lasso().datafit.b), L1(0.0))
+    assert "lam > 0" in optkit.get_solver("celer-lasso").check(zero_lam_lasso)
     empty_column = lasso_with_a_zero_column()
     assert "column 3" in optkit.get_solver("skglm-gramcd", greedy=False).check(empty_column)
     assert optkit.get_solver("skglm-gramcd").check(empty_column) is None  # the greedy rule never picks it
