@@ -11,6 +11,12 @@ solvers by following one sequence::
         verdict = LibraryVerdict(...)          # what the library said, when it returned
     return run.finish(x=out.x, verdict=verdict)
 
+A wrapper that calls the library several times, each time afresh from ``x0`` (a ladder of
+the library's own tolerances, :mod:`solvers.baselines._target_ladder`), runs each call in
+:meth:`BlackBoxRun.attempt` instead of :meth:`BlackBoxRun.library`: every attempt has its own
+clock and trace, so the result's ``time_s`` and trace are those of the attempt it returns
+alone, while the time limit counts all of them.
+
 ``measure(x)`` gives the trace row of an iterate; it runs with the clock paused and inside
 :meth:`~optkit.problem.Problem.uncounted`, so measuring is neither timed nor counted.
 :meth:`BlackBoxRun.iteration` records a row and raises :class:`~optkit.solver.StopSolver`
@@ -39,15 +45,16 @@ The library's own code and message are kept in ``Result.extras["library_status"]
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from .problem import Problem
 from .result import Result, Status
 from .solver import Callback, Recorder, Solver, StopSolver
 
-__all__ = ["BlackBoxRun", "LibraryVerdict", "krylov_verdict"]
+__all__ = ["Attempt", "BlackBoxRun", "LibraryVerdict", "krylov_verdict"]
 
 Measure = Callable[[Any], Mapping[str, float]]
 
@@ -86,6 +93,33 @@ def krylov_verdict(info: int, name: str) -> LibraryVerdict:
     return LibraryVerdict(Status.BREAKDOWN, info, f"{name}: breakdown (info = {info})")
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One finished :meth:`BlackBoxRun.attempt`: its clock and trace, and its last recorded iterate.
+
+    Attributes
+    ----------
+    recorder : Recorder
+        Its clock (``recorder.elapsed``: the attempt's seconds) and rows (row 0 at the start).
+    x : Any
+        Its last recorded iterate.
+    nit : int
+        That iterate's iteration number.
+    metrics : dict
+        That iterate's measures.
+    """
+
+    recorder: Recorder
+    x: Any
+    nit: int
+    metrics: dict
+
+    @property
+    def time_s(self) -> float:
+        """The attempt's seconds of work."""
+        return self.recorder.elapsed
+
+
 def _nonfinite(metrics: Mapping[str, Any]) -> bool:
     return any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values())
 
@@ -115,6 +149,11 @@ class BlackBoxRun:
     status : Status or None
         The status the run itself decided, or ``None`` while it goes on.
     recorder : Recorder
+        The clock and trace (of the current attempt, when :meth:`attempt` is used).
+    attempts : list of Attempt
+        The finished attempts that recorded an iterate, in order.
+    spent_s : float
+        Seconds of every attempt so far, the dropped ones included.
     """
 
     def __init__(
@@ -135,6 +174,9 @@ class BlackBoxRun:
         self.nit = 0
         self.metrics: dict[str, float] = {}
         self.status: Status | None = None
+        self.attempts: list[Attempt] = []
+        self.spent_s = 0.0
+        self._start: tuple[Any, int, dict[str, float]] = (None, 0, {})
         self._counters_before = dict(problem.counters)
 
     # ------------------------------------------------------------------ measuring
@@ -171,6 +213,7 @@ class BlackBoxRun:
             stop = self._record(x0, 0, metrics)
         except KeyboardInterrupt:
             stop = Status.USER_STOPPED
+        self._start = self.x, 0, dict(self.metrics)
         if self.converged(self.metrics):
             stop = Status.CONVERGED
         elif stop is None and self.solver.max_iter == 0:
@@ -228,6 +271,43 @@ class BlackBoxRun:
             self.status = Status.USER_STOPPED
         finally:
             self.recorder.pause()
+
+    @contextmanager
+    def attempt(self) -> Iterator[BlackBoxRun]:
+        """One library call of several, each from the start: :meth:`library` on a fresh clock and trace.
+
+        The attempt begins at the start's state: its trace is row 0 (measured once by
+        :meth:`begin`, with ``time`` 0) followed by what it records, and its clock starts at 0,
+        so :meth:`finish` reports the current attempt's time and rows alone. The time limit
+        counts every attempt: an attempt's limit is what the earlier ones left. On exit the
+        attempt's seconds are added to ``spent_s``, and an attempt that recorded an iterate is
+        appended to ``attempts``; one that recorded none (Ctrl-C during the library call) is
+        dropped and the run returns to the previous attempt (or the start).
+        """
+        previous = self.recorder, self.x, self.nit, self.metrics
+        start_row = {**previous[0].rows[0], "time": 0.0}
+        limit = self.solver.time_limit
+        self.recorder = Recorder(
+            time_limit=None if limit is None else limit - self.spent_s,
+            callback=previous[0].callback,
+            device=self.problem.device,
+        )
+        self.recorder.rows.append(start_row)
+        self.x, self.nit, self.metrics = self._start[0], 0, dict(self._start[2])
+        try:
+            with self.library():
+                yield self
+        finally:
+            self.spent_s += self.recorder.elapsed
+            if len(self.recorder.rows) > 1:
+                self.attempts.append(Attempt(self.recorder, self.x, self.nit, dict(self.metrics)))
+            else:
+                self.recorder, self.x, self.nit, self.metrics = previous
+
+    def use_attempt(self, index: int) -> None:
+        """Make ``attempts[index]`` the one :meth:`finish` reports (its iterate, time and trace)."""
+        chosen = self.attempts[index]
+        self.recorder, self.x, self.nit, self.metrics = chosen.recorder, chosen.x, chosen.nit, dict(chosen.metrics)
 
     def finish(
         self,

@@ -1,6 +1,7 @@
 """Baselines wrapped from other libraries, registered like optkit's own solvers."""
 
 from . import (
+    celer_solvers,
     ipopt_solver,
     pot_solvers,
     pot_sparsity,
@@ -8,10 +9,13 @@ from . import (
     regot_solvers,
     scipy_constrained,
     scipy_solvers,
+    skglm_solvers,
+    sklearn_linear,
     torch_optimizers,
 )
 
 __all__ = [
+    "celer_solvers",
     "ipopt_solver",
     "pot_solvers",
     "pot_sparsity",
@@ -19,5 +23,7 @@ __all__ = [
     "regot_solvers",
     "scipy_constrained",
     "scipy_solvers",
+    "skglm_solvers",
+    "sklearn_linear",
     "torch_optimizers",
 ]

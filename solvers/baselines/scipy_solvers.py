@@ -1,26 +1,31 @@
-"""Baselines wrapping SciPy: ``scipy-cg`` (sparse.linalg.cg) and ``scipy-lbfgsb`` (L-BFGS-B).
+"""Baselines wrapping SciPy: ``scipy-cg`` (sparse.linalg.cg), ``scipy-lbfgsb`` (L-BFGS-B) and
+``scipy-spsolve`` (sparse.linalg.spsolve, a sparse direct solve).
 
-Both run the SciPy routine unchanged through :class:`optkit.blackbox.BlackBoxRun`: the trace
+They run the SciPy routine unchanged through :class:`optkit.blackbox.BlackBoxRun`: the trace
 is recorded from SciPy's callback with the clock paused, the time limit (and a callback's
 request to stop) end the routine from that callback, and the last iterate it reported is
-returned; Ctrl-C returns it too.
+returned; Ctrl-C returns it too. ``spsolve`` has no callback: its one iteration is the solve.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from optkit.blackbox import BlackBoxRun, LibraryVerdict, krylov_verdict
 from optkit.problem import LinearSystemProblem, Problem, SmoothProblem
 from optkit.registry import register_solver
 from optkit.result import Result, Status
 from optkit.solver import Callback, Solver
-from optkit.validation import check_int, check_nonnegative
+from optkit.validation import check_choice, check_int, check_nonnegative
 
-__all__ = ["ScipyCG", "ScipyLBFGSB"]
+__all__ = ["ScipyCG", "ScipyLBFGSB", "ScipySpsolve"]
+
+_PERMUTATIONS = ("COLAMD", "MMD_AT_PLUS_A", "MMD_ATA", "NATURAL")
 
 
 def _scipy_operator(A: Any, counters: dict):
@@ -86,6 +91,70 @@ class ScipyCG(Solver):
                 )
                 verdict = krylov_verdict(info, "scipy.sparse.linalg.cg")
         return run.finish(x=x_out, verdict=verdict, counters=counters)
+
+
+@register_solver("scipy-spsolve")
+@dataclass(frozen=True, kw_only=True)
+class ScipySpsolve(Solver):
+    """``scipy.sparse.linalg.spsolve``: a sparse LU factorisation (SuperLU) and solve of ``A x = b``.
+
+    Options
+    -------
+    tol : float
+        Judges the solution: ``CONVERGED`` when the relative residual ``||b - A x|| / ||b||``
+        (the trace's ``residual``, as ``scipy-cg``'s) is ``<= tol``, else ``STALLED`` (an
+        ill-conditioned system solved to rounding above ``tol``).
+    max_iter : int
+        ``0`` returns the start; otherwise the one solve is iteration 1.
+    time_limit : float or None
+        Checked once the solve returns (SuperLU cannot be interrupted).
+    permutation : {"COLAMD", "MMD_AT_PLUS_A", "MMD_ATA", "NATURAL"}
+        SuperLU's column ordering (SciPy's ``permc_spec``), default ``"COLAMD"``.
+
+    Needs the problem's matrix as a scipy sparse matrix (a direct solve of a dense or
+    matrix-free system is not this baseline); it is converted to CSC before the clock starts.
+    A singular matrix gives a non-finite solution: status ``NONFINITE``. The start ``x0`` only
+    gives row 0: a direct solve does not use it.
+    """
+
+    accepts = (LinearSystemProblem,)
+    requires = frozenset({"matrix"})
+    backends = frozenset({"numpy"})
+
+    permutation: str = "COLAMD"
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("permutation", self.permutation, _PERMUTATIONS)
+
+    def check(self, problem: Problem) -> str | None:
+        reason = super().check(problem)
+        if reason is None and not sp.issparse(problem.matrix):
+            reason = f"solver {self.name!r} needs a scipy sparse matrix; problem {problem.name!r} has a dense one"
+        return reason
+
+    def solve(self, problem: Problem, *, x0: Any = None, callback: Callback | None = None) -> Result:
+        from scipy.sparse.linalg import MatrixRankWarning, spsolve
+
+        self.ensure_compatible(problem)
+        assert isinstance(problem, LinearSystemProblem)
+        A = sp.csc_matrix(problem.matrix)
+        b = np.asarray(problem.b)
+        bnorm = float(np.linalg.norm(b)) or 1.0
+
+        def relative_residual(v):
+            return {"residual": float(np.linalg.norm(b - A @ v)) / bnorm}
+
+        run = BlackBoxRun(self, problem, callback, measure=relative_residual, criterion="residual")
+        verdict = None
+        if run.begin(np.array(problem.x0 if x0 is None else x0, dtype=b.dtype)) is None:
+            with run.library():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", MatrixRankWarning)  # its NaN solution says it
+                    x = np.asarray(spsolve(A, b, permc_spec=self.permutation), dtype=b.dtype)
+                run.iteration(x, nit=1, check_max_iter=False)
+                verdict = LibraryVerdict(Status.CONVERGED, 0, "scipy.sparse.linalg.spsolve: solved")
+        return run.finish(verdict=verdict)
 
 
 @register_solver("scipy-lbfgsb")

@@ -119,3 +119,40 @@ def test_stop_ends_the_library_with_the_status_given():
         run.stop(Status.CONVERGED)
         raise AssertionError("stop() must leave the library block")
     assert run.finish().status is Status.CONVERGED
+
+
+def test_attempts_each_have_their_own_clock_and_trace_and_the_time_limit_counts_them_all(monkeypatch):
+    p = quadratic()
+    clock = [0.0]
+    monkeypatch.setattr("optkit.solver.time.perf_counter", lambda: clock[0])
+    solver = Halving(tol=1e-9, time_limit=10.0)
+    run = BlackBoxRun(solver, p, None, measure=lambda x: {"grad_inf": float(np.abs(x).max())}, criterion="grad_inf")
+    assert run.begin(p.x0) is None
+    for seconds, divisor in ((3.0, 2.0), (4.0, 8.0), (5.0, 4.0)):  # the third ends past 10 s in all
+        with run.attempt():
+            clock[0] += seconds
+            run.iteration(p.x0 / divisor, nit=1)
+        if run.status is not None:
+            break
+    assert run.status is Status.TIME_LIMIT and run.spent_s == 12.0
+    assert [a.time_s for a in run.attempts] == [3.0, 4.0, 5.0]
+    run.use_attempt(1)  # report the second: its iterate, time and trace alone
+    res = run.finish()
+    np.testing.assert_allclose(res.x, p.x0 / 8)
+    assert res.time_s == 4.0 and [(row["iter"], row["time"]) for row in res.trace] == [(0, 0.0), (1, 4.0)]
+
+
+def test_an_attempt_interrupted_before_recording_returns_to_the_previous_one():
+    p = quadratic()
+    run = BlackBoxRun(
+        Halving(tol=1e-9), p, None, measure=lambda x: {"grad_inf": float(np.abs(x).max())}, criterion="grad_inf"
+    )
+    run.begin(p.x0)
+    with run.attempt():
+        run.iteration(p.x0 / 2, nit=3)
+    with run.attempt():
+        raise KeyboardInterrupt
+    assert run.status is Status.USER_STOPPED and len(run.attempts) == 1
+    res = run.finish()
+    assert res.nit == 3 and len(res.trace) == 2
+    np.testing.assert_allclose(res.x, p.x0 / 2)
