@@ -30,8 +30,6 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from ._kernels import csc_block_product, csr_rows_transpose_product, empty_marker, weighted_gram
-
 __all__ = [
     "LinearModelObjective",
     "Objective",
@@ -97,6 +95,14 @@ def psd_solver(H: np.ndarray):
         pseudo_inverse = (V[:, keep] / w[keep]) @ V[:, keep].T
         return lambda rhs: pseudo_inverse @ rhs
     return lambda rhs: sla.cho_solve(factor, rhs)
+
+
+def kernels():
+    """The numba kernels (:mod:`._kernels`), imported at the first solve: importing the solver
+    registry must not import numba."""
+    from . import _kernels
+
+    return _kernels
 
 
 #: entries of one chunk of ``A^T A`` formed at a time by :func:`gram_abs_row_sums` (32 MiB)
@@ -210,7 +216,7 @@ class LinearModelObjective(Objective):
             self.csc = sp.csc_array(A, dtype=np.float64)
             self.csc.sort_indices()
             self.csr = sp.csr_array(self.csc)
-            self._marker = empty_marker(A.shape[0])
+            self._marker = kernels().empty_marker(A.shape[0])
             self._rows_ws = np.empty(A.shape[0], dtype=np.int64)
             self._vals_ws = np.empty(A.shape[0])
         else:
@@ -229,7 +235,7 @@ class LinearModelObjective(Objective):
         """``A_b^T diag(weights) A_b`` as a dense (b, b) array.
 
         Sparse ``A``: a block holding more than :data:`ROWWISE_GRAM_SHARE` of the entries (a
-        working set) is formed row by row (:func:`weighted_gram`: ``O(nnz(A) + sum_i nnz_b(a_i)^2)``),
+        working set) is formed row by row (:func:`~._kernels.weighted_gram`: ``O(nnz(A) + sum_i nnz_b(a_i)^2)``),
         a smaller one by a sparse product of its columns.
         """
         if self.sparse:
@@ -239,7 +245,7 @@ class LinearModelObjective(Objective):
                 position[block] = np.arange(block.shape[0])
                 w = np.ones(self.m) if weights is None else np.asarray(weights, dtype=np.float64)
                 csr = self.csr
-                return weighted_gram(csr.indptr, csr.indices, csr.data, position, w, block.shape[0])
+                return kernels().weighted_gram(csr.indptr, csr.indices, csr.data, position, w, block.shape[0])
             Ab = self.csc[:, block]
             left = Ab if weights is None else sp.csc_array(Ab.multiply(weights[:, None]))
             return (left.T @ Ab).toarray()
@@ -249,7 +255,7 @@ class LinearModelObjective(Objective):
     def _touched(self, block: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rows ``R`` where ``A_b delta`` has entries and the product on them."""
         if self.sparse:
-            count = csc_block_product(
+            count = kernels().csc_block_product(
                 self.csc.indptr,
                 self.csc.indices,
                 self.csc.data,
@@ -280,7 +286,7 @@ class LinearModelObjective(Objective):
         self.x[block] += delta
         self._value = None
         if self.sparse:
-            csr_rows_transpose_product(self.csr.indptr, self.csr.indices, self.csr.data, rows, du, self.g)
+            kernels().csr_rows_transpose_product(self.csr.indptr, self.csr.indices, self.csr.data, rows, du, self.g)
         else:
             self.g += self.dense.T @ du
 
@@ -343,7 +349,7 @@ class QuadraticObjective(Objective):
             self.Q = sp.csc_array(Q, dtype=np.float64)
             self.Q.sort_indices()
             n = self.Q.shape[0]
-            self._marker = empty_marker(n)
+            self._marker = kernels().empty_marker(n)
             self._rows_ws = np.empty(n, dtype=np.int64)
             self._vals_ws = np.empty(n)
             self._scatter = np.zeros(n)
@@ -358,7 +364,7 @@ class QuadraticObjective(Objective):
     def _column_change(self, block: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Rows touched by ``Q[:, b] delta``, the change on them and ``delta^T Q_bb delta``."""
         if self.sparse:
-            count = csc_block_product(
+            count = kernels().csc_block_product(
                 self.Q.indptr, self.Q.indices, self.Q.data, block, delta, self._marker, self._rows_ws, self._vals_ws
             )
             rows, dz = self._rows_ws[:count].copy(), self._vals_ws[:count].copy()

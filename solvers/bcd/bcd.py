@@ -24,7 +24,6 @@ from optkit.result import Status
 from optkit.solver import IterativeSolver
 from optkit.validation import check_choice, check_int
 
-from ._forest import graph_of
 from ._objectives import (
     LinearModelObjective,
     Objective,
@@ -271,6 +270,8 @@ class BCD(IterativeSolver):
         matrix = problem.matrix if isinstance(problem, LinearSystemProblem) else None
         graph = None
         if rule.needs_quadratic:
+            from ._forest import graph_of
+
             # canonical CSR: belief propagation reads a block's rows in time linear in the block
             matrix = sp.csr_array(matrix)
             matrix.sum_duplicates()

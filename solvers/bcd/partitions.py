@@ -44,9 +44,6 @@ from typing import Any
 
 import numpy as np
 
-from ._forest import forest_partition, greedy_forest, random_forest, red_black_blocks
-from ._gabp import solve_forest
-
 __all__ = ["PARTITIONS", "PartitionData", "PartitionRule", "avg_blocks", "order_blocks", "sort_blocks"]
 
 
@@ -112,19 +109,45 @@ def avg_blocks(data: PartitionData) -> list[np.ndarray]:
     return [np.sort(order[k::n_blocks]) for k in range(n_blocks)]
 
 
+# the forest and belief-propagation modules are numba kernels: imported at the first solve, not
+# when the solver registry is
+
+
+def _red_black(data: PartitionData) -> list[np.ndarray]:
+    from ._forest import red_black_blocks
+
+    return red_black_blocks(data.graph)
+
+
+def _forest_cover(data: PartitionData) -> list[np.ndarray]:
+    from ._forest import forest_partition
+
+    return forest_partition(data.graph)
+
+
 def _scored_forest(score: Callable[[Any], np.ndarray]) -> Callable[[PartitionData, Any], np.ndarray]:
     def choose(data: PartitionData, run: Any) -> np.ndarray:
+        from ._forest import greedy_forest
+
         return greedy_forest(data.graph, score(run))
 
     return choose
 
 
 def _random_forest(data: PartitionData, run: Any) -> np.ndarray:
+    from ._forest import random_forest
+
     return random_forest(data.graph, data.rng)
 
 
+def _belief_propagation(Q: Any, rhs: np.ndarray, block: np.ndarray) -> np.ndarray:
+    from ._gabp import solve_forest
+
+    return solve_forest(Q, rhs, block)
+
+
 def _forest_rule(kind: str, **rule: Any) -> PartitionRule:
-    return PartitionRule(kind, needs_quadratic=True, block_solver=solve_forest, **rule)
+    return PartitionRule(kind, needs_quadratic=True, block_solver=_belief_propagation, **rule)
 
 
 #: name -> rule; unknown names are refused by ``BCD.validate`` with this list.
@@ -133,8 +156,8 @@ PARTITIONS: dict[str, PartitionRule] = {
     "sort": PartitionRule("fixed", build=sort_blocks),
     "avg": PartitionRule("fixed", build=avg_blocks),
     "variable": PartitionRule("variable"),
-    "red-black": _forest_rule("fixed", build=lambda data: red_black_blocks(data.graph)),
-    "forest-cover": _forest_rule("fixed", build=lambda data: forest_partition(data.graph)),
+    "red-black": _forest_rule("fixed", build=_red_black),
+    "forest-cover": _forest_rule("fixed", build=_forest_cover),
     "forest-gs": _forest_rule("dynamic", choose=_scored_forest(lambda run: np.abs(run.objective.g))),
     "forest-gsl": _forest_rule("dynamic", choose=_scored_forest(lambda run: run.objective.g**2 / run.lipschitz)),
     "forest-random": _forest_rule("dynamic", choose=_random_forest),

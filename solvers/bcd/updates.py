@@ -46,9 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from ._kernels import minimize_gram_l1
 from ._nonneg_l1 import projected_gradient, proximal_newton, two_metric_projection
-from ._objectives import psd_solver
+from ._objectives import kernels, psd_solver
 
 __all__ = ["ARMIJO_C", "UPDATES", "BlockStep", "UpdateRule"]
 
@@ -183,7 +182,7 @@ def prox_newton_update(step: BlockStep) -> np.ndarray:
     hessian = np.ascontiguousarray(step.hessian(), dtype=np.float64)
     v, model_gradient = step.x_b.copy(), step.g_b.copy()
     nonneg = step.penalty.kind == "l1-nonneg"
-    minimize_gram_l1(
+    kernels().minimize_gram_l1(
         hessian, v, model_gradient, step.lam, nonneg=nonneg, max_sweeps=PROX_NEWTON_MAX_SWEEPS, rtol=PROX_NEWTON_RTOL
     )
     direction = v - step.x_b
