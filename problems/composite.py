@@ -18,9 +18,9 @@ with ``x = 0`` optimal (:meth:`~optkit.composite_problem.CompositeProblem.lambda
 then the noise ``e`` standard Gaussian (m,); the Lasso's target is ``b = A x_true + 0.1 e``,
 the logistic labels ``y = sign(A x_true + e)`` (``+1`` where that is 0).
 
-Suite ``lasso-libsvm``: the Lasso on ionosphere_scale, sonar_scale, splice_scale, mushrooms
-and a9a, each at ``lam_ratio`` 0.1 and 0.01 (a9a.t, the test half of a9a, is left out as in
-the ``constrained-logreg`` suite).
+Suites ``lasso-libsvm`` and ``l1-logistic-libsvm``: the Lasso (the L1-logistic regression) on
+ionosphere_scale, sonar_scale, splice_scale, mushrooms and a9a, each at ``lam_ratio`` 0.1 and
+0.01 (a9a.t, the test half of a9a, is left out as in the ``constrained-logreg`` suite).
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ def _resolver(kind: str) -> Callable[[str], Callable[..., CompositeProblem]]:
 for _kind in _KINDS:
     register_problem_family(f"ml/{_kind}", _resolver(_kind))
 
-register_suite(
-    "lasso-libsvm",
-    [f"ml/lasso/{name}:lam_ratio={ratio}" for name in SUITE_DATASETS for ratio in SUITE_LAM_RATIOS],
-)
+for _kind in _KINDS:
+    register_suite(
+        f"{_kind}-libsvm",
+        [f"ml/{_kind}/{name}:lam_ratio={ratio}" for name in SUITE_DATASETS for ratio in SUITE_LAM_RATIOS],
+    )

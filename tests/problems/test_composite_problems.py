@@ -35,9 +35,10 @@ def test_every_libsvm_set_and_synthetic_is_a_member():
         optkit.get_problem("ml/lasso/ionosphere")
 
 
-def test_suite():
-    assert optkit.get_suite("lasso-libsvm") == [
-        f"ml/lasso/{name}:lam_ratio={ratio}"
+@pytest.mark.parametrize("kind", ["lasso", "l1-logistic"])
+def test_suite(kind):
+    assert optkit.get_suite(f"{kind}-libsvm") == [
+        f"ml/{kind}/{name}:lam_ratio={ratio}"
         for name in ("ionosphere_scale", "sonar_scale", "splice_scale", "mushrooms", "a9a")
         for ratio in (0.1, 0.01)
     ]
