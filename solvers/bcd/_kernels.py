@@ -15,7 +15,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["csc_block_product", "csr_rows_transpose_product", "empty_marker", "minimize_gram_l1", "weighted_gram"]
+__all__ = [
+    "csc_block_product",
+    "csr_rows_transpose_product",
+    "empty_marker",
+    "minimize_gram_l1",
+    "weighted_gram",
+    "weighted_gram_columns",
+]
 
 
 @numba.njit(cache=True)
@@ -102,6 +109,29 @@ def weighted_gram(indptr, indices, data, position, weights, size):  # pragma: no
             total = H[k, l] + H[l, k]
             H[k, l] = total
             H[l, k] = total
+    return H
+
+
+@numba.njit(cache=True)
+def weighted_gram_columns(indptr, indices, data, block, weights, scratch):  # pragma: no cover - numba
+    """``A_W^T diag(weights) A_W`` from ``A``'s CSC arrays: column ``k`` of the block is scattered into the
+    zeroed ``scratch`` (m,) and gathered against columns ``k..`` of the block, ``O(|W| nnz(A_W) / 2)``;
+    ``scratch`` is zero again on return."""
+    size = block.shape[0]
+    H = np.zeros((size, size))
+    for k in range(size):
+        j = block[k]
+        for p in range(indptr[j], indptr[j + 1]):
+            scratch[indices[p]] = weights[indices[p]] * data[p]
+        for l in range(k, size):
+            other = block[l]
+            total = 0.0
+            for p in range(indptr[other], indptr[other + 1]):
+                total += scratch[indices[p]] * data[p]
+            H[k, l] = total
+            H[l, k] = total
+        for p in range(indptr[j], indptr[j + 1]):
+            scratch[indices[p]] = 0.0
     return H
 
 

@@ -107,8 +107,10 @@ def kernels():
 
 #: entries of one chunk of ``A^T A`` formed at a time by :func:`gram_abs_row_sums` (32 MiB)
 _GRAM_CHUNK_ENTRIES = 2**22
-#: a sparse block whose columns hold more than this share of A's entries has its Gram formed row by row
-ROWWISE_GRAM_SHARE = 0.05
+#: a sparse ``A`` with more than this share of non-zeros is kept dense
+DENSE_ABOVE = 0.25
+#: a sparse block whose columns hold more than this share of A's entries has its Gram formed by a numba kernel
+KERNEL_GRAM_SHARE = 0.05
 
 
 def gram_abs_row_sums(A) -> np.ndarray:
@@ -195,7 +197,8 @@ class LinearModelObjective(Objective):
     Parameters
     ----------
     A : ndarray or scipy sparse, shape (m, n), float64
-        Kept as CSC (columns) and CSR (rows) when sparse, Fortran-ordered when dense.
+        Kept as CSC (columns) and CSR (rows) when sparse with at most :data:`DENSE_ABOVE` non-zeros,
+        else Fortran-ordered dense.
     target : ndarray (m,)
     kind : {"quadratic", "logistic"}
     x0 : ndarray (n,)
@@ -211,6 +214,9 @@ class LinearModelObjective(Objective):
     def __init__(self, A, target: np.ndarray, kind: str, x0: np.ndarray) -> None:
         self.kind = kind
         self.is_quadratic = kind == "quadratic"
+        if sp.issparse(A) and A.nnz > DENSE_ABOVE * A.shape[0] * A.shape[1]:
+            # mostly non-zero (the scaled LIBSVM sets): BLAS on a dense copy beats the sparse kernels
+            A = A.toarray()
         self.sparse = sp.issparse(A)
         if self.sparse:
             self.csc = sp.csc_array(A, dtype=np.float64)
@@ -234,16 +240,26 @@ class LinearModelObjective(Objective):
     def _gram(self, block: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """``A_b^T diag(weights) A_b`` as a dense (b, b) array.
 
-        Sparse ``A``: a block holding more than :data:`ROWWISE_GRAM_SHARE` of the entries (a
-        working set) is formed row by row (:func:`~._kernels.weighted_gram`: ``O(nnz(A) + sum_i nnz_b(a_i)^2)``),
-        a smaller one by a sparse product of its columns.
+        Sparse ``A``: a block holding more than :data:`KERNEL_GRAM_SHARE` of the entries (a
+        working set) is formed by the cheaper of two numba kernels, by columns
+        (:func:`~._kernels.weighted_gram_columns`, ``~|b| nnz(A_b) / 2``) or by rows
+        (:func:`~._kernels.weighted_gram`, ``nnz(A) + sum_i nnz_b(a_i)^2 / 2``); a smaller one
+        by a sparse product of its columns.
         """
         if self.sparse:
             indptr = self.csc.indptr
-            if (indptr[block + 1] - indptr[block]).sum() > ROWWISE_GRAM_SHARE * self.csc.nnz:
+            block_entries = int((indptr[block + 1] - indptr[block]).sum())
+            if block_entries > KERNEL_GRAM_SHARE * self.csc.nnz:
+                w = np.ones(self.m) if weights is None else np.asarray(weights, dtype=np.float64)
+                by_columns = block.shape[0] * block_entries / 2
+                by_rows = self.csc.nnz + block_entries**2 / (2 * self.m)
+                if by_columns <= by_rows:
+                    csc = self.csc
+                    return kernels().weighted_gram_columns(
+                        csc.indptr, csc.indices, csc.data, block, w, np.zeros(self.m)
+                    )
                 position = np.full(self.n, -1, dtype=np.int64)
                 position[block] = np.arange(block.shape[0])
-                w = np.ones(self.m) if weights is None else np.asarray(weights, dtype=np.float64)
                 csr = self.csr
                 return kernels().weighted_gram(csr.indptr, csr.indices, csr.data, position, w, block.shape[0])
             Ab = self.csc[:, block]
@@ -285,7 +301,12 @@ class LinearModelObjective(Objective):
         self.u[rows] = u_new
         self.x[block] += delta
         self._value = None
-        if self.sparse:
+        if self.sparse and 2 * rows.shape[0] > self.m:
+            # most rows touched (a large working set): one pass over the CSC columns reads A in order
+            change = np.zeros(self.m)
+            change[rows] = du
+            self.g += self.csc.T @ change
+        elif self.sparse:
             kernels().csr_rows_transpose_product(self.csr.indptr, self.csr.indices, self.csr.data, rows, du, self.g)
         else:
             self.g += self.dense.T @ du
@@ -293,8 +314,12 @@ class LinearModelObjective(Objective):
     def coordinate_lipschitz(self) -> np.ndarray:
         if self.sparse:
             # ||a_i||^2 straight from the CSC arrays: a sparse elementwise product costs ~5x more
-            columns = np.repeat(np.arange(self.n), np.diff(self.csc.indptr))
-            return self.curvature * np.bincount(columns, weights=self.csc.data**2, minlength=self.n)
+            indptr = self.csc.indptr
+            norms = np.zeros(self.n)
+            filled = np.flatnonzero(np.diff(indptr))
+            if filled.size:
+                norms[filled] = np.add.reduceat(self.csc.data**2, indptr[filled])
+            return self.curvature * norms
         return self.curvature * (self.dense * self.dense).sum(axis=0)
 
     def bound_matrix(self, block: np.ndarray) -> np.ndarray:

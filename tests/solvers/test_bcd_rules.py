@@ -13,7 +13,7 @@ from optkit.composite_problem import CompositeProblem, L1NonNegative, QuadraticD
 from optkit.result import Status
 from solvers.bcd import BCD
 from solvers.bcd._forest import is_forest
-from solvers.bcd._kernels import minimize_gram_l1, weighted_gram
+from solvers.bcd._kernels import minimize_gram_l1, weighted_gram, weighted_gram_columns
 from solvers.bcd.selection import working_set
 from solvers.bcd.updates import BlockStep, exact_update
 
@@ -75,16 +75,21 @@ def test_a_sweep_is_exact_coordinate_minimisations_in_order():
     np.testing.assert_allclose(w, v, rtol=1e-12, atol=1e-15)
 
 
-def test_weighted_gram_from_rows_equals_the_dense_product():
+def test_weighted_gram_by_rows_and_by_columns_equals_the_dense_product():
     problem = logistic(m=70, n=15, sparse=True)
-    csr = sp.csr_array(problem.matrix)
+    csr, csc = sp.csr_array(problem.matrix), sp.csc_array(problem.matrix)
     block = np.array([0, 3, 4, 9, 14])
     position = np.full(problem.n, -1, dtype=np.int64)
     position[block] = np.arange(block.size)
     weights = np.random.default_rng(2).random(problem.m)
-    H = weighted_gram(csr.indptr, csr.indices, csr.data, position, weights, block.size)
     dense = problem.matrix.toarray()[:, block]
-    np.testing.assert_allclose(H, dense.T @ (weights[:, None] * dense), rtol=1e-13, atol=1e-15)
+    expected = dense.T @ (weights[:, None] * dense)
+    by_rows = weighted_gram(csr.indptr, csr.indices, csr.data, position, weights, block.size)
+    scratch = np.zeros(problem.m)
+    by_columns = weighted_gram_columns(csc.indptr, csc.indices, csc.data, block, weights, scratch)
+    np.testing.assert_allclose(by_rows, expected, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(by_columns, expected, rtol=1e-13, atol=1e-15)
+    assert not scratch.any()
 
 
 # ------------------------------------------------------------------ forest blocks
