@@ -55,6 +55,8 @@ _EXTRAS = {
     "galore_torch": ("llm", "pip install 'optkit[llm]'"),
     "pytorch_optimizer": ("curvature", "pip install 'optkit[curvature]'"),
     "cvxpy": ("test", "pip install 'optkit[test]'"),
+    "skglm": ("bcd", "pip install 'optkit[bcd]'"),
+    "celer": ("bcd", "pip install 'optkit[bcd]'"),
 }
 
 
