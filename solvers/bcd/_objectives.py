@@ -245,7 +245,8 @@ class LinearModelObjective(Objective):
         self.u = _row_derivative(kind, self.z, self.t) / self.m
         self.g = np.asarray(A.T @ self.u, dtype=np.float64).ravel()
         self._bound_norm = None
-        self._value = None
+        self._losses = _row_loss(kind, self.z, self.t)
+        self._last_trial = None
 
     def _gram(self, block: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """``A_b^T diag(weights) A_b`` as a dense (b, b) array.
@@ -294,23 +295,34 @@ class LinearModelObjective(Objective):
             return self._rows_ws[:count].copy(), self._vals_ws[:count].copy()
         return np.arange(self.m), self.dense[:, block] @ delta
 
+    def _trial(self, block: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rows, A_b delta on them, the new per-row losses there)``; the last trial is kept, so
+        the update after a line search accepts its step does not form the product again."""
+        last = self._last_trial
+        if last is not None and np.array_equal(last[0], block) and np.array_equal(last[1], delta):
+            return last[2]
+        rows, dz = self._touched(block, delta)
+        trial = rows, dz, _row_loss(self.kind, self.z[rows] + dz, self.t[rows])
+        self._last_trial = (block.copy(), delta.copy(), trial)
+        return trial
+
     def change(self, block: np.ndarray, delta: np.ndarray) -> float:
         """``f(x + delta on block) - f(x)``, from the touched rows only (nothing is updated)."""
-        rows, dz = self._touched(block, delta)
-        z_old, t = self.z[rows], self.t[rows]
-        return float((_row_loss(self.kind, z_old + dz, t) - _row_loss(self.kind, z_old, t)).sum()) / self.m
+        rows, _, losses = self._trial(block, delta)
+        # summed from per-row changes: near a solution f moves by less than its own rounding error
+        return float((losses - self._losses[rows]).sum()) / self.m
 
     def update(self, block: np.ndarray, delta: np.ndarray) -> None:
         """``x[block] += delta``, keeping ``z``, ``g`` and ``f`` exact."""
-        rows, dz = self._touched(block, delta)
-        z_old, t = self.z[rows], self.t[rows]
-        z_new = z_old + dz
-        u_new = _row_derivative(self.kind, z_new, t) / self.m
+        rows, dz, losses = self._trial(block, delta)
+        self._last_trial = None
+        z_new = self.z[rows] + dz
+        u_new = _row_derivative(self.kind, z_new, self.t[rows]) / self.m
         du = u_new - self.u[rows]
         self.z[rows] = z_new
         self.u[rows] = u_new
+        self._losses[rows] = losses
         self.x[block] += delta
-        self._value = None
         if self.sparse and 2 * rows.shape[0] > self.m:
             # most rows touched (a large working set): one pass over the CSC columns reads A in order
             change = np.zeros(self.m)
@@ -338,8 +350,9 @@ class LinearModelObjective(Objective):
     def hessian(self, block: np.ndarray) -> np.ndarray:
         if self.is_quadratic:
             return self.bound_matrix(block)
-        s = np.exp(-np.logaddexp(0.0, self.z) - np.logaddexp(0.0, -self.z))  # sigma(z) sigma(-z)
-        return self._gram(block, s) / self.m
+        # sigma(z) sigma(-z) = p (1 - p) with p = sigma(-t z) = -t m u, from the maintained derivative
+        p = -self.t * self.u * self.m
+        return self._gram(block, p * (1.0 - p)) / self.m
 
     def bound_matvec(self, v: np.ndarray) -> np.ndarray:
         A = self.csc if self.sparse else self.dense
@@ -349,10 +362,8 @@ class LinearModelObjective(Objective):
         return self.curvature * gram_abs_row_sums(self.csc if self.sparse else self.dense)
 
     def value(self) -> float:
-        """``f(x)`` from ``z``, ``O(m)`` once per update (kept until the next one)."""
-        if self._value is None:
-            self._value = float(_row_loss(self.kind, self.z, self.t).sum()) / self.m
-        return self._value
+        """``f(x)``, the sum of the per-row losses kept at the predictions ``z``."""
+        return float(self._losses.sum()) / self.m
 
     def dual_point(self) -> np.ndarray:
         """``u = L'(z)`` (with the ``1/m``), the datafit's gradient at the predictions."""
