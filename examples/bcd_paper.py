@@ -1,10 +1,13 @@
 """Reproduce the comparisons of Nutini, Laradji and Schmidt's block coordinate descent paper.
 
-Runs ``bcd`` with the paper's rules on its problems A-E (``optkit bench bcd-paper``, 500
-block updates, the paper's block sizes), prints ``(F - F*) / (F(x0) - F*)`` after the last
-update for every configuration, checks the paper's qualitative claims one by one (stating
-where they do not hold), and plots ``F - F*`` against the iteration for one problem and block
-size (the paper's figure layout: one panel per comparison).
+Runs ``bcd`` with the paper's rules on its problems A-E (``optkit bench bcd-paper``, at most
+500 block updates, the paper's block sizes, stopped by the paper's rule ``f - f* < 1e-8`` in its
+scaling: ``F - F* < 1e-8 / m`` for A-C, whose ``F`` is the paper's ``f`` divided by ``m``),
+prints for every configuration the block updates it needed (``it 181``) or, when it did not
+get there, ``(F - F*) / (F(x0) - F*)`` after the last update, checks the paper's qualitative
+claims one by one (fewer updates, or a lower final gap, is "ahead"; stating where they do not
+hold), and plots ``F - F*`` against the iteration for one problem and block size (the paper's
+figure layout: one panel per comparison).
 
     python examples/bcd_paper.py                          # all six problems, tau = 5, 50, 100
     python examples/bcd_paper.py --problems A D --block-sizes 5 --plot bcd.png
@@ -81,14 +84,17 @@ def run(problems: list[str], block_sizes: list[int] | None, max_iter: int, small
     results = {}
     for name in problems:
         spec = SMALL[name] if small else f"bcd/{name}"
-        sizes = block_sizes or list(optkit.get_problem(spec).metadata["block_sizes"])
+        metadata = optkit.get_problem(spec).metadata
+        sizes = block_sizes or list(metadata["block_sizes"])
+        # the paper stops at f - f* < 1e-8 in its scaling; A-C's F here is its f / m
+        tol = 1e-8 / metadata["m"] if name in (*SMOOTH, "A-l1") else 1e-8
         for tau in sizes:
             labels = {label: options for group in groups_for(name).values() for label, options in group.items()}
             specs = {label: f"bcd:{options},block_size={tau}" for label, options in labels.items()}
             bench = run_benchmark(
                 spec,
                 list(specs.values()),
-                solver_options={"max_iter": max_iter, "tol": 1e-14, "stop_on": "f_gap"},
+                solver_options={"max_iter": max_iter, "tol": tol, "stop_on": "f_gap"},
                 out_dir=None if out is None else out / f"{name}-tau{tau}",
                 progress=False,
             )
@@ -102,6 +108,15 @@ def final(run: Run) -> float:
     return gaps[-1] if run.completed and gaps else math.nan
 
 
+def standing(run: Run) -> tuple[float, float]:
+    """``(block updates to the paper's tolerance, or inf, final relative gap)``: smaller is ahead."""
+    return (run.nit if run.status == "converged" else math.inf), final(run)
+
+
+def cell(run: Run) -> str:
+    return f"it {run.nit}" if run.status == "converged" else f"{final(run):.1e}"
+
+
 def claims(results: dict) -> list[tuple[str, bool]]:
     """Each qualitative claim on each (problem, tau): (statement, whether it holds here)."""
     out = []
@@ -109,8 +124,10 @@ def claims(results: dict) -> list[tuple[str, bool]]:
     def ahead(problem, tau, better, worse, what):
         runs = results[problem, tau]
         if better in runs and worse in runs:
-            a, b = final(runs[better]), final(runs[worse])
-            out.append((f"{problem} tau={tau}: {what}: {better} {a:.2e} vs {worse} {b:.2e}", a <= b))
+            a, b = runs[better], runs[worse]
+            out.append(
+                (f"{problem} tau={tau}: {what}: {better} {cell(a)} vs {worse} {cell(b)}", standing(a) <= standing(b))
+            )
 
     for problem, tau in results:
         if problem in SMOOTH:
@@ -134,7 +151,7 @@ def table(results: dict) -> str:
     columns = [f"{p} t={t}" for p, t in results]
     lines = [" | ".join(["configuration", *columns]), " | ".join(["---"] * (len(columns) + 1))]
     for label in labels:
-        cells = [f"{final(runs[label]):.1e}" if label in runs else "" for runs in results.values()]
+        cells = [cell(runs[label]) if label in runs else "" for runs in results.values()]
         lines.append(" | ".join([label, *cells]))
     return "\n".join(lines)
 

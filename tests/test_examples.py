@@ -381,9 +381,13 @@ def test_bcd_paper_example_checks_the_claims_and_plots(tmp_path):
     )
     table = [line.split(" | ") for line in out.splitlines() if " | " in line]
     assert table[0] == ["configuration", "A t=5", "D t=5", "A-l1 t=5"]
-    gaps = {row[0]: row[1:] for row in table[2:]}
-    # every configuration that applies reduced F - F* below its start (the table's ratio < 1)
-    assert all(0 <= float(cell) < 1 for cells in gaps.values() for cell in cells if cell)
-    assert float(gaps["VB gs-q pn"][2]) < float(gaps["VB gs-q pg"][2])
+    cells = {row[0]: row[1:] for row in table[2:]}
+
+    def standing(cell):  # "it 37": reached the paper's tolerance in 37 updates; else the final relative gap
+        return (int(cell[3:]), 0.0) if cell.startswith("it ") else (math.inf, float(cell))
+
+    # every configuration that applies either reached the tolerance within 100 updates or lowered F - F*
+    assert all(standing(c)[0] <= 100 or 0 <= standing(c)[1] < 1 for row in cells.values() for c in row if c)
+    assert standing(cells["VB gs-q pn"][2]) < standing(cells["VB gs-q pg"][2])
     assert "comparisons agree with the paper" in out
     assert (tmp_path / "bcd.png").stat().st_size > 10_000
