@@ -126,12 +126,16 @@ def test_torch_problems_without_dense_work_are_refused():
     assert BCD().check(sparse.to("torch")) is None  # densified by CompositeProblem.to
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("kind", ["softmax", "logistic"])
-def test_cuda_run_gives_the_cpu_iterates(kind):
+def test_a_torch_run_on_the_device_gives_the_numpy_iterates(kind, device):
     problem = PROBLEMS[kind]()
-    solver = BCD(partition="variable", selection="gsl", update="matrix", block_size=4, max_iter=50, tol=0.0)
-    on_cpu = solver.solve(problem)
-    on_cuda = solver.solve(problem.to("torch", device="cuda"))
-    assert on_cuda.x.device.type == "cuda"
-    np.testing.assert_allclose(on_cuda.x.cpu().numpy(), on_cpu.x, rtol=SAME_RUN_RTOL, atol=1e-12)
+    # tol far below reach: both runs make the same 50 updates
+    solver = BCD(partition="variable", selection="gsl", update="matrix", block_size=4, max_iter=50, tol=1e-300)
+    on_numpy = solver.solve(problem)
+    on_device = solver.solve(problem.to("torch", device=device))
+    assert on_device.x.device.type == device and on_device.nit == on_numpy.nit == 50
+    np.testing.assert_allclose(on_device.x.cpu().numpy(), on_numpy.x, rtol=SAME_RUN_RTOL, atol=1e-12)
