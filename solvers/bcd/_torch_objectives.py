@@ -3,9 +3,10 @@
 Same interface and semantics as :class:`~._objectives.LinearModelObjective` (dense ``A``) and
 :class:`~._objectives.SoftmaxObjective`; only where things live differs:
 
-* on the problem's device, in its dtype: ``A`` (kept transposed, ``(n, m)`` contiguous, so a
-  block's columns are contiguous rows), the predictions ``z`` (softmax: the logits ``(N, k)``),
-  ``u = L'(z)`` and the softmax residual ``P - Y``;
+* on the problem's device, in its dtype: ``A`` (as given, row-major: torch's CPU products
+  ``A^T u`` and ``R^T A`` run 20-25% faster on it than on a column-major copy, and no copy is
+  made), the predictions ``z`` (softmax: the logits ``(N, k)``), ``u = L'(z)`` and the softmax
+  residual ``P - Y``;
 * on the host, numpy float64: the iterate ``x``, the full gradient ``g`` and every ``(b, b)``
   matrix (``bound_matrix``, ``hessian``), so the rules of :mod:`.selection` and :mod:`.updates`
   run unchanged on ``np.*``.
@@ -38,13 +39,13 @@ def _host(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to("cpu", torch.float64).numpy()
 
 
-def _gram_abs_row_sums(At: torch.Tensor) -> np.ndarray:
-    """``sum_j |(A^T A)_ij|`` from ``At = A^T`` (n, m) on its device, a chunk of rows at a time; (n,) float64."""
-    n = At.shape[0]
+def _gram_abs_row_sums(A: torch.Tensor) -> np.ndarray:
+    """``sum_j |(A^T A)_ij|`` for every column of ``A`` (m, n) on its device, a chunk of columns at a time; (n,)."""
+    n = A.shape[1]
     chunk = max(1, _GRAM_CHUNK_ENTRIES // n)
     out = np.empty(n)
     for start in range(0, n, chunk):
-        out[start : start + chunk] = _host((At[start : start + chunk] @ At.T).abs().sum(dim=1))
+        out[start : start + chunk] = _host((A.T @ A[:, start : start + chunk]).abs().sum(dim=0))
     return out
 
 
@@ -102,26 +103,26 @@ class TorchLinearModelObjective(_TorchObjective):
         self.kind = kind
         self.is_quadratic = kind == "quadratic"
         self.device, self.dtype = A.device, A.dtype
-        self.At = A.T.contiguous()
+        self.A = A.contiguous()
         self.m = int(A.shape[0])
         self.t = torch.as_tensor(target, device=self.device).to(self.dtype)
         self.curvature = (1.0 if self.is_quadratic else 0.25) / self.m
         self.x = np.array(x0, dtype=np.float64)
-        self.z = self._vector(self.x) @ self.At
+        self.z = self.A @ self._vector(self.x)
         self.u = _row_derivative(kind, self.z, self.t) / self.m
-        self._g = self.At @ self.u
+        self._g = self.A.T @ self.u
         self.g = _host(self._g)
         self._bound_norm = None
         self._value = None
 
     def _gram(self, block: np.ndarray, weights: torch.Tensor | None = None) -> np.ndarray:
         """``A_b^T diag(weights) A_b`` (b, b), formed on the device."""
-        Abt = self.At[self._index(block)]
-        return _host((Abt if weights is None else Abt * weights) @ Abt.T)
+        Ab = self.A[:, self._index(block)]
+        return _host((Ab.T if weights is None else Ab.T * weights) @ Ab)
 
     def _dz(self, block: np.ndarray, delta: np.ndarray) -> torch.Tensor:
         """``A_b delta`` (m,) on the device."""
-        return self._vector(delta) @ self.At[self._index(block)]
+        return self.A[:, self._index(block)] @ self._vector(delta)
 
     def change(self, block: np.ndarray, delta: np.ndarray) -> float:
         """``f(x + delta on block) - f(x)`` (nothing is updated)."""
@@ -132,14 +133,14 @@ class TorchLinearModelObjective(_TorchObjective):
         """``x[block] += delta``, keeping ``z``, ``u`` and ``g`` exact: two GEMVs on the device."""
         self.z += self._dz(block, delta)
         u_new = _row_derivative(self.kind, self.z, self.t) / self.m
-        self._g += self.At @ (u_new - self.u)
+        self._g += self.A.T @ (u_new - self.u)
         self.u = u_new
         self.x[block] += delta
         self.g = _host(self._g)
         self._value = None
 
     def coordinate_lipschitz(self) -> np.ndarray:
-        return self.curvature * _host((self.At * self.At).sum(dim=1))
+        return self.curvature * _host((self.A * self.A).sum(dim=0))
 
     def bound_matrix(self, block: np.ndarray) -> np.ndarray:
         return self.curvature * self._gram(block)
@@ -152,10 +153,10 @@ class TorchLinearModelObjective(_TorchObjective):
         return self._gram(block, s) / self.m
 
     def bound_matvec(self, v: np.ndarray) -> np.ndarray:
-        return self.curvature * _host(self.At @ (self._vector(v) @ self.At))
+        return self.curvature * _host(self.A.T @ (self.A @ self._vector(v)))
 
     def bound_abs_row_sums(self) -> np.ndarray:
-        return self.curvature * _gram_abs_row_sums(self.At)
+        return self.curvature * _gram_abs_row_sums(self.A)
 
     def value(self) -> float:
         """``f(x)`` from ``z``, one scalar to the host per update (kept until the next one)."""
@@ -169,8 +170,8 @@ class TorchLinearModelObjective(_TorchObjective):
 
     def recomputed(self) -> dict:
         """``z`` (device), ``g`` (numpy) and ``f`` formed from scratch at ``x`` (for checks)."""
-        z = self._vector(self.x) @ self.At
-        g = self.At @ (_row_derivative(self.kind, z, self.t) / self.m)
+        z = self.A @ self._vector(self.x)
+        g = self.A.T @ (_row_derivative(self.kind, z, self.t) / self.m)
         return {"z": z, "g": _host(g), "f": float(_row_loss(self.kind, z, self.t).sum()) / self.m}
 
 
@@ -200,8 +201,8 @@ class TorchSoftmaxObjective(_TorchObjective):
 
     def __init__(self, A: torch.Tensor, y, n_classes: int, lam: float, bias: bool, x0: np.ndarray) -> None:
         self.device, self.dtype = A.device, A.dtype
-        self.At = A.T.contiguous()
-        self.width, self.N = self.At.shape
+        self.A = A.contiguous()
+        self.N, self.width = self.A.shape
         self.k = int(n_classes)
         self.lam = float(lam)
         self.mask = np.ones(self.width)
@@ -210,7 +211,7 @@ class TorchSoftmaxObjective(_TorchObjective):
         self.labels = torch.as_tensor(y, device=self.device).to(torch.int64)
         self._rows = torch.arange(self.N, device=self.device)
         self.x = np.array(x0, dtype=np.float64)
-        self.z = (self._vector(self._W()) @ self.At).T
+        self.z = self.A @ self._vector(self._W()).T
         self._refresh()
         self._bound_norm = None
 
@@ -234,7 +235,7 @@ class TorchSoftmaxObjective(_TorchObjective):
         """The residual ``P - Y`` (N, k) on the device and the full gradient (k n,) on the host."""
         R = torch.exp(Z - lse[:, None])
         R[self._rows, self.labels] -= 1.0
-        data = _host(self.At @ R).T / self.N
+        data = _host(R.T @ self.A) / self.N
         return R, (data + self.lam * W * self.mask).ravel()
 
     def _refresh(self) -> None:
@@ -246,7 +247,7 @@ class TorchSoftmaxObjective(_TorchObjective):
         classes, columns = np.divmod(block, self.width)
         scatter = np.zeros((block.shape[0], self.k))
         scatter[np.arange(block.shape[0]), classes] = delta
-        return (self._vector(scatter).T @ self.At[self._index(columns)]).T
+        return self.A[:, self._index(columns)] @ self._vector(scatter)
 
     def change(self, block: np.ndarray, delta: np.ndarray) -> float:
         W = self._W().copy()
@@ -261,7 +262,7 @@ class TorchSoftmaxObjective(_TorchObjective):
         self._refresh()
 
     def coordinate_lipschitz(self) -> np.ndarray:
-        squares = _host((self.At * self.At).sum(dim=1))
+        squares = _host((self.A * self.A).sum(dim=0))
         return np.tile(0.25 * squares / self.N + self.lam * self.mask, self.k)
 
     def _regulariser(self, block: np.ndarray) -> np.ndarray:
@@ -269,34 +270,34 @@ class TorchSoftmaxObjective(_TorchObjective):
 
     def bound_matrix(self, block: np.ndarray) -> np.ndarray:
         classes, columns = np.divmod(block, self.width)
-        Abt = self.At[self._index(columns)]
+        Ab = self.A[:, self._index(columns)]
         coupling = 0.5 * ((classes[:, None] == classes[None, :]) - 1.0 / self.k)
-        return coupling * _host(Abt @ Abt.T) / self.N + self._regulariser(block)
+        return coupling * _host(Ab.T @ Ab) / self.N + self._regulariser(block)
 
     def hessian(self, block: np.ndarray) -> np.ndarray:
         classes, columns = np.divmod(block, self.width)
-        Abt = self.At[self._index(columns)]
+        Ab = self.A[:, self._index(columns)]
         P = self._residual.clone()
         P[self._rows, self.labels] += 1.0  # back from P - Y to P
-        weighted = Abt * P[:, self._index(classes)].T
+        weighted = Ab * P[:, self._index(classes)]
         same = classes[:, None] == classes[None, :]
-        return (same * _host(weighted @ Abt.T) - _host(weighted @ weighted.T)) / self.N + self._regulariser(block)
+        return (same * _host(weighted.T @ Ab) - _host(weighted.T @ weighted)) / self.N + self._regulariser(block)
 
     def bound_matvec(self, v: np.ndarray) -> np.ndarray:
         V = v.reshape(self.k, self.width)
         centred = self._vector(V - V.mean(axis=0, keepdims=True))
-        data = _host((centred @ self.At) @ self.At.T)
+        data = _host((centred @ self.A.T) @ self.A)
         return (0.5 * data / self.N + self.lam * V * self.mask).ravel()
 
     def bound_abs_row_sums(self) -> np.ndarray:
         # sum over classes of |(delta_cc' - 1/k) / 2| is (k - 1) / k; the diagonal's lam adds
-        row = (1.0 - 1.0 / self.k) * _gram_abs_row_sums(self.At) / self.N + self.lam * self.mask
+        row = (1.0 - 1.0 / self.k) * _gram_abs_row_sums(self.A) / self.N + self.lam * self.mask
         return np.tile(row, self.k)
 
     def recomputed(self) -> dict:
         """The logits ``z`` (device), ``g`` (numpy) and ``f`` formed from scratch at ``x`` (for checks)."""
         W = self._W()
-        Z = (self._vector(W) @ self.At).T
+        Z = self.A @ self._vector(W).T
         value, lse = self._loss(Z, W)
         _, g = self._gradient(Z, lse, W)
         return {"z": Z, "g": g, "f": value}
