@@ -35,6 +35,12 @@ Comparisons (each anchored on the CPU baseline of the same run):
   after the steps (the sharded step must equal the unsharded one; ``--small``: llama-micro,
   gloo). A smoke test: several GPUs are needed for a sharding figure.
 
+* BCD (issue 12): ``bcd`` on the paper's problem C (``bcd/C``: softmax regression, A 1000 x
+  1000 dense, 50 classes) with variable blocks of 50, GSL selection and the matrix update, 100
+  block updates: seconds per update (after the set-up, median over ``--repeat``) on numpy on
+  the CPU (the anchor) against torch on the target (``--small``: ``m=100,d=40,n_classes=5``).
+  Each update re-forms the (50, 1000) gradient from all the logits: one dense GEMM.
+
 ``--sections`` picks which comparisons run.
 """
 
@@ -275,6 +281,28 @@ def fsdp2_rows(target: str, small: bool) -> list[dict]:
     ]
 
 
+def bcd_rows(target: str, small: bool, repeat: int) -> list[dict]:
+    """``bcd`` on problem C, numpy (CPU) against torch on the target: seconds per block update."""
+    import statistics
+
+    problem = "bcd/C:m=100,d=40,n_classes=5" if small else "bcd/C"
+    options = "partition=variable,selection=gsl,update=matrix,block_size=50"
+    solvers = [f"bcd:{options}", f"bcd@{target}:{options}"]
+    # tol far below reach: every run makes the same 100 updates
+    bench = run_benchmark(
+        [problem], solvers, solver_options={"max_iter": 100, "tol": 1e-300}, repeat=repeat, progress=False
+    )
+    rows, anchor = [], None
+    for solver in solvers:
+        runs = [run for run in bench.runs if run.solver == solver]
+        # the trace's clock from the first record (after init) to the last: the updates alone
+        per_update = statistics.median((run.trace[-1]["time"] - run.trace[0]["time"]) / run.nit for run in runs)
+        anchor = anchor or per_update
+        row = {"problem": f"{problem} (s per update)", "solver": solver.split(":")[0], "status": runs[0].status}
+        rows.append(row | {"nit": runs[0].nit, "time_s": per_update, "ratio": per_update / anchor})
+    return rows
+
+
 def main(target: str, small: bool, repeat: int, sections: list[str]) -> None:
     rows = []
     for name, (problems, solvers, options) in zip(("cg", "ot"), comparisons(small)):
@@ -297,6 +325,8 @@ def main(target: str, small: bool, repeat: int, sections: list[str]) -> None:
         rows.extend(hessian_rows(target, small))
     if "fsdp2" in sections:
         rows.extend(fsdp2_rows(target, small))
+    if "bcd" in sections:
+        rows.extend(bcd_rows(target, small, repeat))
     print(format_summary(rows, note_width=None))
 
 
@@ -305,7 +335,7 @@ if __name__ == "__main__":
     parser.add_argument("--target", default="cuda", choices=("cuda", "torch"), help="where the GPU solvers run")
     parser.add_argument("--small", action="store_true", help="small sizes (CPU smoke test)")
     parser.add_argument("--repeat", type=int, default=3)
-    sections = ["cg", "ot", "galore", "mfac", "hessian", "fsdp2"]
+    sections = ["cg", "ot", "galore", "mfac", "hessian", "fsdp2", "bcd"]
     parser.add_argument("--sections", nargs="+", default=sections, choices=sections)
     args = parser.parse_args()
     main(args.target, args.small, args.repeat, args.sections)

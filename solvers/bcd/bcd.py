@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
+from optkit.backend import convert, to_numpy, torch_or_none
 from optkit.composite_problem import L1, CompositeProblem, L1NonNegative, LogisticDatafit, QuadraticDatafit
 from optkit.finite_sum import FiniteSumProblem
 from optkit.problem import LinearSystemProblem, Problem
@@ -102,7 +103,9 @@ class BCD(IterativeSolver):
     * A linear softmax regression, any ``FiniteSumProblem`` with attributes ``A`` (N, n),
       ``y``, ``n_classes``, ``lam``, ``bias`` (``problems.linear_models.SoftmaxRegression``).
 
-    numpy only (the updates are small, data-dependent scatter operations; no torch backend).
+    On torch (any device, ``A`` dense): the softmax regression and the dense least-squares and
+    logistic composite problems, whose updates are dense GEMVs/GEMMs (:mod:`._torch_objectives`);
+    the rules run on the host. Sparse data and ``LinearSystemProblem`` run on numpy only.
 
     Options
     -------
@@ -137,7 +140,7 @@ class BCD(IterativeSolver):
     """
 
     accepts: ClassVar[tuple] = (CompositeProblem, LinearSystemProblem, FiniteSumProblem)
-    backends: ClassVar[frozenset] = frozenset({"numpy"})
+    backends: ClassVar[frozenset] = frozenset({"numpy", "torch"})
 
     partition: str = "order"
     selection: str | None = None
@@ -217,6 +220,10 @@ class BCD(IterativeSolver):
         return None
 
     def _check_kind(self, problem: Problem) -> str | None:
+        if problem.backend == "torch":
+            reason = self._check_torch(problem)
+            if reason is not None:
+                return reason
         if isinstance(problem, CompositeProblem):
             if not isinstance(problem.datafit, (QuadraticDatafit, LogisticDatafit)):
                 return f"bcd handles QuadraticDatafit and LogisticDatafit, not {problem.datafit!r}"
@@ -241,13 +248,34 @@ class BCD(IterativeSolver):
                 f"bcd accepts a FiniteSumProblem only as linear softmax regression (attributes "
                 f"{', '.join(_SOFTMAX_ATTRIBUTES)}); {type(problem).__name__} lacks some"
             )
-        if not isinstance(problem.A, np.ndarray):
-            return "bcd needs the softmax rows A as a numpy array"
+        if not (isinstance(problem.A, np.ndarray) or problem.backend == "torch"):
+            return "bcd needs the softmax rows A as a numpy array or a dense torch tensor"
+        return None
+
+    @staticmethod
+    def _check_torch(problem: Problem) -> str | None:
+        """Why a torch problem cannot run on torch (``None`` when it can)."""
+        on_torch = (
+            "on torch bcd runs the dense softmax regression and the dense least-squares/logistic "
+            "CompositeProblem (the work there is dense GEMVs); "
+        )
+        if isinstance(problem, LinearSystemProblem):
+            return on_torch + "a LinearSystemProblem (a sparse quadratic) runs on numpy: use problem.to('numpy')"
+        data = problem.matrix if isinstance(problem, CompositeProblem) else getattr(problem, "A", None)
+        if data is None or getattr(data, "layout", None) != torch_or_none().strided:
+            return on_torch + f"problem {problem.name!r} has no dense torch data matrix; use problem.to('numpy')"
         return None
 
     # ------------------------------------------------------------------ the iteration
 
     def _objective(self, problem: Problem, x0: np.ndarray) -> Objective:
+        if problem.backend == "torch":
+            from ._torch_objectives import TorchLinearModelObjective, TorchSoftmaxObjective
+
+            if isinstance(problem, CompositeProblem):
+                kind = "quadratic" if isinstance(problem.datafit, QuadraticDatafit) else "logistic"
+                return TorchLinearModelObjective(problem.matrix, problem.datafit.target, kind, x0)
+            return TorchSoftmaxObjective(problem.A, problem.y, problem.n_classes, problem.lam, problem.bias, x0)
         if isinstance(problem, CompositeProblem):
             kind = "quadratic" if isinstance(problem.datafit, QuadraticDatafit) else "logistic"
             return LinearModelObjective(problem.matrix, np.asarray(problem.datafit.target), kind, x0)
@@ -256,7 +284,7 @@ class BCD(IterativeSolver):
         return SoftmaxObjective(problem.A, np.asarray(problem.y), problem.n_classes, problem.lam, problem.bias, x0)
 
     def init(self, problem: Problem, x0: Any) -> RunState:
-        x0 = np.array(x0, dtype=np.float64)
+        x0 = np.array(to_numpy(x0), dtype=np.float64)
         if x0.shape != (problem.n,) or not np.all(np.isfinite(x0)):
             raise ValueError(f"x0 must be a finite array of shape ({problem.n},), got shape {x0.shape}")
         penalty = _penalty_of(problem)
@@ -363,8 +391,12 @@ class BCD(IterativeSolver):
         return out
 
     def postprocess(self, problem: Problem, state: RunState, status: Status) -> dict[str, Any]:
+        x = state.x.copy()
+        if problem.backend == "torch":
+            # the rules work on a float64 host copy; the solution goes back where the problem lives
+            x = convert(x, "torch", problem.device, problem.dtype)
         return {
-            "x": state.x.copy(),
+            "x": x,
             "extras": {
                 "n_blocks": None if state.blocks is None else len(state.blocks),
                 "stop_on": self._stop_measure(state),
