@@ -220,3 +220,15 @@ def test_the_working_set_is_the_support_then_the_violators():
     np.testing.assert_array_equal(working_set(state), [0, 1, 2, 4])
     state.block_size = 8
     np.testing.assert_array_equal(working_set(state), [0, 1, 2, 4, 5])
+
+
+def test_the_f_gap_stop_on_a_quadratic_with_a_large_optimum_is_free_of_cancellation():
+    import optkit
+
+    problem = optkit.get_problem("bcd/D")  # |F*| ~ 1e9: F(x) - F* by subtraction cannot resolve 1e-8
+    result = BCD(partition="forest-cover", selection="gs", update="exact", tol=1e-8, max_iter=20_000).solve(problem)
+    assert result.status is Status.CONVERGED
+    # evaluate's f_gap is (x - x*)^T Q (x - x*) / 2 from the problem's own x_true
+    gap = problem.evaluate(result.x)["f_gap"]
+    assert 0 <= gap <= 1e-8
+    np.testing.assert_allclose(result.metrics["f_gap"], gap, rtol=1e-6)
