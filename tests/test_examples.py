@@ -69,6 +69,8 @@ def test_gpu_check_runs_on_the_cpu_with_small_sizes():
     assert names == ["adamw", "galore-torch", "galore-adamw", "galore-adamw8bit"]
     assert all(status == "max_iter" for _, _, status in training)
     assert out.count("tok/s, peak") == 4
+    bcd = [(solver, status) for problem, solver, status in table_rows(out) if problem.startswith("bcd/C")]
+    assert bcd == [("bcd", "max_iter"), ("bcd@torch", "max_iter")]
     mfac = [solver for problem, solver, _ in table_rows(out) if problem.startswith("mfac step")]
     assert mfac == ["floor (G x + G^T y)", "optkit MFAC step", "reference step"]
     if has_module("pyhessian"):
