@@ -12,10 +12,8 @@ when asked, in ``O(m)``, ``O(n)`` or ``O(N k)``):
   ``A``, since every row is touched.
 * :class:`QuadraticObjective` (``x^T Q x / 2 - c^T x``): ``g += Q[:, b] delta_b``, the
   entries of the block's columns.
-* :class:`SoftmaxObjective` (mean cross-entropy of ``softmax(A W^T)`` + ``lam/2 ||W_r||^2``,
-  ``x = W.ravel()``): a block update changes the logits of every row, hence every row's
-  probabilities, so the gradient ``(P - Y)^T A / N`` is re-formed from the maintained logits:
-  ``O(N k n)`` per update, the price of a full gradient (no cheaper update exists).
+* :class:`~._softmax_objective.SoftmaxObjective` (its own module): a block update changes the
+  logits of every row, so the gradient is re-formed from the maintained logits, ``O(N k n)``.
 
 Each one also gives the curvature quantities the rules use: coordinate Lipschitz constants
 ``L_i``, the block upper-bound matrix ``H_b`` (``f(x + d) <= f(x) + g_b^T d + d^T H_b d / 2``
@@ -30,12 +28,13 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from optkit.backend import get_namespace, to_numpy
+
 __all__ = [
     "LinearModelObjective",
     "Objective",
     "QuadraticObjective",
     "SeparablePenalty",
-    "SoftmaxObjective",
     "gram_abs_row_sums",
     "psd_solver",
 ]
@@ -114,7 +113,7 @@ KERNEL_GRAM_SHARE = 0.05
 
 
 def gram_abs_row_sums(A) -> np.ndarray:
-    """``sum_j |(A^T A)_ij|`` for every column ``i`` of ``A`` (dense or sparse), exactly.
+    """``sum_j |(A^T A)_ij|`` for every column ``i`` of ``A`` (numpy or torch dense, or scipy sparse), exactly.
 
     ``A^T A`` is formed a chunk of columns at a time (about 4 million entries each), so
     memory stays bounded; the cost is that of the Gram matrix: cheap for sparse ``A``,
@@ -136,7 +135,8 @@ def gram_abs_row_sums(A) -> np.ndarray:
                 sums[filled] = np.add.reduceat(np.abs(part.data), part.indptr[filled])
             out[start:stop] = sums
         else:
-            out[start:stop] = np.abs(A.T @ A[:, start:stop]).sum(axis=0)
+            xp = get_namespace(A)
+            out[start:stop] = to_numpy(xp.sum(xp.abs(A.T @ A[:, start:stop]), axis=0))
     return out
 
 
@@ -454,123 +454,3 @@ class QuadraticObjective(Objective):
     def recomputed(self) -> dict[str, np.ndarray]:
         z = self.Q @ self.x
         return {"z": z, "g": z - self.c, "f": float(0.5 * self.x @ z - self.c @ self.x)}
-
-
-# ------------------------------------------------------------------ softmax
-
-
-class SoftmaxObjective(Objective):
-    """Mean cross-entropy of ``softmax(A W^T)`` plus ``lam/2 ||W_r||_F^2``; ``x = W.ravel()``, ``W`` (k, n).
-
-    Parameters
-    ----------
-    A : ndarray (N, n)
-        Dense rows (with the ones column already appended when ``bias``).
-    y : int array (N,)
-    n_classes : int
-    lam : float
-    bias : bool
-        The last column of ``W`` holds unregularised intercepts.
-    x0 : ndarray (k n,)
-
-    Notes
-    -----
-    Coordinate ``i = c n + j`` is ``W[c, j]``. ``L_i = ||a_j||^2 / (4 N) + lam_j``: the
-    diagonal Hessian entry is ``(1/N) sum p_c (1 - p_c) a_j^2`` and ``p (1 - p) <= 1/4``.
-    ``H_b`` is the block of Bohning's bound ``(1/2)(I_k - 1 1^T / k) (x) A^T A / N + lam``,
-    which dominates the Hessian ``(1/N) sum (diag(p) - p p^T) (x) a a^T`` everywhere (so its
-    diagonal, ``(1 - 1/k)/2 ||a_j||^2/N``, exceeds ``L_i`` when ``k > 2``). Every update
-    costs ``O(N k n)`` (see the module docstring).
-    """
-
-    def __init__(self, A: np.ndarray, y: np.ndarray, n_classes: int, lam: float, bias: bool, x0: np.ndarray) -> None:
-        self.A = np.ascontiguousarray(A, dtype=np.float64)
-        self.N, self.width = self.A.shape
-        self.k = int(n_classes)
-        self.lam = float(lam)
-        self.mask = np.ones(self.width)
-        if bias:
-            self.mask[-1] = 0.0
-        self.labels = np.asarray(y, dtype=np.int64)
-        self.x = np.array(x0, dtype=np.float64)
-        self.z = self.A @ self._W().T
-        self._refresh()
-        self._bound_norm = None
-
-    def _W(self) -> np.ndarray:
-        return self.x.reshape(self.k, self.width)
-
-    def value(self) -> float:
-        """``f(x)``, formed from the logits at the last update."""
-        return self._value
-
-    def _loss(self, Z: np.ndarray, W: np.ndarray) -> tuple[float, np.ndarray]:
-        top = Z.max(axis=1, keepdims=True)
-        lse = top[:, 0] + np.log(np.exp(Z - top).sum(axis=1))
-        data = float((lse - Z[np.arange(self.N), self.labels]).mean())
-        Wr = W * self.mask
-        return data + 0.5 * self.lam * float((Wr * Wr).sum()), lse
-
-    def _refresh(self) -> None:
-        W = self._W()
-        self._value, lse = self._loss(self.z, W)
-        R = np.exp(self.z - lse[:, None])
-        R[np.arange(self.N), self.labels] -= 1.0
-        self._residual = R  # P - Y
-        self.g = ((R.T @ self.A) / self.N + self.lam * W * self.mask).ravel()
-
-    def _logit_change(self, block: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        classes, columns = np.divmod(block, self.width)
-        scatter = np.zeros((block.shape[0], self.k))
-        scatter[np.arange(block.shape[0]), classes] = delta
-        return self.A[:, columns] @ scatter
-
-    def change(self, block: np.ndarray, delta: np.ndarray) -> float:
-        W = self._W().copy()
-        W.ravel()[block] += delta
-        value, _ = self._loss(self.z + self._logit_change(block, delta), W)
-        return value - self._value
-
-    def update(self, block: np.ndarray, delta: np.ndarray) -> None:
-        self.z += self._logit_change(block, delta)
-        self.x[block] += delta
-        self._refresh()
-
-    def coordinate_lipschitz(self) -> np.ndarray:
-        return np.tile(0.25 * (self.A * self.A).sum(axis=0) / self.N + self.lam * self.mask, self.k)
-
-    def _regulariser(self, block: np.ndarray) -> np.ndarray:
-        return np.diag(self.lam * self.mask[block % self.width])
-
-    def bound_matrix(self, block: np.ndarray) -> np.ndarray:
-        classes, columns = np.divmod(block, self.width)
-        Ab = self.A[:, columns]
-        coupling = 0.5 * ((classes[:, None] == classes[None, :]) - 1.0 / self.k)
-        return coupling * (Ab.T @ Ab) / self.N + self._regulariser(block)
-
-    def hessian(self, block: np.ndarray) -> np.ndarray:
-        classes, columns = np.divmod(block, self.width)
-        Ab = self.A[:, columns]
-        P = self._residual.copy()
-        P[np.arange(self.N), self.labels] += 1.0  # back from P - Y to P
-        weighted = Ab * P[:, classes]
-        same = classes[:, None] == classes[None, :]
-        return (same * (weighted.T @ Ab) - weighted.T @ weighted) / self.N + self._regulariser(block)
-
-    def bound_matvec(self, v: np.ndarray) -> np.ndarray:
-        V = v.reshape(self.k, self.width)
-        centred = V - V.mean(axis=0, keepdims=True)
-        return (0.5 * (centred @ self.A.T) @ self.A / self.N + self.lam * V * self.mask).ravel()
-
-    def bound_abs_row_sums(self) -> np.ndarray:
-        # sum over classes of |(delta_cc' - 1/k) / 2| is (k - 1) / k; the diagonal's lam adds
-        row = (1.0 - 1.0 / self.k) * gram_abs_row_sums(self.A) / self.N + self.lam * self.mask
-        return np.tile(row, self.k)
-
-    def recomputed(self) -> dict[str, np.ndarray]:
-        W = self._W()
-        Z = self.A @ W.T
-        value, lse = self._loss(Z, W)
-        R = np.exp(Z - lse[:, None])
-        R[np.arange(self.N), self.labels] -= 1.0
-        return {"z": Z, "g": ((R.T @ self.A) / self.N + self.lam * W * self.mask).ravel(), "f": value}

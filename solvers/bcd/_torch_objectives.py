@@ -26,27 +26,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._objectives import Objective
+from ._objectives import Objective, gram_abs_row_sums
+from ._softmax_objective import SoftmaxObjective
 
 __all__ = ["TorchLinearModelObjective", "TorchSoftmaxObjective"]
-
-#: entries of one chunk of ``A^T A`` formed at a time by :func:`_gram_abs_row_sums` (as the numpy one)
-_GRAM_CHUNK_ENTRIES = 2**22
 
 
 def _host(tensor: torch.Tensor) -> np.ndarray:
     """A float64 numpy copy of ``tensor`` (one device-to-host transfer)."""
     return tensor.detach().to("cpu", torch.float64).numpy()
-
-
-def _gram_abs_row_sums(A: torch.Tensor) -> np.ndarray:
-    """``sum_j |(A^T A)_ij|`` for every column of ``A`` (m, n) on its device, a chunk of columns at a time; (n,)."""
-    n = A.shape[1]
-    chunk = max(1, _GRAM_CHUNK_ENTRIES // n)
-    out = np.empty(n)
-    for start in range(0, n, chunk):
-        out[start : start + chunk] = _host((A.T @ A[:, start : start + chunk]).abs().sum(dim=0))
-    return out
 
 
 class _TorchObjective(Objective):
@@ -156,7 +144,7 @@ class TorchLinearModelObjective(_TorchObjective):
         return self.curvature * _host(self.A.T @ (self.A @ self._vector(v)))
 
     def bound_abs_row_sums(self) -> np.ndarray:
-        return self.curvature * _gram_abs_row_sums(self.A)
+        return self.curvature * gram_abs_row_sums(self.A)
 
     def value(self) -> float:
         """``f(x)`` from ``z``, one scalar to the host per update (kept until the next one)."""
@@ -178,8 +166,8 @@ class TorchLinearModelObjective(_TorchObjective):
 # ------------------------------------------------------------------ softmax
 
 
-class TorchSoftmaxObjective(_TorchObjective):
-    """:class:`~._objectives.SoftmaxObjective` with the rows ``A`` and the logits on the device.
+class TorchSoftmaxObjective(_TorchObjective, SoftmaxObjective):
+    """:class:`~._softmax_objective.SoftmaxObjective` with the rows ``A``, the logits and ``P - Y`` on the device.
 
     Parameters
     ----------
@@ -193,111 +181,20 @@ class TorchSoftmaxObjective(_TorchObjective):
 
     Notes
     -----
-    ``x = W.ravel()`` and ``g`` are numpy float64; the data part of the gradient
-    ``(P - Y)^T A / N`` (k, n) is formed on the device and copied to the host once per
-    update, the regulariser's part ``lam W`` added there. The logits ``z`` (N, k) and
-    the residual ``P - Y`` stay on the device.
+    The arithmetic is :class:`SoftmaxObjective`'s; only its four placement hooks differ.
+    ``x = W.ravel()`` and ``g`` are numpy float64: the data part of the gradient
+    ``(P - Y)^T A / N`` (k, n) is formed on the device and copied to the host once per update.
     """
 
-    def __init__(self, A: torch.Tensor, y, n_classes: int, lam: float, bias: bool, x0: np.ndarray) -> None:
+    def _prepare(self, A: torch.Tensor) -> torch.Tensor:
         self.device, self.dtype = A.device, A.dtype
-        self.A = A.contiguous()
-        self.N, self.width = self.A.shape
-        self.k = int(n_classes)
-        self.lam = float(lam)
-        self.mask = np.ones(self.width)
-        if bias:
-            self.mask[-1] = 0.0
-        self.labels = torch.as_tensor(y, device=self.device).to(torch.int64)
-        self._rows = torch.arange(self.N, device=self.device)
-        self.x = np.array(x0, dtype=np.float64)
-        self.z = self.A @ self._vector(self._W()).T
-        self._refresh()
-        self._bound_norm = None
+        return A.contiguous()
 
-    def _W(self) -> np.ndarray:
-        return self.x.reshape(self.k, self.width)
+    def _device(self, values: np.ndarray) -> torch.Tensor:
+        return self._vector(values)
 
-    def value(self) -> float:
-        """``f(x)``, formed from the logits at the last update."""
-        return self._value
+    def _host(self, array: torch.Tensor) -> np.ndarray:
+        return _host(array)
 
-    def _regularisation(self, W: np.ndarray) -> float:
-        Wr = W * self.mask
-        return 0.5 * self.lam * float((Wr * Wr).sum())
-
-    def _loss(self, Z: torch.Tensor, W: np.ndarray) -> tuple[float, torch.Tensor]:
-        lse = torch.logsumexp(Z, dim=1)
-        data = float((lse - Z[self._rows, self.labels]).mean())
-        return data + self._regularisation(W), lse
-
-    def _gradient(self, Z: torch.Tensor, lse: torch.Tensor, W: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """The residual ``P - Y`` (N, k) on the device and the full gradient (k n,) on the host."""
-        R = torch.exp(Z - lse[:, None])
-        R[self._rows, self.labels] -= 1.0
-        data = _host(R.T @ self.A) / self.N
-        return R, (data + self.lam * W * self.mask).ravel()
-
-    def _refresh(self) -> None:
-        W = self._W()
-        self._value, lse = self._loss(self.z, W)
-        self._residual, self.g = self._gradient(self.z, lse, W)
-
-    def _logit_change(self, block: np.ndarray, delta: np.ndarray) -> torch.Tensor:
-        classes, columns = np.divmod(block, self.width)
-        scatter = np.zeros((block.shape[0], self.k))
-        scatter[np.arange(block.shape[0]), classes] = delta
-        return self.A[:, self._index(columns)] @ self._vector(scatter)
-
-    def change(self, block: np.ndarray, delta: np.ndarray) -> float:
-        W = self._W().copy()
-        W.ravel()[block] += delta
-        value, _ = self._loss(self.z + self._logit_change(block, delta), W)
-        return value - self._value
-
-    def update(self, block: np.ndarray, delta: np.ndarray) -> None:
-        """``x[block] += delta``: the logits by a rank-``b`` GEMM, then ``P`` and the gradient (one GEMM)."""
-        self.z += self._logit_change(block, delta)
-        self.x[block] += delta
-        self._refresh()
-
-    def coordinate_lipschitz(self) -> np.ndarray:
-        squares = _host((self.A * self.A).sum(dim=0))
-        return np.tile(0.25 * squares / self.N + self.lam * self.mask, self.k)
-
-    def _regulariser(self, block: np.ndarray) -> np.ndarray:
-        return np.diag(self.lam * self.mask[block % self.width])
-
-    def bound_matrix(self, block: np.ndarray) -> np.ndarray:
-        classes, columns = np.divmod(block, self.width)
-        Ab = self.A[:, self._index(columns)]
-        coupling = 0.5 * ((classes[:, None] == classes[None, :]) - 1.0 / self.k)
-        return coupling * _host(Ab.T @ Ab) / self.N + self._regulariser(block)
-
-    def hessian(self, block: np.ndarray) -> np.ndarray:
-        classes, columns = np.divmod(block, self.width)
-        Ab = self.A[:, self._index(columns)]
-        P = self._residual.clone()
-        P[self._rows, self.labels] += 1.0  # back from P - Y to P
-        weighted = Ab * P[:, self._index(classes)]
-        same = classes[:, None] == classes[None, :]
-        return (same * _host(weighted.T @ Ab) - _host(weighted.T @ weighted)) / self.N + self._regulariser(block)
-
-    def bound_matvec(self, v: np.ndarray) -> np.ndarray:
-        V = v.reshape(self.k, self.width)
-        centred = self._vector(V - V.mean(axis=0, keepdims=True))
-        data = _host((centred @ self.A.T) @ self.A)
-        return (0.5 * data / self.N + self.lam * V * self.mask).ravel()
-
-    def bound_abs_row_sums(self) -> np.ndarray:
-        # sum over classes of |(delta_cc' - 1/k) / 2| is (k - 1) / k; the diagonal's lam adds
-        row = (1.0 - 1.0 / self.k) * _gram_abs_row_sums(self.A) / self.N + self.lam * self.mask
-        return np.tile(row, self.k)
-
-    def recomputed(self) -> dict:
-        """The logits ``z`` (device), ``g`` (numpy) and ``f`` formed from scratch at ``x`` (for checks)."""
-        W = self._W()
-        Z = self.A @ self._vector(W).T
-        value, lse = self._loss(Z, W)
-        _, g = self._gradient(Z, lse, W)
-        return {"z": Z, "g": g, "f": value}
+    def _indices(self, index) -> torch.Tensor:
+        return torch.as_tensor(index, device=self.device).to(torch.int64)

@@ -30,8 +30,8 @@ from ._objectives import (
     Objective,
     QuadraticObjective,
     SeparablePenalty,
-    SoftmaxObjective,
 )
+from ._softmax_objective import SoftmaxObjective
 from .partitions import PARTITIONS, PartitionData, PartitionRule
 from .selection import SELECTIONS
 from .updates import UPDATES, BlockStep
