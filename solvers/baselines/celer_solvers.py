@@ -35,12 +35,10 @@ class _CelerSolver(LadderSolver):
     """Options shared by the celer wrappers (see :class:`CelerLasso`)."""
 
     max_iter: int = 1000
-    max_epochs: int = 50_000
     p0: int = 10
 
     def validate(self) -> None:
         super().validate()
-        check_int("max_epochs", self.max_epochs, 1)
         check_int("p0", self.p0, 1)
 
     def check_terms(self, problem: CompositeProblem) -> str | None:
@@ -60,7 +58,6 @@ class _CelerSolver(LadderSolver):
                 alphas=np.array([data["alpha"]]),
                 coef_init=x0.copy(),
                 max_iter=self.max_iter,
-                max_epochs=self.max_epochs,
                 p0=self.p0,
                 tol=library_tol,
                 return_n_iter=True,
@@ -99,10 +96,12 @@ class CelerLasso(_CelerSolver):
     datafits = (QuadraticDatafit,)
     penalties = (L1, L1NonNegative)
 
+    max_epochs: int = 50_000
     prune: bool = True
 
     def validate(self) -> None:
         super().validate()
+        check_int("max_epochs", self.max_epochs, 1)
         if not isinstance(self.prune, bool):
             raise TypeError(f"prune must be True or False, got {self.prune!r}")
 
@@ -119,7 +118,9 @@ class CelerLasso(_CelerSolver):
         }
 
     def fit(self, data: Any, x0: np.ndarray, library_tol: float) -> LadderFit:
-        return self._path(data, x0, library_tol, prune=int(self.prune), positive=data["positive"])
+        return self._path(
+            data, x0, library_tol, max_epochs=self.max_epochs, prune=int(self.prune), positive=data["positive"]
+        )
 
 
 @register_solver("celer-logistic")
@@ -138,8 +139,6 @@ class CelerLogistic(_CelerSolver):
         celer's outer iterations per fit, default 1000.
     p0 : int
         As in :class:`CelerLasso`.
-    max_epochs : int
-        Unused: celer's prox-Newton path has no epoch limit.
 
     ``nit`` is the reported fit's outer iterations.
     """

@@ -133,9 +133,23 @@ class SkglmGramCD(_SkglmSolver):
         return skglm_solvers.GramCD(max_iter=max_iter, greedy_cd=self.greedy, tol=library_tol, fit_intercept=False)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _SkglmWorkingSetSolver(_SkglmSolver):
+    """The options skglm's working-set solvers share: ``p0`` and ``ws_strategy``."""
+
+    max_iter: int = 1000
+    p0: int = 10
+    ws_strategy: str = "subdiff"
+
+    def validate(self) -> None:
+        super().validate()
+        check_int("p0", self.p0, 1)
+        check_choice("ws_strategy", self.ws_strategy, _WS_STRATEGIES)
+
+
 @register_solver("skglm-anderson")
 @dataclass(frozen=True, kw_only=True)
-class SkglmAnderson(_SkglmSolver):
+class SkglmAnderson(_SkglmWorkingSetSolver):
     """skglm's ``AndersonCD``: working sets, coordinate descent with Anderson acceleration.
 
     The Lasso and L1-logistic regression, with ``L1`` or ``L1NonNegative``. The library stops
@@ -160,16 +174,11 @@ class SkglmAnderson(_SkglmSolver):
     datafits = (QuadraticDatafit, LogisticDatafit)
     penalties = (L1, L1NonNegative)
 
-    max_iter: int = 1000
     max_epochs: int = 50_000
-    p0: int = 10
-    ws_strategy: str = "subdiff"
 
     def validate(self) -> None:
         super().validate()
         check_int("max_epochs", self.max_epochs, 1)
-        check_int("p0", self.p0, 1)
-        check_choice("ws_strategy", self.ws_strategy, _WS_STRATEGIES)
 
     def library_solver(self, skglm_solvers: Any, library_tol: float, max_iter: int) -> Any:
         return skglm_solvers.AndersonCD(
@@ -184,7 +193,7 @@ class SkglmAnderson(_SkglmSolver):
 
 @register_solver("skglm-prox-newton")
 @dataclass(frozen=True, kw_only=True)
-class SkglmProxNewton(_SkglmSolver):
+class SkglmProxNewton(_SkglmWorkingSetSolver):
     """skglm's ``ProxNewton``: working-set proximal Newton for L1-logistic regression.
 
     ``LogisticDatafit`` with ``L1`` or ``L1NonNegative``. The library stops when the largest
@@ -208,16 +217,11 @@ class SkglmProxNewton(_SkglmSolver):
     datafits = (LogisticDatafit,)
     penalties = (L1, L1NonNegative)
 
-    max_iter: int = 1000
     max_pn_iter: int = 1000
-    p0: int = 10
-    ws_strategy: str = "subdiff"
 
     def validate(self) -> None:
         super().validate()
         check_int("max_pn_iter", self.max_pn_iter, 1)
-        check_int("p0", self.p0, 1)
-        check_choice("ws_strategy", self.ws_strategy, _WS_STRATEGIES)
 
     def library_solver(self, skglm_solvers: Any, library_tol: float, max_iter: int) -> Any:
         return skglm_solvers.ProxNewton(

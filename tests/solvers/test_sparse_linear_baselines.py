@@ -236,7 +236,7 @@ def test_target_f_gap_stops_on_the_known_optimum():
         ("skglm-anderson", {"p0": 0}, "p0"),
         ("skglm-prox-newton", {"max_pn_iter": 0}, "max_pn_iter"),
         ("celer-lasso", {"prune": 1}, "prune"),
-        ("celer-logistic", {"max_epochs": 0}, "max_epochs"),
+        ("celer-lasso", {"max_epochs": 0}, "max_epochs"),
         ("scipy-spsolve", {"permutation": "AMD"}, "permutation"),
     ],
 )
