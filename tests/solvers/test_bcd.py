@@ -364,9 +364,26 @@ def test_a_fixed_partition_that_misses_coordinates_is_refused(monkeypatch):
 
 def test_registries_list_the_rules_of_the_spec():
     assert set(PARTITIONS) == {
-        "order", "sort", "avg", "variable", "red-black", "forest-cover", "forest-gs", "forest-gsl", "forest-random"
+        "order",
+        "sort",
+        "avg",
+        "variable",
+        "red-black",
+        "forest-cover",
+        "forest-gs",
+        "forest-gsl",
+        "forest-random",
     }
     assert set(SELECTIONS) == {
-        "cyclic", "random", "lipschitz", "gs", "gsl", "gsl-code", "gsd", "gsq", "gs-q", "working-set"
+        "cyclic",
+        "random",
+        "lipschitz",
+        "gs",
+        "gsl",
+        "gsl-code",
+        "gsd",
+        "gsq",
+        "gs-q",
+        "working-set",
     }
     assert set(UPDATES) == {"gradient", "doubling", "matrix", "newton", "exact", "prox-newton", "pg", "tmp", "pn"}
