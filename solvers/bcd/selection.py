@@ -64,6 +64,7 @@ from ._objectives import psd_solver
 __all__ = [
     "IHT_MAX_STEPS",
     "SELECTIONS",
+    "WORKING_SET_MAX",
     "SelectionRule",
     "block_argmax",
     "greedy_gradient",
@@ -73,6 +74,8 @@ __all__ = [
 
 #: iterative hard thresholding steps of the variable-block GSQ rule (the reference's limit)
 IHT_MAX_STEPS = 10
+#: the largest working set: its dense block Hessian then takes 128 MiB
+WORKING_SET_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -230,16 +233,19 @@ def _gs_q_variable(run: Any) -> np.ndarray:
 
 
 def working_set(run: Any) -> np.ndarray:
-    """The support of ``x`` and the largest optimality violations at zero, ``max(tau, 2 nnz(x))`` in all.
+    """The support of ``x`` and the largest optimality violations at zero, ``max(tau, 2 nnz(x))`` in all
+    (at most :data:`WORKING_SET_MAX`: the update forms the block's dense Hessian).
 
     A zero coordinate that is optimal (subdifferential distance 0) is never chosen; when every
     zero coordinate is optimal the block is the support alone (or, at ``x = 0``, the largest
-    violation).
+    violation). When the cap leaves no room beside the support, the block is the coordinates
+    of largest violation, support or not, so that a violating zero still enters.
     """
     x = run.objective.x
     distance = run.penalty.subdiff_distance(x, run.objective.g)
-    score = np.where(x != 0, np.inf, distance)
-    size = min(max(run.block_size, 2 * int(np.count_nonzero(x))), x.shape[0])
+    support = int(np.count_nonzero(x))
+    size = min(max(run.block_size, 2 * support), WORKING_SET_MAX, x.shape[0])
+    score = np.where(x != 0, np.inf, distance) if support < size else distance
     chosen = top_coordinates(score, size)
     kept = chosen[score[chosen] > 0]
     return kept if kept.shape[0] else chosen[[int(np.argmax(score[chosen]))]]

@@ -232,3 +232,15 @@ def test_the_f_gap_stop_on_a_quadratic_with_a_large_optimum_is_free_of_cancellat
     gap = problem.evaluate(result.x)["f_gap"]
     assert 0 <= gap <= 1e-8
     np.testing.assert_allclose(result.metrics["f_gap"], gap, rtol=1e-6)
+
+
+def test_the_working_set_is_capped_and_the_run_still_converges(monkeypatch):
+    from solvers.bcd import selection
+
+    monkeypatch.setattr(selection, "WORKING_SET_MAX", 3)
+    problem = lasso(m=60, n=20, lam=0.01)
+    solver = BCD(partition="variable", selection="working-set", update="prox-newton", block_size=2, tol=1e-9)
+    state = run_state(solver, problem, 5)
+    assert np.count_nonzero(state.x) > 3 and working_set(state).size == 3
+    result = solver.replace(max_iter=5000).solve(problem)
+    assert result.status is Status.CONVERGED
