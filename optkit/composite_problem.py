@@ -308,10 +308,13 @@ class CompositeProblem(Problem):
         z = self.A @ x
         u = self.datafit.grad(z)
         primal = self.datafit.value(z) + self.penalty.value(x)
-        return self._gap(primal, u, self.A.rmatvec(u))
+        return self.duality_gap_from(primal, u, self.A.rmatvec(u))
 
-    def _gap(self, primal: Any, u: Any, grad: Any) -> float:
-        """The gap from ``primal = F(x)``, ``u = L'(A x)`` and ``grad = A^T u``."""
+    def duality_gap_from(self, primal: Any, u: Any, grad: Any) -> float:
+        """The duality gap of :meth:`duality_gap` from quantities a solver already holds:
+        ``primal = F(x)``, ``u = L'(A x)`` (shape (m,)) and ``grad = A^T u`` (shape (n,)); no
+        product with ``A``. Coordinate methods that keep ``A x`` and the gradient up to date
+        measure their gap with it at ``O(m + n)``."""
         lam = self.penalty.lam
         size = self.penalty.dual_norm(-grad)
         scale = 1.0 if size <= lam else lam / size
@@ -338,7 +341,7 @@ class CompositeProblem(Problem):
             "nnz": int(xp.sum(x != 0)),
         }
         if self.has_duality_gap:
-            out["duality_gap"] = self._gap(primal, u, grad)
+            out["duality_gap"] = self.duality_gap_from(primal, u, grad)
         if self.metadata.get("f_opt") is not None:
             out["f_gap"] = out["fun"] - float(self.metadata["f_opt"])
         return out
