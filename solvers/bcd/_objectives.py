@@ -187,17 +187,21 @@ class Objective:
 # ------------------------------------------------------------------ least squares and logistic
 
 
-def _row_loss(kind: str, z: np.ndarray, t: np.ndarray) -> np.ndarray:
+def row_loss(kind: str, z, t):
+    """Per-row losses at the predictions ``z`` (numpy or torch, through the array namespace)."""
     if kind == "quadratic":
         return 0.5 * (z - t) ** 2
-    return np.logaddexp(0.0, -t * z)
+    xp = get_namespace(z)
+    return xp.logaddexp(xp.zeros_like(z), -t * z)
 
 
-def _row_derivative(kind: str, z: np.ndarray, t: np.ndarray) -> np.ndarray:
+def row_derivative(kind: str, z, t):
+    """Per-row derivatives ``l'(z_i)`` (numpy or torch)."""
     if kind == "quadratic":
         return z - t
+    xp = get_namespace(z)
     # -t sigma(-t z) through exp(-log(1 + exp(t z))): no overflow for large margins
-    return -t * np.exp(-np.logaddexp(0.0, t * z))
+    return -t * xp.exp(-xp.logaddexp(xp.zeros_like(z), t * z))
 
 
 class LinearModelObjective(Objective):
@@ -242,10 +246,10 @@ class LinearModelObjective(Objective):
         self.curvature = (1.0 if self.is_quadratic else 0.25) / self.m
         self.x = np.array(x0, dtype=np.float64)
         self.z = np.asarray(A @ self.x, dtype=np.float64).ravel()
-        self.u = _row_derivative(kind, self.z, self.t) / self.m
+        self.u = row_derivative(kind, self.z, self.t) / self.m
         self.g = np.asarray(A.T @ self.u, dtype=np.float64).ravel()
         self._bound_norm = None
-        self._losses = _row_loss(kind, self.z, self.t)
+        self._losses = row_loss(kind, self.z, self.t)
         self._last_trial = None
 
     def _gram(self, block: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -302,7 +306,7 @@ class LinearModelObjective(Objective):
         if last is not None and np.array_equal(last[0], block) and np.array_equal(last[1], delta):
             return last[2]
         rows, dz = self._touched(block, delta)
-        trial = rows, dz, _row_loss(self.kind, self.z[rows] + dz, self.t[rows])
+        trial = rows, dz, row_loss(self.kind, self.z[rows] + dz, self.t[rows])
         self._last_trial = (block.copy(), delta.copy(), trial)
         return trial
 
@@ -317,7 +321,7 @@ class LinearModelObjective(Objective):
         rows, dz, losses = self._trial(block, delta)
         self._last_trial = None
         z_new = self.z[rows] + dz
-        u_new = _row_derivative(self.kind, z_new, self.t[rows]) / self.m
+        u_new = row_derivative(self.kind, z_new, self.t[rows]) / self.m
         du = u_new - self.u[rows]
         self.z[rows] = z_new
         self.u[rows] = u_new
@@ -373,8 +377,8 @@ class LinearModelObjective(Objective):
         """``z``, ``g`` and ``f`` formed from scratch at ``x`` (for checks)."""
         A = self.csc if self.sparse else self.dense
         z = A @ self.x
-        g = A.T @ (_row_derivative(self.kind, z, self.t) / self.m)
-        return {"z": z, "g": g, "f": float(_row_loss(self.kind, z, self.t).sum()) / self.m}
+        g = A.T @ (row_derivative(self.kind, z, self.t) / self.m)
+        return {"z": z, "g": g, "f": float(row_loss(self.kind, z, self.t).sum()) / self.m}
 
 
 # ------------------------------------------------------------------ quadratic

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._objectives import Objective, gram_abs_row_sums
+from ._objectives import Objective, gram_abs_row_sums, row_derivative, row_loss
 from ._softmax_objective import SoftmaxObjective
 
 __all__ = ["TorchLinearModelObjective", "TorchSoftmaxObjective"]
@@ -51,19 +51,6 @@ class _TorchObjective(Objective):
 
 
 # ------------------------------------------------------------------ least squares and logistic
-
-
-def _row_loss(kind: str, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    if kind == "quadratic":
-        return 0.5 * (z - t) ** 2
-    return torch.logaddexp(torch.zeros_like(z), -t * z)
-
-
-def _row_derivative(kind: str, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    if kind == "quadratic":
-        return z - t
-    # -t sigma(-t z) through exp(-log(1 + exp(t z))): no overflow for large margins
-    return -t * torch.exp(-torch.logaddexp(torch.zeros_like(z), t * z))
 
 
 class TorchLinearModelObjective(_TorchObjective):
@@ -97,7 +84,7 @@ class TorchLinearModelObjective(_TorchObjective):
         self.curvature = (1.0 if self.is_quadratic else 0.25) / self.m
         self.x = np.array(x0, dtype=np.float64)
         self.z = self.A @ self._vector(self.x)
-        self.u = _row_derivative(kind, self.z, self.t) / self.m
+        self.u = row_derivative(kind, self.z, self.t) / self.m
         self._g = self.A.T @ self.u
         self.g = _host(self._g)
         self._bound_norm = None
@@ -115,12 +102,12 @@ class TorchLinearModelObjective(_TorchObjective):
     def change(self, block: np.ndarray, delta: np.ndarray) -> float:
         """``f(x + delta on block) - f(x)`` (nothing is updated)."""
         z_new = self.z + self._dz(block, delta)
-        return float((_row_loss(self.kind, z_new, self.t) - _row_loss(self.kind, self.z, self.t)).sum()) / self.m
+        return float((row_loss(self.kind, z_new, self.t) - row_loss(self.kind, self.z, self.t)).sum()) / self.m
 
     def update(self, block: np.ndarray, delta: np.ndarray) -> None:
         """``x[block] += delta``, keeping ``z``, ``u`` and ``g`` exact: two GEMVs on the device."""
         self.z += self._dz(block, delta)
-        u_new = _row_derivative(self.kind, self.z, self.t) / self.m
+        u_new = row_derivative(self.kind, self.z, self.t) / self.m
         self._g += self.A.T @ (u_new - self.u)
         self.u = u_new
         self.x[block] += delta
@@ -149,7 +136,7 @@ class TorchLinearModelObjective(_TorchObjective):
     def value(self) -> float:
         """``f(x)`` from ``z``, one scalar to the host per update (kept until the next one)."""
         if self._value is None:
-            self._value = float(_row_loss(self.kind, self.z, self.t).sum()) / self.m
+            self._value = float(row_loss(self.kind, self.z, self.t).sum()) / self.m
         return self._value
 
     def dual_point(self) -> torch.Tensor:
@@ -159,8 +146,8 @@ class TorchLinearModelObjective(_TorchObjective):
     def recomputed(self) -> dict:
         """``z`` (device), ``g`` (numpy) and ``f`` formed from scratch at ``x`` (for checks)."""
         z = self.A @ self._vector(self.x)
-        g = self.A.T @ (_row_derivative(self.kind, z, self.t) / self.m)
-        return {"z": z, "g": _host(g), "f": float(_row_loss(self.kind, z, self.t).sum()) / self.m}
+        g = self.A.T @ (row_derivative(self.kind, z, self.t) / self.m)
+        return {"z": z, "g": _host(g), "f": float(row_loss(self.kind, z, self.t).sum()) / self.m}
 
 
 # ------------------------------------------------------------------ softmax
