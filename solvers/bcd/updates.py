@@ -123,8 +123,10 @@ class BlockStep:
         return self.objective.change(self.block, delta)
 
     def block_value(self, x_b_new: np.ndarray) -> float:
-        """``F`` with the block replaced by ``x_b_new``, minus ``F``'s part that does not depend on it."""
-        return self.change(x_b_new - self.x_b) + self.penalty.value(x_b_new)
+        """``F`` with the block replaced by ``x_b_new``, minus ``F(x)``: both parts' changes formed
+        from the step, so a decrease below ``F``'s own rounding is still seen."""
+        delta = x_b_new - self.x_b
+        return self.change(delta) + self.penalty.change(self.x_b, delta)
 
     def prox_step(self, L: float) -> np.ndarray:
         """``prox(x_b - g_b / L, 1 / L) - x_b``."""
@@ -187,7 +189,7 @@ def prox_newton_update(step: BlockStep) -> np.ndarray:
         hessian, v, model_gradient, step.lam, nonneg=nonneg, max_sweeps=PROX_NEWTON_MAX_SWEEPS, rtol=PROX_NEWTON_RTOL
     )
     direction = v - step.x_b
-    decrease = float(step.g_b @ direction) + _penalty_change(step, direction)
+    decrease = float(step.g_b @ direction) + step.penalty.change(step.x_b, direction)
     if not decrease < 0.0:
         return np.zeros_like(direction)
     if step.objective.is_quadratic:
@@ -196,25 +198,10 @@ def prox_newton_update(step: BlockStep) -> np.ndarray:
         return direction
     t = 1.0
     for _ in range(_MAX_TRIALS):
-        if step.change(t * direction) + _penalty_change(step, t * direction) <= ARMIJO_C * t * decrease:
+        if step.change(t * direction) + step.penalty.change(step.x_b, t * direction) <= ARMIJO_C * t * decrease:
             return t * direction
         t *= 0.5
     return np.zeros_like(direction)
-
-
-def _penalty_change(step: BlockStep, delta: np.ndarray) -> float:
-    """``g(x_b + delta) - g(x_b)``, exact to rounding even when it is far below ``g``'s own rounding.
-
-    Where the step does not cross zero the penalty is linear along it (``lam sign(x_j) delta_j``,
-    ``lam delta_j`` on ``x >= 0``), so its change is formed from ``delta`` alone; differences of
-    ``|x|`` would lose the change near the solution, where it is what the decrease test compares.
-    """
-    lam, x_b = step.lam, step.x_b
-    if step.penalty.kind == "l1-nonneg":
-        return float(lam * delta.sum())
-    new = x_b + delta
-    linear = (x_b != 0) & (np.sign(new) == np.sign(x_b))
-    return float(np.sum(np.where(linear, lam * np.sign(x_b) * delta, lam * (np.abs(new) - np.abs(x_b)))))
 
 
 def projected_gradient_update(step: BlockStep) -> np.ndarray:
