@@ -4,7 +4,7 @@ Importing this package registers every problem family and suite; heavy optional
 dependencies (scikit-learn ...) are imported only when a problem that needs them is built.
 """
 
-from . import bcd_paper, composite, curvature, cutest, libsvm, linear, linear_models, llm, ml, mnist, ot, pde_control
+from . import bcd_paper, composite, curvature, cutest, libsvm, linear, linear_models, llm, ml, mnist, ot, pde_control, pressure
 
 __all__ = [
     "bcd_paper",
@@ -19,4 +19,5 @@ __all__ = [
     "mnist",
     "ot",
     "pde_control",
+    "pressure",
 ]
