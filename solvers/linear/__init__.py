@@ -1,5 +1,5 @@
 """Linear-system solvers: conjugate gradients, with Jacobi or IC(0) preconditioning."""
 
-from . import cg
+from . import cg, dcdm
 
-__all__ = ["cg"]
+__all__ = ["cg", "dcdm"]
