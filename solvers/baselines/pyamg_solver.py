@@ -57,6 +57,16 @@ class PyAMG(Solver):
     the time limit and Ctrl-C end the run at the last iterate PyAMG reported
     (``USER_STOPPED`` for Ctrl-C).
 
+    Singular systems. The near-nullspace candidate is PyAMG's default, the constant vector,
+    also for the pressure systems of :mod:`problems.pressure` whose nullspace
+    (``metadata["nullspace"]``) has one indicator per closed fluid region: aggregates grow
+    inside connected components of the strength graph, so the constant restricted to each
+    aggregate already spans every region's indicator on every level (and the coarsest
+    solve is a pseudo-inverse). Passing the indicators as ``B`` instead multiplies the
+    operator complexity by their number and, where a region is open to air (an indicator
+    that is zero there), leaves that region's aggregates without a candidate
+    (tests/solvers/test_pressure_baselines.py measures both).
+
     ``time_s`` includes the setup; its seconds are also ``metrics["setup_time_s"]``, and
     ``extras`` holds ``levels`` and ``operator_complexity``. The trace's ``residual`` is
     PyAMG's residual norm divided by ``||b||`` (row 0: ``||b - A x0|| / ||b||``), and the
