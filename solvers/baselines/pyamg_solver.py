@@ -22,6 +22,23 @@ _ACCEL = ("cg", "none")
 _CYCLES = ("V", "W", "F")
 
 
+def _range_preconditioned_cg(pyamg, nullspace: np.ndarray):
+    """PyAMG's CG, as ``MultilevelSolver.solve`` calls an ``accel``, with its preconditioner
+    ``M`` replaced by ``(I - Z Z^T) M (I - Z Z^T)`` for the orthonormal ``Z = nullspace``."""
+    from scipy.sparse.linalg import LinearOperator
+
+    def project(v):
+        return v - nullspace @ (nullspace.T @ v)
+
+    def cg(A, b, x0=None, tol=1e-5, maxiter=None, M=None, callback=None, residuals=None):
+        projected = LinearOperator(A.shape, matvec=lambda v: project(M @ project(v)), dtype=A.dtype)
+        return pyamg.krylov.cg(
+            A, b, x0=x0, tol=tol, maxiter=maxiter, M=projected, callback=callback, residuals=residuals
+        )
+
+    return cg
+
+
 @register_solver("pyamg")
 @dataclass(frozen=True, kw_only=True)
 class PyAMG(Solver):
@@ -61,11 +78,19 @@ class PyAMG(Solver):
     also for the pressure systems of :mod:`problems.pressure` whose nullspace
     (``metadata["nullspace"]``) has one indicator per closed fluid region: aggregates grow
     inside connected components of the strength graph, so the constant restricted to each
-    aggregate already spans every region's indicator on every level (and the coarsest
-    solve is a pseudo-inverse). Passing the indicators as ``B`` instead multiplies the
+    aggregate already spans every region's indicator on every level. Passing the indicators as ``B`` instead multiplies the
     operator complexity by their number and, where a region is open to air (an indicator
     that is zero there), leaves that region's aggregates without a candidate
     (tests/solvers/test_pressure_baselines.py measures both).
+
+    But the V-cycle is not positive definite on ``ker A``: the coarsest
+    level of a closed fluid region is a 1x1 rounding-level number (``-3e-18`` on the bunny
+    at 16^3) that the ``pinv`` coarse solver inverts, so ``M r`` is mostly a huge ``ker A``
+    component and PyAMG's CG stops with ``p^T A p <= 0`` or ``r^T M r < 0`` (bunny 16^3 at
+    ``tol=1e-8``: stuck at 3.6e-7). With ``accel="cg"`` and ``metadata["nullspace"]`` the
+    preconditioner is therefore ``(I - Z Z^T) M (I - Z Z^T)``, positive definite on
+    ``range(A)``, run by PyAMG's own CG. Stationary cycling (``accel="none"``) still converges
+    in the residual, but its iterate gathers an arbitrary ``ker A`` component.
 
     ``time_s`` includes the setup; its seconds are also ``metrics["setup_time_s"]``, and
     ``extras`` holds ``levels`` and ``operator_complexity``. The trace's ``residual`` is
@@ -117,6 +142,9 @@ class PyAMG(Solver):
 
         accel = None if self.accel in (None, "none") else self.accel
         A = sp.csr_matrix(problem.matrix)
+        nullspace = problem.metadata.get("nullspace")
+        if accel == "cg" and nullspace is not None:
+            accel = _range_preconditioned_cg(pyamg, np.asarray(nullspace, dtype=A.dtype))
         b = np.asarray(problem.b)
         x = np.array(problem.x0 if x0 is None else x0, dtype=b.dtype)
         bnorm = float(np.linalg.norm(b)) or 1.0
