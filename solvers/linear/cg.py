@@ -30,7 +30,8 @@ PRECONDITIONERS = {"none": {"numpy", "torch"}, "jacobi": {"numpy", "torch"}, "ic
 
 
 def _ilupp_ichol0(matrix) -> FunctionOperator:
-    """``ilupp``'s IC(0) of ``matrix`` as a symmetric positive definite operator (numpy, float64)."""
+    """``ilupp``'s IC(0) of ``matrix`` as a symmetric positive definite operator (numpy, the
+    matrix's dtype; ilupp factors and solves in float64)."""
     import scipy.sparse as sp
 
     ilupp = optional_import("ilupp", "pcg with preconditioner='ilupp'")
@@ -40,9 +41,9 @@ def _ilupp_ichol0(matrix) -> FunctionOperator:
     def apply(r: np.ndarray) -> np.ndarray:
         z = np.array(r, dtype=np.float64, copy=True)
         factor.apply(z)
-        return z
+        return z.astype(matrix.dtype, copy=False)
 
-    return FunctionOperator(matrix.shape, apply, apply, dtype=np.float64, tags=("symmetric", "psd"))
+    return FunctionOperator(matrix.shape, apply, apply, dtype=matrix.dtype, tags=("symmetric", "psd"))
 
 
 @dataclass(frozen=True)

@@ -191,8 +191,10 @@ class DeflatedPCG(_ConjugateGradient):
         Ritz vectors deflated (16, the DCDM reference's "DeflatedPCG"); 0 gives Jacobi PCG
         (with the nullspace still projected out).
     lanczos_steps : int or None
-        Lanczos steps on ``A`` (full reorthogonalisation); default ``4 * vectors``. At least
-        ``vectors``.
+        Lanczos steps on ``D^-1/2 A D^-1/2`` (full reorthogonalisation); default
+        ``4 * vectors``. At least ``vectors``. The smallest Ritz pairs converge slowly: on the
+        32^3 pressure systems 64 steps barely beat Jacobi PCG, 400 save up to 45 % of the
+        iterations, at a setup of several times the solve.
     seed : int
         Seeds Lanczos' start vector.
 
@@ -201,7 +203,7 @@ class DeflatedPCG(_ConjugateGradient):
     seconds are ``metrics["setup_time_s"]``. ``counters["matvec"]`` includes the Lanczos
     products. ``extras``: ``deflation_vectors`` (``k`` kept), ``lanczos_steps`` (taken),
     ``nullspace`` (columns of ``metadata["nullspace"]`` projected out, 0 without), and
-    ``ritz_values`` (the deflated ones, ascending).
+    ``ritz_values`` (the deflated ones, ascending: estimates of eigenvalues of ``D^-1 A``).
     """
 
     vectors: int = 16
