@@ -193,9 +193,9 @@ class DeflatedPCG(_ConjugateGradient):
     lanczos_steps : int or None
         Lanczos steps on ``D^-1/2 A D^-1/2`` (full reorthogonalisation); default
         ``4 * vectors``. At least ``vectors``. The smallest Ritz pairs converge slowly: on the
-        32^3 pressure systems 64 steps take 3 % more to 15 % fewer iterations than Jacobi PCG, 400
-        9-58 % (the closed box least: one Lanczos run finds one vector per multiple
-        eigenvalue), with a setup a hundred times the Jacobi solve.
+        32^3 pressure systems 64 steps take 3 % more to 15 % fewer iterations than Jacobi
+        PCG, 400 steps 9-58 % fewer (the closed box least: one Lanczos run finds one vector
+        per multiple eigenvalue), with a setup a hundred times the Jacobi solve.
     seed : int
         Seeds Lanczos' start vector.
 
