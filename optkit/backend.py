@@ -57,6 +57,7 @@ _EXTRAS = {
     "cvxpy": ("test", "pip install 'optkit[test]'"),
     "skglm": ("bcd", "pip install 'optkit[bcd]'"),
     "celer": ("bcd", "pip install 'optkit[bcd]'"),
+    "ilupp": ("dcdm", "pip install 'optkit[dcdm]'"),
 }
 
 

@@ -16,10 +16,26 @@ from optkit.registry import register_solver
 from optkit.result import Result
 from optkit.solver import Callback, Solver
 
-__all__ = ["PyAMG"]
+__all__ = ["PyAMG", "coarse_solver"]
 
 _ACCEL = ("cg", "none")
 _CYCLES = ("V", "W", "F")
+
+
+#: Coarsest-level eigenvalues below this fraction of the largest diagonal entry of ``A`` count as
+#: zero: they are rounding of a singular coarse operator (~1e-16 of it), never a real eigenvalue of
+#: a system AMG can solve.
+_COARSE_NULL = 1e-10
+
+
+def coarse_solver(A) -> tuple:
+    """PyAMG's ``coarse_solver`` argument: ``pinv`` with an absolute cutoff of ``1e-10 max|a_ii|``.
+
+    PyAMG's default ``pinv`` cuts relative to the largest singular value of the coarsest
+    matrix, which is itself rounding when a closed fluid region has coarsened to one unknown
+    (a 1x1 matrix ``[-3e-18]`` on the bunny at 16^3): it gets inverted, every V-cycle adds a
+    ``ker A`` component ~1e17 times the residual's, and CG breaks down (``p^T A p <= 0``)."""
+    return ("pinv", {"atol": _COARSE_NULL * float(abs(A.diagonal()).max(initial=0.0))})
 
 
 @register_solver("pyamg")
@@ -57,6 +73,21 @@ class PyAMG(Solver):
     the time limit and Ctrl-C end the run at the last iterate PyAMG reported
     (``USER_STOPPED`` for Ctrl-C).
 
+    Singular systems. The near-nullspace candidate is PyAMG's default, the constant vector,
+    also for the pressure systems of :mod:`problems.pressure` whose nullspace
+    (``metadata["nullspace"]``) has one indicator per closed fluid region: aggregates grow
+    inside connected components of the strength graph, so the constant restricted to each
+    aggregate already spans every region's indicator on every level. Passing the indicators
+    as ``B`` instead multiplies the operator complexity by their number and, where a region
+    is open to air (an indicator that is zero there), leaves that region's aggregates
+    without a candidate (tests/solvers/test_pressure_baselines.py measures both).
+
+    The coarsest level is solved by a pseudo-inverse that treats eigenvalues below
+    ``1e-10 max|a_ii|`` as zero (:func:`coarse_solver`), so that the singular coarse operators
+    of closed regions are not inverted: with PyAMG's default relative cutoff, CG broke down on
+    these systems (bunny 16^3 at ``tol=1e-8``: stuck at 3.6e-7; float32: at the first
+    iteration) and stationary cycling overflowed in float32.
+
     ``time_s`` includes the setup; its seconds are also ``metrics["setup_time_s"]``, and
     ``extras`` holds ``levels`` and ``operator_complexity``. The trace's ``residual`` is
     PyAMG's residual norm divided by ``||b||`` (row 0: ``||b - A x0|| / ||b||``), and the
@@ -91,11 +122,11 @@ class PyAMG(Solver):
 
     def _setup(self, pyamg, A):
         if self.seed is None:
-            return pyamg.smoothed_aggregation_solver(A, max_coarse=self.max_coarse)
+            return pyamg.smoothed_aggregation_solver(A, max_coarse=self.max_coarse, coarse_solver=coarse_solver(A))
         saved = np.random.get_state()
         np.random.seed(self.seed)
         try:
-            return pyamg.smoothed_aggregation_solver(A, max_coarse=self.max_coarse)
+            return pyamg.smoothed_aggregation_solver(A, max_coarse=self.max_coarse, coarse_solver=coarse_solver(A))
         finally:
             np.random.set_state(saved)
 
@@ -131,7 +162,7 @@ class PyAMG(Solver):
                     maxiter=self.max_iter,
                     cycle=self.cycle,
                     accel=accel,
-                    callback=lambda xk: run.iteration(xk.copy(), metrics={"residual": residuals[-1] / bnorm}),
+                    callback=lambda xk: run.iteration(xk.copy(), metrics={"residual": float(residuals[-1]) / bnorm}),
                     residuals=residuals,
                     return_info=True,
                 )

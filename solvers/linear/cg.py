@@ -13,9 +13,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from optkit.backend import synchronize
+import numpy as np
+
+from optkit.backend import optional_import, synchronize
 from optkit.krylov import CGIteration, CGState
-from optkit.linop import Diagonal, diagonal
+from optkit.linop import Diagonal, FunctionOperator, diagonal
 from optkit.problem import LinearSystemProblem, Problem
 from optkit.registry import register_solver
 from optkit.result import Status
@@ -24,7 +26,24 @@ from optkit.solver import IterativeSolver
 __all__ = ["CG", "PCG", "PRECONDITIONERS"]
 
 #: The preconditioners of :class:`PCG`, with the backends they run on.
-PRECONDITIONERS = {"none": {"numpy", "torch"}, "jacobi": {"numpy", "torch"}, "ichol": {"numpy"}}
+PRECONDITIONERS = {"none": {"numpy", "torch"}, "jacobi": {"numpy", "torch"}, "ichol": {"numpy"}, "ilupp": {"numpy"}}
+
+
+def _ilupp_ichol0(matrix) -> FunctionOperator:
+    """``ilupp``'s IC(0) of ``matrix`` as a symmetric positive definite operator (numpy, the
+    matrix's dtype; ilupp factors and solves in float64)."""
+    import scipy.sparse as sp
+
+    ilupp = optional_import("ilupp", "pcg with preconditioner='ilupp'")
+    # ilupp accepts only csr_matrix/csc_matrix (not sparse arrays) and sorts the indices in place: give it a copy
+    factor = ilupp.IChol0Preconditioner(sp.csr_matrix(matrix, dtype=np.float64, copy=True))
+
+    def apply(r: np.ndarray) -> np.ndarray:
+        z = np.array(r, dtype=np.float64, copy=True)
+        factor.apply(z)
+        return z.astype(matrix.dtype, copy=False)
+
+    return FunctionOperator(matrix.shape, apply, apply, dtype=matrix.dtype, tags=("symmetric", "psd"))
 
 
 @dataclass(frozen=True)
@@ -123,12 +142,15 @@ class PCG(_ConjugateGradient):
     -------
     tol, max_iter, time_limit :
         As :class:`CG` (``tol`` is on the unpreconditioned relative residual ``||r_k|| / ||b||``).
-    preconditioner : {"jacobi", "ichol", "none"}
+    preconditioner : {"jacobi", "ichol", "ilupp", "none"}
         ``"jacobi"``: ``M = diag(A)^-1`` (numpy and torch; needs a positive diagonal).
         ``"ichol"``: zero-fill incomplete Cholesky ``M = (L L^T)^-1``
         (:func:`solvers.linear.ichol.ichol`, numpy only, needs the matrix entries; on a
         non-positive pivot it refactors with a diagonal shift, reported in
-        ``extras["ichol_shift"]``). ``"none"`` (or ``None``, as the spec
+        ``extras["ichol_shift"]``). ``"ilupp"``: the same IC(0) from the ``ilupp`` package
+        (``ilupp.IChol0Preconditioner``, C++; numpy only, needs the matrix entries and the
+        extra ``dcdm``; no shift on breakdown), the baseline the DCDM reference compares
+        against. ``"none"`` (or ``None``, as the spec
         ``pcg:preconditioner=none`` reads): plain CG.
 
     The preconditioner is built inside the timed run; its seconds are also
@@ -150,15 +172,17 @@ class PCG(_ConjugateGradient):
 
     def check(self, problem: Problem) -> str | None:
         reason = super().check(problem)
-        if reason is not None or self._kind != "ichol":
+        if reason is not None or self._kind not in ("ichol", "ilupp"):
             return reason
-        if problem.backend not in PRECONDITIONERS["ichol"]:
+        if problem.backend not in PRECONDITIONERS[self._kind]:
             return (
-                f"pcg with preconditioner='ichol' runs on numpy only (numba triangular solves), not on backend "
+                f"pcg with preconditioner={self._kind!r} runs on numpy only (CPU triangular solves), not on backend "
                 f"{problem.backend!r}; use preconditioner='jacobi' there"
             )
         if "matrix" not in problem.capabilities:
-            return f"pcg with preconditioner='ichol' needs the matrix entries, which problem {problem.name!r} lacks"
+            return (
+                f"pcg with preconditioner={self._kind!r} needs the matrix entries, which problem {problem.name!r} lacks"
+            )
         return None
 
     def _preconditioner(self, problem: LinearSystemProblem) -> tuple[Any, dict]:
@@ -170,6 +194,8 @@ class PCG(_ConjugateGradient):
             if not bool(xp.all(d > 0)):
                 raise ValueError("preconditioner='jacobi' needs a positive diagonal; A has a diagonal entry <= 0")
             return Diagonal(1.0 / d), {"preconditioner": "jacobi"}
+        if self._kind == "ilupp":
+            return _ilupp_ichol0(problem.matrix), {"preconditioner": "ilupp"}
         from .ichol import ichol
 
         factor = ichol(problem.matrix)
