@@ -13,8 +13,9 @@ Outside the grid counts as ``outside`` (solid by default: a closed container). T
 symmetric positive semidefinite; every connected fluid region that touches no air has the
 constant on that region in its nullspace (a closed box of smoke is pure Neumann). Such systems
 get their right-hand side projected onto the range, and ``metadata["nullspace"]`` holds an
-orthonormal basis of the nullspace for the solvers that use it (PyAMG's near-nullspace, the
-deflation of ``dcdm``).
+orthonormal basis of the nullspace for the solvers that use it (``dcdm`` and ``deflated-pcg``
+project it out of their directions; PyAMG needs nothing: its aggregates never cross regions, so
+its default constant candidate already spans the nullspace).
 
 Geometries (:func:`cell_flags`): ``box`` (empty closed box), ``spheres`` (random sphere
 obstacles), ``bunny`` (a lumpy blob from a seeded implicit surface, with two "ears"),

@@ -37,7 +37,7 @@ DEFAULT_WEIGHTS = Path(__file__).with_name("dcdm_weights") / "dcdm-pressure32.pt
 #: Named architectures: ``paper`` is the 64³ network of the reference code.
 PRESETS = {
     "paper": {"filters": 16, "levels": 1, "down": 4, "bottom": 6, "up": 4},
-    "small": {"filters": 16, "levels": 3, "down": 2, "bottom": 2, "up": 2},
+    "small": {"filters": 16, "levels": 4, "down": 2, "bottom": 2, "up": 2},
 }
 
 
@@ -86,12 +86,18 @@ class DirectionNetwork(nn.Module):
         return x
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
+        return r + self.correction(r)
+
+    def correction(self, r: torch.Tensor) -> torch.Tensor:
+        """``f(r) - r``: the learned part of the direction. ``dcdm`` adds ``r`` itself in the
+        iterate's precision, because in float32 the smooth, amplified correction (about 1000
+        times ``r`` at 32³) leaves ``r``'s own, high-frequency content only four digits."""
         if r.ndim != 5 or r.shape[1] != 1:
             raise ValueError(f"the network takes a (batch, 1, n0, n1, n2) tensor, got shape {tuple(r.shape)}")
         if r.shape[0] == 1 and r.device.type == "cpu":
             # torch's CPU conv3d leaves oneDNN for a batch of one: at 32³ a forward pass takes
             # 0.40 s for one grid and 0.08 s for two (torch 2.13), so one grid goes with a zero one
-            return self.forward(torch.cat([r, torch.zeros_like(r)]))[:1]
+            return self.correction(torch.cat([r, torch.zeros_like(r)]))[:1]
         multiple = 2 ** self.config["levels"]
         shape = r.shape[2:]
         pad = [(-s) % multiple for s in shape]
@@ -107,8 +113,7 @@ class DirectionNetwork(nn.Module):
         for convs in self.up:
             x = F.interpolate(x, scale_factor=2, mode="nearest") + skips.pop()
             x = self._residual_units(x, convs)
-        x = r + self.out(x)
-        return x[:, :, : shape[0], : shape[1], : shape[2]]
+        return self.out(x)[:, :, : shape[0], : shape[1], : shape[2]]
 
 
 class GridMap:

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from optkit.lanczos import lanczos
 from optkit.linop import aslinearoperator
 from optkit.registry import get_problem
-from optkit.validation import check_int, check_positive
+from optkit.validation import check_choice, check_int, check_positive
 
 from ._dcdm_network import PRESETS, DirectionNetwork, GridMap, save_model
 
@@ -141,8 +141,9 @@ class TrainingConfig:
 
     Attributes
     ----------
-    problem : str
-        Problem spec of the training matrix (a registered linear system with ``metadata["grid"]``).
+    problems : tuple of str
+        Problem specs of the training matrices (registered linear systems with
+        ``metadata["grid"]``); step ``k`` trains on matrix ``k mod len(problems)``.
     architecture : dict
         :class:`DirectionNetwork` keyword arguments.
     lanczos_steps : int
@@ -153,15 +154,20 @@ class TrainingConfig:
         Vectors per Adam step and number of steps.
     lr : float
         Adam's learning rate.
+    schedule : {"cosine", "constant"}
+        ``"cosine"``: the rate decays to 0 over ``steps`` (half a cosine period).
     seed : int
         Seeds the weights, the Lanczos start and every batch.
     checkpoint_every : int
         Steps between checkpoints (and validation losses).
     validation_size : int
-        Held-out training-distribution vectors scored at each checkpoint.
+        Held-out training-distribution vectors per matrix, scored at each checkpoint (the mean).
     """
 
-    problem: str = "linear/pressure-3d:n=32,geometry=spheres,seed=0"
+    problems: tuple = (
+        "linear/pressure-3d:n=32,geometry=spheres,seed=0",
+        "linear/pressure-3d:n=32,geometry=liquid,seed=0",
+    )
     architecture: dict = field(default_factory=lambda: dict(PRESETS["small"]))
     lanczos_steps: int = 500
     low_fraction: float = 0.55
@@ -169,6 +175,7 @@ class TrainingConfig:
     batch_size: int = 10
     steps: int = 3000
     lr: float = 1e-3
+    schedule: str = "cosine"
     seed: int = 0
     checkpoint_every: int = 100
     validation_size: int = 20
@@ -176,8 +183,11 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         for name in ("lanczos_steps", "batch_size", "steps", "checkpoint_every", "validation_size"):
             check_int(name, getattr(self, name), 1)
+        if isinstance(self.problems, str) or not self.problems or not all(isinstance(p, str) for p in self.problems):
+            raise ValueError(f"problems must be a non-empty tuple of problem specs, got {self.problems!r}")
         check_int("seed", self.seed, 0)
         check_positive("lr", self.lr)
+        check_choice("schedule", self.schedule, ("cosine", "constant"))
         DirectionNetwork(**self.architecture)
 
 
@@ -193,37 +203,45 @@ class TrainingRun:
     interrupted: bool
 
 
-def _training_data(config: TrainingConfig, out: Path):
-    problem = get_problem(config.problem)
+@dataclass(frozen=True)
+class _TrainingSystem:
+    """One training matrix: its right-hand-side stream, grid map, float32 operator, nullspace."""
+
+    rhs: RitzRightHandSides
+    grid_map: GridMap
+    A: Any
+    nullspace: torch.Tensor | None
+
+    def loss(self, model: torch.nn.Module, b: torch.Tensor) -> torch.Tensor:
+        return galerkin_loss(model, self.grid_map, self.A, b, self.nullspace)
+
+
+def _training_system(spec: str, index: int, config: TrainingConfig, out: Path) -> _TrainingSystem:
+    problem = get_problem(spec)
     grid = problem.metadata.get("grid")
     if problem.matrix is None or grid is None or len(grid) != 3:
-        raise ValueError(f"problem {config.problem!r} must be a linear system with a matrix and a 3-D metadata['grid']")
-    cache = out / "ritz.npz"
-    key = np.array(json.dumps([config.problem, config.lanczos_steps, config.seed]))
+        raise ValueError(f"problem {spec!r} must be a linear system with a matrix and a 3-D metadata['grid']")
+    cache = out / f"ritz{index}.npz"
+    key = np.array(json.dumps([spec, config.lanczos_steps, config.seed]))
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as saved:
-            if str(saved["key"]) == str(key):
-                V = saved["V"]
-            else:
+            if str(saved["key"]) != str(key):
                 raise ValueError(f"{cache} was computed for another problem, Lanczos length or seed: use a new --out")
+            V = saved["V"]
     else:
         V = ritz_basis(problem.matrix, config.lanczos_steps, seed=config.seed)[1]
         np.savez(out / "ritz.tmp.npz", V=V, key=key)
         os.replace(out / "ritz.tmp.npz", cache)
-    A = aslinearoperator(problem.matrix).to("torch", "cpu", "float32")
     Z = problem.metadata.get("nullspace")
-    Z_torch = None if Z is None else torch.as_tensor(Z, dtype=torch.float32)
-    return (
+    return _TrainingSystem(
         RitzRightHandSides(V, low_fraction=config.low_fraction, low_weight=config.low_weight),
         GridMap(grid, problem.metadata.get("cells")),
-        A,
-        Z_torch,
+        aslinearoperator(problem.matrix).to("torch", "cpu", "float32"),
+        None if Z is None else torch.as_tensor(Z, dtype=torch.float32),
     )
 
 
-def train(
-    config: TrainingConfig, out: str | os.PathLike, *, progress: bool = True, command: str | None = None
-) -> TrainingRun:
+def train(config: TrainingConfig, out: str | os.PathLike, *, progress: bool = True, command: str = "") -> TrainingRun:
     """Train (or resume training) a direction network; see the module docstring.
 
     Parameters
@@ -234,8 +252,8 @@ def train(
         equals ``config``, and refused otherwise.
     progress : bool
         A tqdm bar with the running loss.
-    command : str, optional
-        The command line recorded in the model file (default: this process's ``sys.argv``).
+    command : str
+        The command line recorded in the model file (:func:`main` gives its own).
 
     Returns
     -------
@@ -245,10 +263,11 @@ def train(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rhs, grid_map, A, Z = _training_data(config, out)
+    systems = [_training_system(spec, i, config, out) for i, spec in enumerate(config.problems)]
     torch.manual_seed(config.seed)
     model = DirectionNetwork(**config.architecture)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps) if config.schedule == "cosine" else None
     losses: list[float] = []
     validation: dict[int, float] = {}
     elapsed = 0.0
@@ -259,12 +278,17 @@ def train(
             raise ValueError(f"{checkpoint} belongs to a run with another configuration: use a new --out")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        if decay is not None:
+            decay.load_state_dict(saved["schedule"])
         losses = saved["losses"].tolist()
         validation = (
             {int(k): float(v) for k, v in zip(*saved["validation"].tolist())} if saved["validation"].numel() else {}
         )
         elapsed = float(saved["elapsed_s"])
-    held_out = torch.as_tensor(rhs.batch(config.validation_size, np.random.default_rng([config.seed, 2**32 - 1])))
+    held_out = [
+        torch.as_tensor(system.rhs.batch(config.validation_size, np.random.default_rng([config.seed, 2**32 - 1, i])))
+        for i, system in enumerate(systems)
+    ]
 
     def save_checkpoint() -> None:
         steps = sorted(validation)
@@ -272,6 +296,7 @@ def train(
             "config": asdict(config),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "schedule": decay.state_dict() if decay is not None else {},
             "losses": torch.tensor(losses, dtype=torch.float64),
             "validation": torch.tensor([steps, [validation[s] for s in steps]], dtype=torch.float64),
             "elapsed_s": elapsed,
@@ -284,19 +309,22 @@ def train(
     started = time.perf_counter()
     try:
         for step in range(len(losses), config.steps):
-            b = torch.as_tensor(rhs.batch(config.batch_size, np.random.default_rng([config.seed, step])))
-            loss = galerkin_loss(model, grid_map, A, b, Z)
+            system = systems[step % len(systems)]
+            b = torch.as_tensor(system.rhs.batch(config.batch_size, np.random.default_rng([config.seed, step])))
+            loss = system.loss(model, b)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the training loss became {loss.item()} at step {step}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if decay is not None:
+                decay.step()
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
                 with torch.no_grad():
-                    validation[step + 1] = galerkin_loss(model, grid_map, A, held_out, Z).item()
+                    validation[step + 1] = float(np.mean([s.loss(model, b).item() for s, b in zip(systems, held_out)]))
                 elapsed += time.perf_counter() - started
                 started = time.perf_counter()
                 save_checkpoint()
@@ -308,7 +336,7 @@ def train(
         bar.close()
     if not interrupted:
         record = {
-            "command": command if command is not None else shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+            "command": command,
             "config": json.dumps(asdict(config)),
             "first_losses": losses[:5],
             "final_loss": float(np.mean(losses[-50:])),
@@ -327,7 +355,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Train the dcdm search-direction network (resumes a run found in --out).",
     )
     p.add_argument("--out", required=True, help="run directory (checkpoints, Ritz basis, model.pt)")
-    p.add_argument("--problem", default=defaults.problem, help="training matrix, a problem spec")
+    p.add_argument(
+        "--problem", action="append", dest="problems", help="a training matrix (problem spec); repeat for several"
+    )
     p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="network architecture")
     p.add_argument("--filters", type=int, help="override the preset's channel count")
     p.add_argument("--levels", type=int, help="override the preset's pooling levels")
@@ -335,6 +365,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("lr", "low_fraction", "low_weight"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    p.add_argument("--schedule", default=defaults.schedule, choices=("cosine", "constant"))
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -349,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name) is not None:
             architecture[name] = getattr(args, name)
     config = TrainingConfig(
-        problem=args.problem,
+        problems=tuple(args.problems) if args.problems else TrainingConfig.problems,
         architecture=architecture,
         lanczos_steps=args.lanczos_steps,
         low_fraction=args.low_fraction,
@@ -357,10 +388,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         steps=args.steps,
         lr=args.lr,
+        schedule=args.schedule,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
     )
-    run = train(config, args.out, progress=not args.quiet)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join(["python", "-m", "solvers.linear.dcdm_training", *argv])
+    run = train(config, args.out, progress=not args.quiet, command=command)
     where = Path(args.out) / ("checkpoint.pt" if run.interrupted else "model.pt")
     print(
         f"{'interrupted' if run.interrupted else 'done'} after {len(run.losses)} steps, {run.elapsed_s:.0f} s: {where}"
