@@ -185,6 +185,7 @@ class TrainingConfig:
             check_int(name, getattr(self, name), 1)
         if isinstance(self.problems, str) or not self.problems or not all(isinstance(p, str) for p in self.problems):
             raise ValueError(f"problems must be a non-empty tuple of problem specs, got {self.problems!r}")
+        object.__setattr__(self, "problems", tuple(self.problems))  # a list read back from JSON
         check_int("seed", self.seed, 0)
         check_positive("lr", self.lr)
         check_choice("schedule", self.schedule, ("cosine", "constant"))
@@ -194,13 +195,14 @@ class TrainingConfig:
 @dataclass
 class TrainingRun:
     """What :func:`train` returns: the model, the loss of every step, the validation losses by
-    step, the wall time (all sessions of a resumed run) and whether the run was interrupted."""
+    step, the wall time (all sessions of a resumed run) and whether every step is done (then
+    ``model.pt`` is written; otherwise the checkpoint holds the run)."""
 
     model: DirectionNetwork
     losses: list[float]
     validation: dict[int, float]
     elapsed_s: float
-    interrupted: bool
+    complete: bool
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,14 @@ def _training_system(spec: str, index: int, config: TrainingConfig, out: Path) -
     )
 
 
-def train(config: TrainingConfig, out: str | os.PathLike, *, progress: bool = True, command: str = "") -> TrainingRun:
+def train(
+    config: TrainingConfig,
+    out: str | os.PathLike,
+    *,
+    progress: bool = True,
+    command: str = "",
+    session_steps: int | None = None,
+) -> TrainingRun:
     """Train (or resume training) a direction network; see the module docstring.
 
     Parameters
@@ -254,12 +263,14 @@ def train(config: TrainingConfig, out: str | os.PathLike, *, progress: bool = Tr
         A tqdm bar with the running loss.
     command : str
         The command line recorded in the model file (:func:`main` gives its own).
+    session_steps : int, optional
+        Take at most this many steps in this call, then checkpoint (a run in timed sessions).
 
     Returns
     -------
     TrainingRun
-        Ctrl-C ends the run after writing a checkpoint; ``interrupted`` is then True and
-        ``model.pt`` is not written.
+        Ctrl-C ends the run after writing a checkpoint, as ``session_steps`` does; ``complete``
+        is then False and ``model.pt`` is not written.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -304,11 +315,15 @@ def train(config: TrainingConfig, out: str | os.PathLike, *, progress: bool = Tr
         torch.save(payload, out / "checkpoint.tmp.pt")
         os.replace(out / "checkpoint.tmp.pt", checkpoint)
 
-    interrupted = False
+    stop = (
+        config.steps
+        if session_steps is None
+        else min(config.steps, len(losses) + check_int("session_steps", session_steps, 1))
+    )
     bar = tqdm(total=config.steps, initial=len(losses), desc="dcdm training", disable=not progress, unit="step")
     started = time.perf_counter()
     try:
-        for step in range(len(losses), config.steps):
+        for step in range(len(losses), stop):
             system = systems[step % len(systems)]
             b = torch.as_tensor(system.rhs.batch(config.batch_size, np.random.default_rng([config.seed, step])))
             loss = system.loss(model, b)
@@ -322,19 +337,19 @@ def train(config: TrainingConfig, out: str | os.PathLike, *, progress: bool = Tr
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == stop:
                 with torch.no_grad():
                     validation[step + 1] = float(np.mean([s.loss(model, b).item() for s, b in zip(systems, held_out)]))
                 elapsed += time.perf_counter() - started
                 started = time.perf_counter()
                 save_checkpoint()
     except KeyboardInterrupt:
-        interrupted = True
         elapsed += time.perf_counter() - started
         save_checkpoint()
     finally:
         bar.close()
-    if not interrupted:
+    complete = len(losses) == config.steps
+    if complete:
         record = {
             "command": command,
             "config": json.dumps(asdict(config)),
@@ -345,7 +360,7 @@ def train(config: TrainingConfig, out: str | os.PathLike, *, progress: bool = Tr
             "torch": str(torch.__version__),
         }
         save_model(out / "model.pt", model, record)
-    return TrainingRun(model.eval(), losses, validation, elapsed, interrupted)
+    return TrainingRun(model.eval(), losses, validation, elapsed, complete)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -395,11 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join(["python", "-m", "solvers.linear.dcdm_training", *argv])
     run = train(config, args.out, progress=not args.quiet, command=command)
-    where = Path(args.out) / ("checkpoint.pt" if run.interrupted else "model.pt")
-    print(
-        f"{'interrupted' if run.interrupted else 'done'} after {len(run.losses)} steps, {run.elapsed_s:.0f} s: {where}"
-    )
-    return 130 if run.interrupted else 0
+    where = Path(args.out) / ("model.pt" if run.complete else "checkpoint.pt")
+    print(f"{'done' if run.complete else 'stopped'} after {len(run.losses)} steps, {run.elapsed_s:.0f} s: {where}")
+    return 0 if run.complete else 130
 
 
 if __name__ == "__main__":
