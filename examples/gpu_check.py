@@ -41,6 +41,11 @@ Comparisons (each anchored on the CPU baseline of the same run):
   the CPU (the anchor) against torch on the target (``--small``: ``m=100,d=40,n_classes=5``).
   Each update re-forms the (50, 1000) gradient from all the logits: one dense GEMM.
 
+* DCDM (issue 13): ``dcdm`` with the shipped model on unseen pressure systems (the bunny
+  geometry, 64³ and 128³; ``--small``: 16³), to relative residual 1e-6, the network and the
+  iterate on the target, against PyAMG-preconditioned CG on the CPU (the anchor) and ``cg`` on
+  the target.
+
 ``--sections`` picks which comparisons run.
 """
 
@@ -67,6 +72,11 @@ def comparisons(small: bool):
     return [
         ([f"linear/poisson-3d:n={n3}"], ["scipy-cg", "cg@{target}"], {"tol": 1e-8}),
         (ot_problems, ["pot-sinkhorn-log@{target}", "sns@{target}"], {"tol": 1e-9, "time_limit": 60}),
+        (
+            [f"linear/pressure-3d:n={n},geometry=bunny,seed=1" for n in ((16,) if small else (64, 128))],
+            ["pyamg", "cg@{target}", "dcdm@{target}"],
+            {"tol": 1e-6, "max_iter": 5000},
+        ),
     ]
 
 
@@ -305,7 +315,7 @@ def bcd_rows(target: str, small: bool, repeat: int) -> list[dict]:
 
 def main(target: str, small: bool, repeat: int, sections: list[str]) -> None:
     rows = []
-    for name, (problems, solvers, options) in zip(("cg", "ot"), comparisons(small)):
+    for name, (problems, solvers, options) in zip(("cg", "ot", "dcdm"), comparisons(small)):
         if name not in sections:
             continue
         bench = run_benchmark(
@@ -335,7 +345,7 @@ if __name__ == "__main__":
     parser.add_argument("--target", default="cuda", choices=("cuda", "torch"), help="where the GPU solvers run")
     parser.add_argument("--small", action="store_true", help="small sizes (CPU smoke test)")
     parser.add_argument("--repeat", type=int, default=3)
-    sections = ["cg", "ot", "galore", "mfac", "hessian", "fsdp2", "bcd"]
+    sections = ["cg", "ot", "galore", "mfac", "hessian", "fsdp2", "bcd", "dcdm"]
     parser.add_argument("--sections", nargs="+", default=sections, choices=sections)
     args = parser.parse_args()
     main(args.target, args.small, args.repeat, args.sections)

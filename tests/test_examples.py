@@ -57,6 +57,9 @@ def test_gpu_check_runs_on_the_cpu_with_small_sizes():
         ("ot/point-clouds", "sns@torch"),
         ("ot/random-assignment", "pot-sinkhorn-log@torch"),
         ("ot/random-assignment", "sns@torch"),
+        ("linear/pressure-3d", "pyamg"),
+        ("linear/pressure-3d", "cg@torch"),
+        ("linear/pressure-3d", "dcdm@torch"),
     ]
     assert all(status == "converged" for _, _, status in rows)
     # one-rank FSDP2 steps equal the unsharded ones (float32; one rank reduces nothing)
@@ -393,3 +396,17 @@ def test_bcd_paper_example_checks_the_claims_and_plots(tmp_path):
     assert standing(cells["VB gs-q pn"][2]) < standing(cells["VB gs-q pg"][2])
     assert "comparisons agree with the paper" in out
     assert (tmp_path / "bcd.png").stat().st_size > 10_000
+
+
+def test_dcdm_pressure_example_trains_races_and_plots(tmp_path):
+    pytest.importorskip("torch")
+    out = run_example(
+        "dcdm_pressure.py", "--n", "12", "--train-n", "8", "--train-steps", "4", "--out", str(tmp_path / "dcdm.png")
+    )
+    rows = table_rows(out)
+    assert [solver.split(":")[0] for _, solver, _ in rows] == [
+        "scipy-cg", "pcg", "pyamg", "deflated-pcg", "dcdm", "dcdm",
+    ]
+    assert all(status == "converged" for _, _, status in rows)
+    assert re.search(r"trained 4 steps in \d+ s", out)
+    assert (tmp_path / "dcdm.png").stat().st_size > 10_000

@@ -63,6 +63,8 @@ def _training_task():
 
 TINY = {
     "linear-system": lambda: optkit.get_problem("linear/poisson-2d", n=6),
+    # a grid of cells: grid-aware solvers (dcdm) get the contract too
+    "linear-system-3d": lambda: optkit.get_problem("linear/pressure-3d", n=4, geometry="liquid"),
     "smooth": lambda: optkit.get_problem("ml/least-squares", m=20, n=5),
     "finite-sum": lambda: optkit.get_problem("ml/logistic", dataset="synthetic", m=30, n=4),
     "ot": lambda: optkit.get_problem("ot/random-assignment", n=8, eta=10),
