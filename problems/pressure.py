@@ -226,6 +226,7 @@ def _divergence_rhs(flags: np.ndarray, outside: int, rng: np.random.Generator) -
     return out
 
 
+@register_problem("linear/pressure-3d")
 def pressure_problem(
     n: int = 32,
     geometry: str = "spheres",
@@ -285,23 +286,6 @@ def pressure_problem(
     }
     return LinearSystemProblem(
         A.astype(dtype), b.astype(dtype), tags=("symmetric", "psd"), name="linear/pressure-3d", metadata=metadata
-    )
-
-
-@register_problem("linear/pressure-3d")
-def pressure_3d(
-    n: int = 32,
-    geometry: str = "spheres",
-    obstacles: int = 4,
-    seed: int = 0,
-    rhs: str = "divergence",
-    outside: str = "solid",
-    solid_rows: str = "remove",
-    dtype: str = "float64",
-) -> LinearSystemProblem:
-    """Fluid-pressure Poisson on a flagged ``n**3`` grid (see :func:`pressure_problem`)."""
-    return pressure_problem(
-        n, geometry, obstacles=obstacles, seed=seed, rhs=rhs, outside=outside, solid_rows=solid_rows, dtype=dtype
     )
 
 
