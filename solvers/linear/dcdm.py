@@ -98,12 +98,13 @@ class DCDM(IterativeSolver):
         Relative residual: stops when ``||b - A x|| < tol * ||b||``, the true residual (the
         same test as every linear solver here).
     max_iter : int
-        Iterations (one network evaluation and two products with ``A`` each).
+        Iterations (one network evaluation and two products with ``A`` each, a third on a
+        fallback). ``counters["matvec"]`` also counts the setup's 21 products.
     time_limit : float or None
         Seconds, the model's loading and placement included.
     model : None, str, path or torch.nn.Module
-        ``None``: the model shipped in ``solvers/linear/dcdm_weights`` (trained on a 32³
-        pressure system; the command and seed are in the file). A path: a model written by
+        ``None``: the model shipped in ``solvers/linear/dcdm_weights`` (trained on two 32³
+        pressure systems; the command and seed are in the file). A path: a model written by
         :func:`solvers.linear._dcdm_network.save_model`, read with ``weights_only=True``. A
         module: any map of ``(batch, 1, n0, n1, n2)`` tensors to tensors of that shape, used
         as given (its parameters must be on ``device``).
@@ -119,10 +120,14 @@ class DCDM(IterativeSolver):
     (:mod:`problems.pressure`). An orthonormal ``metadata["nullspace"]`` (pure-Neumann
     systems) is projected out of every direction.
 
-    A network output that is not finite, or that after orthogonalisation is useless (no
-    curvature ``qᵀAq <= 0``, or orthogonal to the residual ``|qᵀr| <= 1e-12 ||q|| ||r||``),
-    is replaced by the residual for that step (``counters["fallback"]``); if the residual
-    fails too, the run ends ``BREAKDOWN`` (``A`` is not positive semidefinite on it).
+    A network direction that is not finite, or whose exact step lowers the energy
+    ``xᵀAx/2 - bᵀx`` by less than 1 % of ``||r||² / λ_max`` (steepest descent's least
+    decrease; ``λ_max`` estimated by 20 Lanczos steps at setup, ``extras["lambda_max"]``), is
+    replaced by the residual for that step (``counters["fallback"]``); if the residual gives
+    no step either (``qᵀAq <= 0`` after orthogonalisation), the run ends ``BREAKDOWN`` (``A``
+    is not positive semidefinite on it). For a :class:`~solvers.linear._dcdm_network.DirectionNetwork`
+    the network computes only its learned part ``f(r) - r`` and ``r`` is added in the iterate's
+    precision (in float32 the sum kept four digits of ``r``: the iteration stalled near 1e-4).
     Metrics: ``residual`` (``||b - A x|| / ||b||``). Counters: ``matvec``, ``network``,
     ``fallback``. Numpy and torch problems (CPU or CUDA); torch is imported at the first solve.
     """
