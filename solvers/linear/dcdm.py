@@ -2,8 +2,8 @@
 
 A conjugate direction method whose search directions come from a network: each iteration maps
 the normalised residual through the network ``f`` (:mod:`solvers.linear._dcdm_network`), makes
-the result A-orthogonal to the last two directions, steps to the minimum of the energy along
-it, and recomputes the true residual::
+the result A-orthogonal to the last directions (the paper: two; here 40 by default, measured),
+steps to the minimum of the energy along it, and recomputes the true residual::
 
     q = f(r / ||r||)
     q <- q - sum_i p_i (qᵀ A p_i) / (p_iᵀ A p_i)      (the last ``directions`` p_i)
@@ -13,7 +13,7 @@ it, and recomputes the true residual::
 ``f`` is nonlinear, so this is not PCG: there is no short recurrence, only the local
 orthogonalisation, and the step is exact along each direction. With ``f`` the exact inverse
 of ``A`` it converges in one step; with the identity it is steepest descent made A-orthogonal
-to the last two steps.
+to the previous steps, which is CG.
 """
 
 from __future__ import annotations
@@ -113,7 +113,11 @@ class DCDM(IterativeSolver):
     network_dtype : {"float32", "float64"}
         The network's precision; the iterate keeps the problem's dtype (float64 in, float64 out).
     directions : int
-        Past directions each new one is made A-orthogonal to (the paper: 2).
+        Past directions each new one is made A-orthogonal to, kept with their products with
+        ``A`` (``2 * directions`` vectors of memory). The paper keeps 2; with the shipped model
+        that stalls (32³ spheres: no convergence in 1,000 iterations), 20 takes 94 iterations
+        and 40 takes 46, against CG's 198: a nonlinear ``f`` gives no short recurrence, and
+        the longer window is a truncated flexible conjugate direction method.
 
     The problem must hold its grid in ``metadata["grid"]`` (a 3-tuple) and, when its unknowns
     are not every cell in C order, their cells in ``metadata["cells"]``
@@ -139,7 +143,7 @@ class DCDM(IterativeSolver):
     model: Any = None
     device: str | None = None
     network_dtype: str = "float32"
-    directions: int = 2
+    directions: int = 40
 
     def validate(self) -> None:
         super().validate()

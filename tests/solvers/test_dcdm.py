@@ -84,7 +84,7 @@ def test_iterates_equal_the_dense_reference_with_a_nonsymmetric_direction_map(di
 def test_identity_network_is_steepest_descent_with_orthogonalisation_and_equals_cg():
     problem = small_problem("liquid", n=8)
     A = problem.matrix.toarray()
-    got = iterates_of(problem, model=torch.nn.Identity(), max_iter=15, tol=1e-14)
+    got = iterates_of(problem, model=torch.nn.Identity(), max_iter=15, tol=1e-14, directions=2)
     want = dense_dcdm(A, problem.b, np.eye(A.shape[0]), 15)
     for x_got, x_want in zip(got, want):
         np.testing.assert_allclose(x_got, x_want, rtol=0, atol=1e-11 * np.abs(x_want).max())
