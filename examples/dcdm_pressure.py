@@ -20,10 +20,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from optkit.bench import format_summary, run_benchmark  # noqa: E402
-from solvers.linear.dcdm_training import TrainingConfig, train  # noqa: E402
+from optkit.bench import format_summary, run_benchmark
+from solvers.linear.dcdm_training import TrainingConfig, train
 
 SOLVERS = ["scipy-cg", "pcg:preconditioner=ichol", "pyamg", "deflated-pcg", "dcdm"]
 

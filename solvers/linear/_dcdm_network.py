@@ -29,7 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DEFAULT_WEIGHTS", "PRESETS", "DirectionNetwork", "GridMap", "load_model", "save_model"]
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "PRESETS",
+    "DirectionNetwork",
+    "GridMap",
+    "coarse_direction",
+    "load_model",
+    "save_model",
+    "training_grid_side",
+]
 
 #: The model shipped with the package (trained by the command recorded in its ``training`` entry).
 DEFAULT_WEIGHTS = Path(__file__).with_name("dcdm_weights") / "dcdm-pressure32.pt"
@@ -158,6 +167,38 @@ class GridMap:
         """``(batch, 1, *grid)`` -> ``(batch, n)`` at the unknowns' cells."""
         flat = g.reshape(g.shape[0], -1)
         return flat if self.cells is None else flat[:, self.cells]
+
+
+def coarse_direction(network: torch.nn.Module, r: torch.Tensor, level: int) -> torch.Tensor:
+    """``network`` applied ``level`` grids coarser: ``r`` (``(batch, 1, *grid)``) averaged over
+    blocks of ``2**level`` cells a side, mapped, and interpolated back trilinearly.
+
+    A model trained on ``m³`` grids meets on ``(2**level m)³`` a Laplacian whose smooth modes
+    have a quarter of the eigenvalue per level: on the coarse grid they look as in training.
+    """
+    factor = 2**level
+    shape = r.shape[2:]
+    pad = [(-s) % factor for s in shape]
+    if any(pad):
+        r = F.pad(r, (0, pad[2], 0, pad[1], 0, pad[0]))
+    q = network(F.avg_pool3d(r, factor))
+    q = F.interpolate(q, size=r.shape[2:], mode="trilinear", align_corners=False)
+    return q[:, :, : shape[0], : shape[1], : shape[2]]
+
+
+def training_grid_side(record: dict) -> int | None:
+    """The side of the training grid of a model file's ``training`` record: the ``n`` of its
+    first training problem spec, or None when the record does not say."""
+    import json
+
+    from optkit.registry import parse_spec
+
+    try:
+        problems = json.loads(record["config"])["problems"]
+        n = parse_spec(problems[0])[1].get("n")
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return int(n) if isinstance(n, int) and n > 0 else None
 
 
 def save_model(path: str | os.PathLike, model: DirectionNetwork, training: dict | None = None) -> None:

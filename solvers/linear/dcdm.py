@@ -18,6 +18,7 @@ to the previous steps, which is CG.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -112,6 +113,13 @@ class DCDM(IterativeSolver):
         Where the network runs; default the problem's device (``"cpu"`` for numpy problems).
     network_dtype : {"float32", "float64"}
         The network's precision; the iterate keeps the problem's dtype (float64 in, float64 out).
+    coarse_levels : int or None
+        Iterations cycle through the network applied on the grid itself and on grids
+        ``2, 4, ... 2**coarse_levels`` times coarser (:func:`~solvers.linear._dcdm_network.coarse_direction`:
+        the residual averaged over blocks, the direction interpolated back). ``None``: as many
+        levels as halve the grid's largest side down to the model's training grid (from its
+        file's record; 0 for a module given directly). Without them a model trained on 32³
+        took 535 iterations on a 64³ system (CG: 398); with one level, 75.
     directions : int
         Past directions each new one is made A-orthogonal to, kept with their products with
         ``A`` (``2 * directions`` vectors of memory). The paper keeps 2; with the shipped model
@@ -144,6 +152,7 @@ class DCDM(IterativeSolver):
     device: str | None = None
     network_dtype: str = "float32"
     directions: int = 40
+    coarse_levels: int | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -154,6 +163,8 @@ class DCDM(IterativeSolver):
             raise ValueError(f"device must be a device string such as 'cpu' or 'cuda', got {self.device!r}")
         check_choice("network_dtype", self.network_dtype, ("float32", "float64"))
         check_int("directions", self.directions, 0)
+        if self.coarse_levels is not None:
+            check_int("coarse_levels", self.coarse_levels, 0)
 
     def check(self, problem: Problem) -> str | None:
         reason = super().check(problem)
@@ -184,7 +195,8 @@ class DCDM(IterativeSolver):
         if self.model is None or isinstance(self.model, (str, os.PathLike)):
             path = DEFAULT_WEIGHTS if self.model is None else self.model
             network, record = load_model(path, device)
-            return network.to(dtype), {"model": str(path), "model_config": dict(network.config), "training": record}
+            setup = {"model": str(path), "model_config": dict(network.config), "training": record}
+            return network.to(dtype), setup
         for tensor in [*self.model.parameters(), *self.model.buffers()]:
             if tensor.device != device or tensor.dtype != dtype:
                 raise ValueError(
@@ -197,12 +209,18 @@ class DCDM(IterativeSolver):
         assert isinstance(problem, LinearSystemProblem)
         import torch
 
-        from ._dcdm_network import GridMap
+        from ._dcdm_network import GridMap, training_grid_side
 
         start = time.perf_counter()
         device = torch.device(self.device or ("cpu" if problem.backend == "numpy" else problem.device))
         network, setup = self._network(device)
-        grid_map = GridMap(problem.metadata["grid"], problem.metadata.get("cells"), device)
+        grid = problem.metadata["grid"]
+        grid_map = GridMap(grid, problem.metadata.get("cells"), device)
+        levels = self.coarse_levels
+        if levels is None:
+            side = training_grid_side(setup.get("training", {}))
+            levels = 0 if side is None else max(0, math.floor(math.log2(max(grid) / side)))
+        setup["coarse_levels"] = levels
         Z = problem.metadata.get("nullspace")
         Z = None if Z is None else convert(np.asarray(Z), problem.backend, problem.device, problem.b.dtype)
         lanczos_steps = min(problem.A.shape[0], _LANCZOS_STEPS)
@@ -231,20 +249,25 @@ class DCDM(IterativeSolver):
     def _network_direction(self, problem: LinearSystemProblem, state: _Run) -> Any:
         import torch
 
-        from ._dcdm_network import DirectionNetwork
+        from ._dcdm_network import DirectionNetwork, coarse_direction
 
         r = state.r / state.r_norm
-        learned_part = isinstance(state.network, DirectionNetwork)
-        apply = state.network.correction if learned_part else state.network
+        level = state.network_calls % (state.setup["coarse_levels"] + 1)
+        # on the grid itself the network computes only its learned part and r is added in the
+        # iterate's precision; a coarse direction is smooth, and float32 serves it whole
+        learned_part = level == 0 and isinstance(state.network, DirectionNetwork)
         with torch.inference_mode():
             grid = state.grid_map.to_grid(convert(r, "torch", state.device, state.dtype))
-            q = state.grid_map.from_grid(apply(grid))[0]
+            if level:
+                q = coarse_direction(state.network, grid, level)
+            else:
+                q = (state.network.correction if learned_part else state.network)(grid)
+            q = state.grid_map.from_grid(q)[0]
         q = (
             to_numpy(q).astype(problem.b.dtype)
             if problem.backend == "numpy"
             else q.to(problem.b.device, problem.b.dtype)
         )
-        # the network's identity part, r itself, added in the iterate's precision
         return r + q if learned_part else q
 
     def _conjugate(self, q: Any, state: _Run) -> Any:

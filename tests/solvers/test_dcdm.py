@@ -7,11 +7,18 @@ import scipy.sparse as sp
 
 torch = pytest.importorskip("torch")
 
-import optkit  # noqa: E402
-from optkit import Status  # noqa: E402
-from optkit.problem import LinearSystemProblem  # noqa: E402
-from problems.pressure import pressure_problem  # noqa: E402
-from solvers.linear._dcdm_network import DEFAULT_WEIGHTS, DirectionNetwork, GridMap, load_model  # noqa: E402
+import optkit
+from optkit import Status
+from optkit.problem import LinearSystemProblem
+from problems.pressure import pressure_problem
+from solvers.linear._dcdm_network import (
+    DEFAULT_WEIGHTS,
+    DirectionNetwork,
+    GridMap,
+    coarse_direction,
+    load_model,
+    training_grid_side,
+)
 
 
 class MatrixNetwork(torch.nn.Module):
@@ -41,12 +48,14 @@ def small_problem(geometry="spheres", n=6, seed=1):
 
 def dense_dcdm(A, b, M, iterations, directions=2, Z=None):
     """The published iteration written out: q = M r/||r||, nullspace and the last ``directions``
-    directions' A-components removed, exact step, true residual."""
+    directions' A-components removed, exact step, true residual. ``M`` may be a list of
+    matrices, used in turn (the coarse levels)."""
+    maps = M if isinstance(M, list) else [M]
     x = np.zeros_like(b)
     r = b - A @ x
     kept, iterates = [], []
-    for _ in range(iterations):
-        q = M @ (r / np.linalg.norm(r))
+    for k in range(iterations):
+        q = maps[k % len(maps)] @ (r / np.linalg.norm(r))
         if Z is not None:
             q = q - Z @ (Z.T @ q)
         for p in kept:
@@ -60,7 +69,9 @@ def dense_dcdm(A, b, M, iterations, directions=2, Z=None):
 
 def iterates_of(problem, **options):
     seen = []
-    optkit.solve(problem, "dcdm", network_dtype="float64", callback=lambda info: seen.append(info["x"].copy()), **options)
+    optkit.solve(
+        problem, "dcdm", network_dtype="float64", callback=lambda info: seen.append(info["x"].copy()), **options
+    )
     return seen[1:]  # the iterates after each step, not the start
 
 
@@ -130,7 +141,9 @@ def test_indefinite_matrix_tagged_psd_ends_in_breakdown():
 
 def test_torch_problem_gives_the_numpy_iterates():
     problem = small_problem("spheres", n=8)
-    net = MatrixNetwork(np.eye(problem.matrix.shape[0]) * 2.0, GridMap(problem.metadata["grid"], problem.metadata["cells"]))
+    net = MatrixNetwork(
+        np.eye(problem.matrix.shape[0]) * 2.0, GridMap(problem.metadata["grid"], problem.metadata["cells"])
+    )
     res_np = optkit.solve(problem, "dcdm", model=net, network_dtype="float64", tol=1e-9)
     res_t = optkit.solve(problem.to("torch"), "dcdm", model=net, network_dtype="float64", tol=1e-9)
     assert res_np.nit == res_t.nit and res_t.status is Status.CONVERGED
@@ -162,7 +175,7 @@ def test_network_is_positively_homogeneous_and_identity_untrained():
 
 
 def test_shipped_model_loads_safely_and_beats_cg_on_an_unseen_geometry():
-    model, record = load_model(DEFAULT_WEIGHTS)
+    _model, record = load_model(DEFAULT_WEIGHTS)
     assert {"command", "config", "first_losses", "elapsed_s"} <= record.keys()
     payload = torch.load(DEFAULT_WEIGHTS, weights_only=True)  # plain tensors and numbers only
     assert set(payload) == {"config", "state_dict", "training"}
@@ -196,5 +209,47 @@ def test_bad_inputs_are_refused_before_any_work():
         optkit.get_solver("dcdm", network_dtype="float16")
     with pytest.raises(ValueError, match="directions"):
         optkit.get_solver("dcdm", directions=-1)
+    with pytest.raises(ValueError, match="coarse_levels"):
+        optkit.get_solver("dcdm", coarse_levels=-1)
     with pytest.raises(FileNotFoundError, match="no dcdm model"):
         optkit.solve(problem, "dcdm", model="/nonexistent/model.pt")
+
+
+def test_coarse_direction_averages_blocks_and_interpolates_back():
+    r = torch.arange(2 * 1 * 4 * 4 * 6, dtype=torch.float64).reshape(2, 1, 4, 4, 6) ** 1.5
+    got = coarse_direction(torch.nn.Identity(), r, 1)
+    coarse = r.reshape(2, 1, 2, 2, 2, 2, 3, 2).mean(dim=(3, 5, 7))  # 2x2x2 block means
+    want = torch.nn.functional.interpolate(coarse, size=(4, 4, 6), mode="trilinear", align_corners=False)
+    torch.testing.assert_close(got, want)
+    odd = torch.randn(1, 1, 5, 3, 4, dtype=torch.float64)  # sides padded to multiples of 4, cropped back
+    assert coarse_direction(torch.nn.Identity(), odd, 2).shape == odd.shape
+    padded = torch.nn.functional.pad(odd, (0, 0, 0, 1, 0, 3))
+    np.testing.assert_allclose(coarse_direction(torch.nn.Identity(), odd, 2).flatten(), padded.mean().item())
+
+
+def test_coarse_levels_cycle_the_directions_as_the_dense_reference():
+    problem = small_problem("liquid", n=8)
+    A = problem.matrix.toarray()
+    n = A.shape[0]
+    gm = GridMap(problem.metadata["grid"], problem.metadata["cells"])
+    M = np.eye(n) + 0.2 * np.random.default_rng(3).standard_normal((n, n)) / np.sqrt(n)
+    net = MatrixNetwork(M, gm)
+    # the level-1 and level-2 maps of this linear "network", column by column
+    basis = gm.to_grid(torch.eye(n, dtype=torch.float64))
+    coarse = [gm.from_grid(coarse_direction(net, basis, level)).T.numpy() for level in (1, 2)]
+    got = iterates_of(problem, model=net, max_iter=9, tol=1e-14, coarse_levels=2, directions=3)
+    want = dense_dcdm(A, problem.b, [M, *coarse], 9, directions=3)
+    for x_got, x_want in zip(got, want):
+        np.testing.assert_allclose(x_got, x_want, rtol=0, atol=1e-11 * np.abs(x_want).max())
+
+
+def test_coarse_levels_follow_the_training_grid():
+    _, record = load_model(DEFAULT_WEIGHTS)
+    assert training_grid_side(record) == 32
+    assert training_grid_side({"config": "{}"}) is None and training_grid_side({}) is None
+    for n, levels in ((24, 0), (32, 0), (48, 0), (64, 1), (128, 2)):
+        # max_iter=0: the set-up only
+        res = optkit.solve(pressure_problem(n, "liquid", seed=2), "dcdm", max_iter=0)
+        assert res.extras["coarse_levels"] == levels, n
+    res = optkit.solve(small_problem(), "dcdm", model=torch.nn.Identity(), max_iter=0)
+    assert res.extras["coarse_levels"] == 0  # a module given directly has no training record

@@ -10,10 +10,10 @@ import scipy.sparse as sp
 
 torch = pytest.importorskip("torch")
 
-from problems.pressure import pressure_problem  # noqa: E402
-from solvers.linear import dcdm_training  # noqa: E402
-from solvers.linear._dcdm_network import DEFAULT_WEIGHTS, GridMap, load_model  # noqa: E402
-from solvers.linear.dcdm_training import (  # noqa: E402
+from problems.pressure import pressure_problem
+from solvers.linear import dcdm_training
+from solvers.linear._dcdm_network import DEFAULT_WEIGHTS, GridMap, load_model
+from solvers.linear.dcdm_training import (
     RitzRightHandSides,
     TrainingConfig,
     galerkin_loss,
@@ -21,15 +21,15 @@ from solvers.linear.dcdm_training import (  # noqa: E402
     train,
 )
 
-TINY = dict(
-    problems=("linear/pressure-3d:n=8,geometry=spheres,seed=0", "linear/pressure-3d:n=8,geometry=liquid,seed=0"),
-    architecture={"filters": 4, "levels": 2, "down": 1, "bottom": 1, "up": 1},
-    lanczos_steps=40,
-    batch_size=3,
-    steps=6,
-    checkpoint_every=2,
-    validation_size=4,
-)
+TINY = {
+    "problems": ("linear/pressure-3d:n=8,geometry=spheres,seed=0", "linear/pressure-3d:n=8,geometry=liquid,seed=0"),
+    "architecture": {"filters": 4, "levels": 2, "down": 1, "bottom": 1, "up": 1},
+    "lanczos_steps": 40,
+    "batch_size": 3,
+    "steps": 6,
+    "checkpoint_every": 2,
+    "validation_size": 4,
+}
 
 
 def test_ritz_pairs_of_a_full_lanczos_run_are_the_eigenpairs():
@@ -94,9 +94,7 @@ def test_galerkin_loss_equals_its_formula_and_ignores_the_direction_scale():
         q = gm.from_grid(net(gm.to_grid(b))).numpy()
     q = q - (q @ Z) @ Z.T
     bn = b.numpy()
-    want = np.mean(
-        [np.sum((bi - A @ qi * (qi @ bi) / (qi @ A @ qi)) ** 2) for bi, qi in zip(bn, q)]
-    )
+    want = np.mean([np.sum((bi - A @ qi * (qi @ bi) / (qi @ A @ qi)) ** 2) for bi, qi in zip(bn, q)])
     np.testing.assert_allclose(loss, want, rtol=1e-12)
     for factor in (1e3, -2.0, 1e-4):
         np.testing.assert_allclose(galerkin_loss(Scaled(net, factor), gm, A_t, b, Z_t).item(), loss, rtol=1e-12)
@@ -113,7 +111,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert second.losses == whole.losses  # bit for bit: batches seeded by step, state restored
     for (name, a), (_, b) in zip(whole.model.state_dict().items(), second.model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    model, record = load_model(tmp_path / "whole" / "model.pt")
+    _model, record = load_model(tmp_path / "whole" / "model.pt")
     assert json.loads(record["config"])["problems"] == list(TINY["problems"])
     np.testing.assert_allclose(record["first_losses"], whole.losses[:5], rtol=0)
 
@@ -125,8 +123,23 @@ def test_a_checkpoint_of_another_configuration_is_refused(tmp_path):
 
 
 def test_command_line_records_its_command(tmp_path):
-    argv = ["--out", str(tmp_path), "--problem", TINY["problems"][0], "--lanczos-steps", "20", "--steps", "2",
-            "--checkpoint-every", "1", "--filters", "2", "--levels", "1", "--quiet"]
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--problem",
+        TINY["problems"][0],
+        "--lanczos-steps",
+        "20",
+        "--steps",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--filters",
+        "2",
+        "--levels",
+        "1",
+        "--quiet",
+    ]
     assert dcdm_training.main(argv) == 0
     _, record = load_model(tmp_path / "model.pt")
     assert record["command"].startswith("python -m solvers.linear.dcdm_training --out ")
@@ -149,8 +162,8 @@ def test_bad_configurations_are_refused(change, match):
 
 
 def test_training_matrix_must_have_a_grid(tmp_path):
-    from optkit.registry import register_problem, scoped_registrations
     from optkit.problem import LinearSystemProblem
+    from optkit.registry import register_problem, scoped_registrations
 
     with scoped_registrations():
         register_problem("test/gridless")(lambda: LinearSystemProblem(sp.eye(8, format="csr"), np.ones(8)))
