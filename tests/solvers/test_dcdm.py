@@ -221,24 +221,33 @@ def test_coarse_direction_averages_blocks_and_interpolates_back():
     coarse = r.reshape(2, 1, 2, 2, 2, 2, 3, 2).mean(dim=(3, 5, 7))  # 2x2x2 block means
     want = torch.nn.functional.interpolate(coarse, size=(4, 4, 6), mode="trilinear", align_corners=False)
     torch.testing.assert_close(got, want)
-    odd = torch.randn(1, 1, 5, 3, 4, dtype=torch.float64)  # sides padded to multiples of 4, cropped back
-    assert coarse_direction(torch.nn.Identity(), odd, 2).shape == odd.shape
+    odd = torch.randn(1, 1, 5, 3, 4, dtype=torch.float64)
+    # sides padded with zeros to multiples of 4 (8, 4, 4), two 4³ block means, cropped back
     padded = torch.nn.functional.pad(odd, (0, 0, 0, 1, 0, 3))
-    np.testing.assert_allclose(coarse_direction(torch.nn.Identity(), odd, 2).flatten(), padded.mean().item())
+    blocks = padded.reshape(1, 1, 2, 4, 1, 4, 1, 4).mean(dim=(3, 5, 7))
+    want = torch.nn.functional.interpolate(blocks, size=(8, 4, 4), mode="trilinear", align_corners=False)
+    torch.testing.assert_close(coarse_direction(torch.nn.Identity(), odd, 2), want[:, :, :5, :3, :4])
 
 
 def test_coarse_levels_cycle_the_directions_as_the_dense_reference():
-    problem = small_problem("liquid", n=8)
+    problem = small_problem("liquid", n=10)
     A = problem.matrix.toarray()
     n = A.shape[0]
     gm = GridMap(problem.metadata["grid"], problem.metadata["cells"])
-    M = np.eye(n) + 0.2 * np.random.default_rng(3).standard_normal((n, n)) / np.sqrt(n)
-    net = MatrixNetwork(M, gm)
-    # the level-1 and level-2 maps of this linear "network", column by column
+    torch.manual_seed(4)
+    net = torch.nn.Conv3d(1, 1, 3, padding=1, bias=False).double()  # linear, and runs on any grid
+    with torch.no_grad():
+        net.weight.add_(torch.nn.functional.pad(torch.ones(1, 1, 1, 1, 1), (1, 1, 1, 1, 1, 1)))
+    # the maps of the grid and of levels 1 and 2 on the unknowns, column by column
     basis = gm.to_grid(torch.eye(n, dtype=torch.float64))
-    coarse = [gm.from_grid(coarse_direction(net, basis, level)).T.numpy() for level in (1, 2)]
+    with torch.no_grad():
+        maps = [gm.from_grid(net(basis)).T.numpy()]
+        maps += [gm.from_grid(coarse_direction(net, basis, level)).T.numpy() for level in (1, 2)]
     got = iterates_of(problem, model=net, max_iter=9, tol=1e-14, coarse_levels=2, directions=3)
-    want = dense_dcdm(A, problem.b, [M, *coarse], 9, directions=3)
+    # no step here falls back to the residual (the reference has no fallback)
+    res = optkit.solve(problem, "dcdm", model=net, network_dtype="float64", max_iter=9, coarse_levels=2, directions=3)
+    assert res.counters["fallback"] == 0
+    want = dense_dcdm(A, problem.b, maps, 9, directions=3)
     for x_got, x_want in zip(got, want):
         np.testing.assert_allclose(x_got, x_want, rtol=0, atol=1e-11 * np.abs(x_want).max())
 
