@@ -45,6 +45,7 @@ The library's own code and message are kept in ``Result.extras["library_status"]
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -190,7 +191,8 @@ class BlackBoxRun:
         if self.criterion is None:
             return False
         value = metrics.get(self.criterion)
-        return isinstance(value, (int, float)) and value <= self.solver.tol
+        # numbers.Real admits numpy scalars: a float32 problem's measures are np.float32
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(value <= self.solver.tol)
 
     def _record(self, x: Any, nit: int, metrics: Mapping[str, float] | None) -> Status | None:
         self.recorder.pause()

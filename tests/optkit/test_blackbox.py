@@ -35,7 +35,9 @@ class Halving(Solver):
 
     def solve(self, problem, *, x0=None, callback=None):
         run = BlackBoxRun(
-            self, problem, callback,
+            self,
+            problem,
+            callback,
             measure=lambda x: {"fun": problem.fun(x), "grad_inf": float(np.abs(problem.grad(x)).max())},
             criterion=self.criterion,
         )
@@ -95,6 +97,14 @@ def test_the_start_can_end_the_run():
     assert zero.status is Status.MAX_ITER and zero.nit == 0
     nan = Halving().solve(quadratic(), x0=np.array([np.nan, 0.0]))
     assert nan.status is Status.NONFINITE
+
+
+@pytest.mark.parametrize(
+    "value, met", [(np.float32(1e-10), True), (np.float64(2e-9), False), (True, False), (None, False)]
+)
+def test_the_criterion_is_read_from_numpy_scalars_too(value, met):
+    run = BlackBoxRun(Halving(tol=1e-9), quadratic(), None, measure=lambda x: {}, criterion="grad_inf")
+    assert run.converged({"grad_inf": value}) is met
 
 
 def test_finish_needs_a_verdict_when_the_run_did_not_decide():
