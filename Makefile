@@ -17,7 +17,7 @@ IPOPT_APT ?= coinor-libipopt-dev liblapack-dev libblas-dev pkg-config gcc
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[torch,ml,bcd,dcdm,pyamg,ot,regot,cutest,llm,curvature,analysis]"
+	$(PIP) install --quiet -e ".[torch,ml,bcd,dcdm,pyamg,ot,regot,cutest,llm,finetune,curvature,analysis]"
 
 # Ipopt from Debian's packages (only as root with apt-get), then cyipopt; without Ipopt the
 # ipopt tests are skipped.
