@@ -29,7 +29,16 @@ import torch
 
 from .validation import check_choice, check_int
 
-__all__ = ["GroupQuantized", "dequantize", "pack_int4", "quantize", "quantized_nbytes", "unpack_int4"]
+__all__ = [
+    "GroupQuantized",
+    "dequantize",
+    "load_quantized",
+    "pack_int4",
+    "quantize",
+    "quantized_nbytes",
+    "store_quantized",
+    "unpack_int4",
+]
 
 BITS = (4, 8)
 
@@ -186,3 +195,29 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 def quantized_nbytes(q: GroupQuantized) -> int:
     """Bytes held by ``q``: the codes plus the float32 scale and offset of each group."""
     return sum(t.numel() * t.element_size() for t in q)
+
+
+def store_quantized(state: dict, name: str, x: torch.Tensor, bits: int, group_size: int) -> None:
+    """Quantise ``x`` (nearest rounding) into ``state`` as tensors and numbers only.
+
+    Sets ``{name}_codes``, ``{name}_scale``, ``{name}_offset`` (the :class:`GroupQuantized`
+    fields) and ``{name}_bits``, ``{name}_group`` (ints), so a ``torch.optim`` state holding
+    them still loads with ``torch.load(weights_only=True)`` and is read back by
+    :func:`load_quantized` whatever the current configuration.
+    """
+    q = quantize(x, bits, group_size)
+    state.update(
+        {
+            f"{name}_codes": q.codes,
+            f"{name}_scale": q.scale,
+            f"{name}_offset": q.offset,
+            f"{name}_bits": bits,
+            f"{name}_group": group_size,
+        }
+    )
+
+
+def load_quantized(state: dict, name: str, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The tensor of ``shape`` stored by :func:`store_quantized` under ``name``, dequantised to ``dtype``."""
+    q = GroupQuantized(state[f"{name}_codes"], state[f"{name}_scale"], state[f"{name}_offset"])
+    return dequantize(q, shape, state[f"{name}_bits"], state[f"{name}_group"], dtype)
