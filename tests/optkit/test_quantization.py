@@ -209,3 +209,75 @@ def test_cuda_matches_the_cpu(bits):
     torch.testing.assert_close(cuda.codes.cpu(), cpu.codes, rtol=0, atol=0)
     # the same float32 operations; min/max reductions are exact, the division may differ by an ulp
     torch.testing.assert_close(dequantize(cuda, x.shape, bits, 64).cpu(), dequantize(cpu, x.shape, bits, 64))
+
+
+# ------------------------------------------------------- Q-GaLore's quantised basis in the optimizers
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.Tanh(), torch.nn.Linear(40, 6))
+
+
+def _train(model, optimizer, batches):
+    for x, y in batches:
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+
+def test_galore_with_a_4_bit_basis_resumes_bit_for_bit_from_a_weights_only_checkpoint(tmp_path):
+    from solvers.lowrank import GaLoreAdamW
+    from solvers.lowrank.param_groups import galore_param_groups
+
+    generator = torch.Generator().manual_seed(6)
+    batches = [(torch.randn(16, 24, generator=generator), torch.randn(16, 6, generator=generator)) for _ in range(6)]
+
+    def build():
+        model = _model()
+        groups = galore_param_groups(
+            model, "all-linear", rank=3, update_proj_gap=2, moments="rotate", proj_bits=4, proj_group_size=32
+        )
+        return model, GaLoreAdamW(groups, lr=1e-2, weight_decay=0.01)
+
+    model, optimizer = build()
+    _train(model, optimizer, batches)
+    first, first_optimizer = build()
+    _train(first, first_optimizer, batches[:3])
+    torch.save({"model": first.state_dict(), "opt": first_optimizer.state_dict()}, tmp_path / "ckpt.pt")
+    resumed, resumed_optimizer = build()
+    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    resumed.load_state_dict(checkpoint["model"])
+    resumed_optimizer.load_state_dict(checkpoint["opt"])
+    projector = resumed_optimizer.state[resumed[0].weight]["projector"]
+    assert projector["basis_codes"].dtype == torch.uint8 and projector["basis_scale"].dtype == torch.float32
+    _train(resumed, resumed_optimizer, batches[3:])
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_galore_counts_the_packed_basis_bytes():
+    from solvers.lowrank import GaLoreAdamW
+    from solvers.lowrank.param_groups import galore_param_groups
+
+    model = _model()
+    optimizer = GaLoreAdamW(galore_param_groups(model, "all-linear", rank=4, proj_bits=4, proj_group_size=64), lr=1e-3)
+    _train(model, optimizer, [(torch.randn(8, 24), torch.randn(8, 6))])
+    # (40, 24) weight: right side, basis (24, 4) = 96 values, 2 groups of 64: 64 code bytes + 2 · 8;
+    # (6, 40) weight: left side, basis (6, 4) = 24 values, one (padded) group: 32 code bytes + 8
+    assert optimizer.state_nbytes()["projector"] == (64 + 16) + (32 + 8)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"proj_bits": 2}, "proj_bits must be one of"),
+        ({"proj_bits": 4, "proj_group_size": 33}, "even with proj_bits=4"),
+    ],
+)
+def test_bad_basis_storage_options_raise_in_the_optimizer_and_the_recipe(options, match):
+    import optkit
+    from solvers.lowrank import GaLoreAdamW
+
+    with pytest.raises(ValueError, match=match):
+        GaLoreAdamW([torch.nn.Parameter(torch.zeros(4, 3))], rank=2, **options)
+    with pytest.raises(ValueError, match=match):
+        optkit.get_solver("galore-adamw", **options)
