@@ -3,8 +3,8 @@
 A :class:`Projector` is an immutable configuration: a **basis source** (``"svd"``,
 ``"randomized"``, ``"dct"``, ``"random"``) × a **refresh policy** (:class:`FixedGap`,
 :class:`AdaptiveGap`, or every step) × a **storage** (a dense basis in the parameter's dtype,
-or, for ``"dct"``, int32 indices into one DCT basis shared by all parameters of a size) × a
-**side**. Its per-parameter state is a plain dict of tensors and Python numbers, made by
+a group-quantised int8 or int4 basis (Q-GaLore), or, for ``"dct"``, int32 indices into one
+DCT basis shared by all parameters of a size) × a **side**. Its per-parameter state is a plain dict of tensors and Python numbers, made by
 :meth:`Projector.init_state` and kept by the optimizer in ``optimizer.state[p]``, so an
 optimizer's ``state_dict()`` loads with ``torch.load(weights_only=True)`` and lands on the
 parameter's device.
@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Union
 import torch
 
 from . import _projection_sources as sources
+from .quantization import load_quantized, store_quantized
 from .validation import check_choice, check_int, check_positive
 
 __all__ = ["AdaptiveGap", "FixedGap", "Projected", "Projector", "subspace_similarity"]
@@ -40,6 +41,8 @@ __all__ = ["AdaptiveGap", "FixedGap", "Projected", "Projector", "subspace_simila
 SOURCES = ("svd", "randomized", "dct", "random")
 SIDES = ("auto", "left", "right")
 MOMENT_RULES = ("keep", "reset", "rotate")
+STORAGES = ("dense", "int8", "int4")
+STORAGE_BITS = {"int8": 8, "int4": 4}
 # the side is stored as a number: optimizer.load_state_dict would mangle a string in the state
 IDENTITY, LEFT, RIGHT = 0, 1, 2
 
@@ -139,6 +142,15 @@ class Projector:
         How the DCT similarity is formed; ``"auto"`` is the FFT on the CPU and a GEMM on GPUs.
     seed : int
         Base seed of the randomized and random sources; combined with each parameter's key.
+    storage : {"dense", "int8", "int4"}
+        How a basis is kept: dense in the parameter's dtype, or quantised group-wise
+        (:mod:`optkit.quantization`, the group minimum as offset, nearest rounding) as
+        ``basis_codes`` (uint8; int4 packs two per byte), ``basis_scale`` and ``basis_offset``
+        (float32 per group). :meth:`basis` then dequantises to float32, and the projection,
+        the moment rotation and the adaptive gap's similarity all use the dequantised basis.
+        The ``"dct"`` source ignores it: its r int32 indices are already smaller than any basis.
+    storage_group : int
+        Values per quantisation group of the flattened ``(d, r)`` basis (even for ``"int4"``).
     """
 
     rank: int
@@ -151,6 +163,8 @@ class Projector:
     power_iters: int = 1
     dct_method: str = "auto"
     seed: int = 0
+    storage: str = "dense"
+    storage_group: int = 256
 
     def __post_init__(self) -> None:
         check_int("rank", self.rank, minimum=1)
@@ -162,6 +176,12 @@ class Projector:
         check_int("oversample", self.oversample, minimum=0)
         check_int("power_iters", self.power_iters, minimum=0)
         check_int("seed", self.seed, minimum=0)
+        check_choice("storage", self.storage, STORAGES)
+        check_int("storage_group", self.storage_group, minimum=1)
+        if self.storage == "int4" and self.storage_group % 2:
+            raise ValueError(
+                f"storage_group must be even for int4 storage (two codes per byte), got {self.storage_group}"
+            )
         if isinstance(self.refresh, bool) or not isinstance(self.refresh, (int, FixedGap, AdaptiveGap)):
             raise ValueError(f"refresh must be an int gap, FixedGap or AdaptiveGap, got {self.refresh!r}")
         if isinstance(self.refresh, int):
@@ -245,12 +265,19 @@ class Projector:
         return basis @ low if side == LEFT else low @ basis.mT
 
     def basis(self, state: dict[str, Any]) -> torch.Tensor:
-        """The current orthonormal basis ``B``, shape ``(m, r)`` (left) or ``(n, r)`` (right)."""
+        """The current orthonormal basis ``B``, shape ``(m, r)`` (left) or ``(n, r)`` (right).
+
+        Dense storage: the stored tensor (parameter dtype). ``"dct"``: the selected columns of the
+        shared float32 DCT basis. int8/int4 storage: dequantised to float32 at each call (orthonormal
+        up to the rounding, ``scale / 2`` per value); callers cast it.
+        """
         if state["side"] == IDENTITY:
             raise ValueError("an identity projector (rank ≥ projected dimension) has no basis")
         if "indices" in state:
             shared = sources.dct_basis(state["dim"], torch.float32, state["indices"].device)
             return shared[:, state["indices"].long()]
+        if "basis_codes" in state:
+            return load_quantized(state, "basis", (state["dim"], state["rank"]))
         return state["basis"]
 
     def operator(self, state: dict[str, Any]):
@@ -287,42 +314,52 @@ class Projector:
         side, rank = state["side"], state["rank"]
         oriented = grad if side == LEFT else grad.mT
         old = self.basis(state).float() if state["refreshes"] else None
-        low = None
+        low = basis = None
+        # a quantised basis is rounded once, from float32, not after a cast to a half-precision gradient's dtype
+        dtype = grad.dtype if self.storage == "dense" else torch.float32
         seed = state["seed"] * 7919 + state["refreshes"]
         if self.source == "dct":
             method = self.dct_method if self.dct_method != "auto" else ("matmul" if grad.is_cuda else "fft")
             state["indices"], low = sources.select_dct(oriented, rank, method=method)
         elif self.source == "svd":
             try:
-                state["basis"] = sources.svd_basis(oriented, rank).to(grad.dtype)
+                basis = sources.svd_basis(oriented, rank).to(dtype)
             except torch.linalg.LinAlgError:
                 # LAPACK's divide-and-conquer can fail on ill-conditioned gradients (GaLore#58)
                 basis, low = sources.randomized_range(
                     oriented, rank, oversample=self.oversample, power_iters=2, seed=seed
                 )
-                state["basis"] = basis.to(grad.dtype)
+                basis = basis.to(dtype)
         elif self.source == "randomized":
             basis, low = sources.randomized_range(
                 oriented, rank, oversample=self.oversample, power_iters=self.power_iters, seed=seed
             )
-            state["basis"] = basis.to(grad.dtype)
+            basis = basis.to(dtype)
         else:
-            state["basis"] = sources.orthonormal_random(oriented.shape[0], rank, device=grad.device, seed=seed).to(
-                grad.dtype
-            )
+            basis = sources.orthonormal_random(oriented.shape[0], rank, device=grad.device, seed=seed).to(dtype)
+        quantized = basis is not None and self.storage != "dense"
         rotation = None
         if old is not None:
-            rotation = self.basis(state).float().mT @ old
-            if "basis" in state:
+            rotation = (basis.float() if basis is not None else self.basis(state).float()).mT @ old
+            if basis is not None:
                 # A singular vector's sign is arbitrary: flip each new direction to agree with the
                 # old basis, so that moments kept across the refresh are not reversed at random.
                 signs = torch.where(torch.diagonal(rotation) < 0, -1.0, 1.0)
-                state["basis"] = state["basis"] * signs.to(state["basis"].dtype)
+                basis = basis * signs.to(basis.dtype)
                 rotation = rotation * signs[:, None]
                 low = None if low is None else low * signs[:, None].to(low.dtype)
+        if quantized:
+            store_quantized(state, "basis", basis, STORAGE_BITS[self.storage], self.storage_group)
+            # project with, rotate by and measure the basis actually kept, not the one before rounding
+            low = None
+            basis = self.basis(state)
+            rotation = None if old is None else basis.mT @ old
+        elif basis is not None:
+            state["basis"] = basis
+        if rotation is not None:
             self._adapt_gap(state, rotation)
         if low is None:
-            low = state["basis"].mT @ oriented
+            low = basis.to(grad.dtype).mT @ oriented
         # sources return the projection of the oriented gradient, (r, k)
         low = low if side == LEFT else low.mT
         state["refreshes"] += 1

@@ -211,6 +211,8 @@ class GaLoreMixin:
                 oversample=group["oversample"],
                 power_iters=group["power_iters"],
                 seed=group["proj_seed"],
+                storage={None: "dense", 8: "int8", 4: "int4"}[group["proj_bits"]],
+                storage_group=group["proj_group_size"],
             )
         return self._projectors[key]
 

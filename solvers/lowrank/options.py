@@ -20,6 +20,7 @@ __all__ = [
     "GALORE_DEFAULTS",
     "GALORE_OPTIONS",
     "MOMENT_RULES",
+    "PROJ_BITS",
     "PROJ_SIDES",
     "PROJ_SOURCES",
     "REFRESH_POLICIES",
@@ -32,6 +33,8 @@ PROJ_SOURCES = ("svd", "randomized", "dct", "random")
 PROJ_SIDES = ("auto", "left", "right")
 MOMENT_RULES = ("keep", "reset", "rotate")
 REFRESH_POLICIES = ("fixed", "adaptive")
+#: ``proj_bits``: ``None`` keeps the basis dense, 8 or 4 quantises it group-wise (Q-GaLore)
+PROJ_BITS = (None, 8, 4)
 
 #: The default rank of a recipe (an optimizer group's default is ``None``: not projected).
 RECIPE_RANK = 128
@@ -48,6 +51,8 @@ GALORE_OPTIONS: dict[str, tuple[Any, str]] = {
     "oversample": (8, "extra columns of the randomized source's test matrix"),
     "proj_seed": (0, "base seed of the randomized and random sources (the same on every rank)"),
     "error_feedback": (False, "add what the projection dropped to the next gradient (a full-size buffer)"),
+    "proj_bits": (None, "store the basis quantised to 8 or 4 bits per value (None: dense, parameter dtype)"),
+    "proj_group_size": (256, "values per quantisation group of a quantised basis (even for 4 bits)"),
 }
 
 #: An optimizer group's defaults: ``rank`` (``None``: full-rank) and the table's.
@@ -76,10 +81,14 @@ def check_galore_options(options: Mapping[str, Any]) -> None:
         "oversample": lambda v: check_int("oversample", v, 0),
         "proj_seed": lambda v: check_int("proj_seed", v, 0),
         "error_feedback": _check_bool("error_feedback"),
+        "proj_bits": lambda v: check_choice("proj_bits", v, PROJ_BITS),
+        "proj_group_size": lambda v: check_int("proj_group_size", v, 1),
     }
     for name, check in checks.items():
         if name in options:
             check(options[name])
+    if options.get("proj_bits") == 4 and options.get("proj_group_size", 256) % 2:
+        raise ValueError(f"proj_group_size must be even with proj_bits=4, got {options['proj_group_size']!r}")
 
 
 def _check_bool(name: str):

@@ -39,6 +39,8 @@ class GaLoreRecipe(TorchOptimizerSolver):
     update_proj_gap, scale, proj, proj_side, moments, refresh, power_iters, oversample, proj_seed, error_feedback :
         The optimizers' group options, with the same defaults
         (:data:`solvers.lowrank.options.GALORE_OPTIONS`).
+    proj_bits, proj_group_size :
+        The same group options for a quantised basis (``proj_bits`` 8 or 4; ``None``: dense).
     target : str
         Training tasks: which linear weights are projected (``"all-linear"``: every ``nn.Linear``
         but the output layer; ``"attn-mlp"``: the paper's choice, the same set on LLaMA; or a
@@ -69,6 +71,8 @@ class GaLoreRecipe(TorchOptimizerSolver):
     oversample: int = GALORE_DEFAULTS["oversample"]
     proj_seed: int = GALORE_DEFAULTS["proj_seed"]
     error_feedback: bool = GALORE_DEFAULTS["error_feedback"]
+    proj_bits: int | None = GALORE_DEFAULTS["proj_bits"]
+    proj_group_size: int = GALORE_DEFAULTS["proj_group_size"]
     target: str = "all-linear"
     layerwise: bool = False
 
