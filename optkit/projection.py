@@ -4,7 +4,8 @@ A :class:`Projector` is an immutable configuration: a **basis source** (``"svd"`
 ``"randomized"``, ``"dct"``, ``"random"``) × a **refresh policy** (:class:`FixedGap`,
 :class:`AdaptiveGap`, or every step) × a **storage** (a dense basis in the parameter's dtype,
 a group-quantised int8 or int4 basis (Q-GaLore), or, for ``"dct"``, int32 indices into one
-DCT basis shared by all parameters of a size) × a **side**. Its per-parameter state is a plain dict of tensors and Python numbers, made by
+DCT basis shared by all parameters of a size) × a **side**. Its per-parameter state is a plain
+dict of tensors and Python numbers, made by
 :meth:`Projector.init_state` and kept by the optimizer in ``optimizer.state[p]``, so an
 optimizer's ``state_dict()`` loads with ``torch.load(weights_only=True)`` and lands on the
 parameter's device.

@@ -156,9 +156,10 @@ def project_rows(
     if step >= state["next_refresh"]:
         projected = projector.project(state, shard.gather(grad), step)
         # rank 0's basis is the one every rank uses: nondeterministic kernels cannot make ranks drift
-        key = "indices" if "indices" in state else "basis"
-        state[key] = state[key].contiguous()
-        shard.broadcast(state[key])
+        for key in ("indices", "basis", "basis_codes", "basis_scale", "basis_offset"):
+            if key in state:
+                state[key] = state[key].contiguous()
+                shard.broadcast(state[key])
         low = projected.low.contiguous()
         shard.broadcast(low)
         if projected.rotation is not None:

@@ -31,6 +31,7 @@ CASES = {
 CASES["adamw-rotate-error-feedback"] = functools.partial(
     GaLoreAdamW, lr=1e-2, moments="rotate", error_feedback=True, update_proj_gap=2
 )
+CASES["adamw-int4-basis"] = functools.partial(GaLoreAdamW, lr=1e-2, proj_bits=4, proj_group_size=4, update_proj_gap=2)
 CASES["adamw-adaptive"] = functools.partial(GaLoreAdamW, lr=1e-2, refresh="adaptive", update_proj_gap=1)
 CASES["adafactor-svd"] = functools.partial(
     GaLoreAdafactor, lr=1e-2, beta1=0.9, weight_decay=0.1, scale_parameter=True, clip_threshold=0.05, update_proj_gap=2
