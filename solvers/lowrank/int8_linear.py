@@ -25,6 +25,7 @@ silently never trained, cannot happen).
 from __future__ import annotations
 
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
@@ -141,7 +142,8 @@ class Int8Linear(torch.nn.Module):
         self.weight_offset = torch.nn.Parameter(q.offset, requires_grad=False)
         self.bias = linear.bias
         self.weight_grad: torch.Tensor | None = None
-        self._weight_hooks: dict[int, Callable[[Int8Linear], None]] = {}
+        # an OrderedDict, as torch's hook tables: RemovableHandle keeps a weak reference to it
+        self._weight_hooks: OrderedDict[int, Callable[[Int8Linear], None]] = OrderedDict()
         _LAYERS[self.weight_codes] = weakref.ref(self)
 
     def __setstate__(self, state):

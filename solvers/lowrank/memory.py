@@ -8,8 +8,10 @@ The two agree exactly on a model small enough to train (tested).
 
 The categories:
 
-* ``weights``: every parameter.
-* ``gradients``: the weight gradients alive at the peak. With layer-wise stepping each
+* ``weights``: every parameter; for an INT8 weight (:class:`~solvers.lowrank.int8_linear.Int8Linear`,
+  Q-GaLore) its uint8 codes and the float32 scale and minimum of each group, all parameters.
+* ``gradients``: the weight gradients alive at the peak; an INT8 weight's is its float32
+  ``weight_grad`` buffer. With layer-wise stepping each
   gradient is freed as soon as its parameter has stepped, so the peak is the largest single
   gradient instead of their sum.
 * ``optimizer_states``: moments (32-bit, or 8-bit plus block scales), step counters excluded.
@@ -99,12 +101,17 @@ def measure_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, 
     """Bytes by category held by a model and its optimizer after at least one step.
 
     Weights, optimizer states and projector storage are read from the live tensors
-    (``optimizer.state``; bitsandbytes' shared quantisation maps are not counted). Gradients
+    (``optimizer.state``; bitsandbytes' shared quantisation maps are not counted; a Q-GaLore
+    optimizer's stochastic-rounding generator state counts as optimizer state). Gradients
     are the parameters' gradient sizes (see the module docstring for ``layerwise``), and the
     refresh workspace is :func:`refresh_workspace_bytes` of the largest projected matrix.
     """
+    from .int8_linear import Int8Linear
+
     params = [p for p in model.parameters()]
     grads = [_nbytes(p) for p in params if p.requires_grad]
+    # an INT8 weight's gradient is a float32 buffer of the weight's shape (the codes require no grad)
+    grads += [4 * m.in_features * m.out_features for m in model.modules() if isinstance(m, Int8Linear)]
     moments, projector = _state_bytes(optimizer.state.values())
     return {
         "weights": sum(_nbytes(p) for p in params),
