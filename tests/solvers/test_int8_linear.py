@@ -7,11 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import galore_cases
+
 from optkit.quantization import dequantize, quantize
 from solvers.lowrank.int8_linear import Int8Linear, quantize_linear_layers, quantized_linear_of
 from solvers.lowrank.memory import measure_memory
-
-import galore_cases
 
 # 7 x 5 = 35 weights in groups of 8: five groups, the last one padded
 N_IN, N_OUT, GROUP = 7, 5, 8
