@@ -28,6 +28,8 @@ import torch
 
 from optkit.projection import Projector
 
+from .int8_linear import Int8Linear, quantized_linear_of
+
 __all__ = ["CATEGORIES", "estimate_memory", "measure_memory", "refresh_workspace_bytes"]
 
 CATEGORIES = ("weights", "gradients", "optimizer_states", "projector", "refresh_workspace")
@@ -83,11 +85,13 @@ def _workspace(optimizer: torch.optim.Optimizer) -> int:
         if group.get("rank") is None:
             continue
         for p in group["params"]:
-            if p.dim() == 2:
+            layer = quantized_linear_of(p)
+            shape = tuple(p.shape) if layer is None else layer.weight_shape
+            if len(shape) == 2:
                 largest = max(
                     largest,
                     refresh_workspace_bytes(
-                        tuple(p.shape),
+                        shape,
                         group["rank"],
                         group["proj"],
                         side=group["proj_side"],
@@ -106,8 +110,6 @@ def measure_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, 
     are the parameters' gradient sizes (see the module docstring for ``layerwise``), and the
     refresh workspace is :func:`refresh_workspace_bytes` of the largest projected matrix.
     """
-    from .int8_linear import Int8Linear
-
     params = [p for p in model.parameters()]
     grads = [_nbytes(p) for p in params if p.requires_grad]
     # an INT8 weight's gradient is a float32 buffer of the weight's shape (the codes require no grad)
