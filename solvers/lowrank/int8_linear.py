@@ -102,7 +102,8 @@ class Int8Linear(torch.nn.Module):
     Notes
     -----
     Memory: ``weight_codes.numel()`` bytes plus 8 bytes per group, and the float gradient
-    buffer while it exists. A fresh layer's weight is ``nn.Linear``'s initialisation,
+    buffer while it exists. ``Module.to(dtype)`` casts the bias only: the scales and minima stay
+    float32. A fresh layer's weight is ``nn.Linear``'s initialisation,
     quantised; :meth:`from_linear` quantises a trained one. Inputs of any floating dtype
     ``(..., in_features)``, CPU or CUDA.
     """
@@ -150,6 +151,16 @@ class Int8Linear(torch.nn.Module):
         # a deep copy or unpickled copy has new code tensors: they must find this layer too
         super().__setstate__(state)
         _LAYERS[self.weight_codes] = weakref.ref(self)
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype), .half() and .bfloat16() cast every floating parameter: the scales and minima
+        # are put back in float32, from copies made before the cast, so they lose nothing
+        kept = {name: getattr(self, name).detach().clone() for name in ("weight_scale", "weight_offset")}
+        super()._apply(fn, recurse)
+        for name, value in kept.items():
+            param = getattr(self, name)
+            param.data = value.to(param.device)
+        return self
 
     @property
     def weight_shape(self) -> tuple[int, int]:

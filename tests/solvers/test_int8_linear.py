@@ -173,3 +173,12 @@ def test_bad_arguments_are_refused():
         layer.set_weight(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="4 features"):
         layer(torch.zeros(2, 5))
+
+
+def test_a_dtype_cast_keeps_the_scales_and_minima_in_float32():
+    layer, _ = _layers()
+    weight = layer.dequantized_weight()
+    layer.to(torch.bfloat16)
+    assert layer.bias.dtype == torch.bfloat16
+    assert layer.weight_scale.dtype == layer.weight_offset.dtype == torch.float32
+    torch.testing.assert_close(layer.dequantized_weight(), weight, rtol=0, atol=0)  # nothing was rounded
