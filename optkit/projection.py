@@ -265,7 +265,12 @@ class Projector:
         return basis @ low if side == LEFT else low @ basis.mT
 
     def basis(self, state: dict[str, Any]) -> torch.Tensor:
-        """The current orthonormal basis ``B``, shape ``(m, r)`` (left) or ``(n, r)`` (right)."""
+        """The current orthonormal basis ``B``, shape ``(m, r)`` (left) or ``(n, r)`` (right).
+
+        Dense storage: the stored tensor (parameter dtype). ``"dct"``: the selected columns of the
+        shared float32 DCT basis. int8/int4 storage: dequantised to float32 at each call (orthonormal
+        up to the rounding, ``scale / 2`` per value); callers cast it.
+        """
         if state["side"] == IDENTITY:
             raise ValueError("an identity projector (rank ≥ projected dimension) has no basis")
         if "indices" in state:

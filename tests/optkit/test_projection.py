@@ -281,3 +281,121 @@ def test_refreshed_bases_are_sign_aligned_with_the_previous_one(source):
         assert torch.all(torch.diagonal(new.mT @ old) >= 0)
         np.testing.assert_allclose(out.rotation, (new.mT @ old).float(), atol=1e-6)
         np.testing.assert_allclose(out.low, new.mT @ (-G if t % 2 else G), atol=1e-6)
+
+
+# --------------------------------------------------------------- quantised basis storage (Q-GaLore)
+STORAGE_BITS = {"int8": 8, "int4": 4}
+
+
+def _within_half_a_step(quantized, dense, state):
+    """Each value of the dequantised basis within half its group's step of the dense one, plus float32 rounding."""
+    group, numel = state["basis_group"], dense.numel()
+    step = state["basis_scale"].double().repeat_interleave(group)[:numel].reshape(dense.shape)
+    # offset + code · scale rounds twice in float32, relative to values of at most 1 (orthonormal columns)
+    excess = (quantized.double() - dense.double()).abs() - (step / 2 + 4 * torch.finfo(torch.float32).eps)
+    assert torch.all(excess <= 0), f"beyond half a step by up to {float(excess.max())}"
+
+
+@pytest.mark.parametrize("storage", ["int8", "int4"])
+@pytest.mark.parametrize("source", ["svd", "randomized", "random"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_quantised_basis_is_the_dense_one_within_half_a_step_and_is_the_one_used(storage, source, side):
+    shape = (40, 30)
+    G = _grad(shape, seed=30, dtype=torch.float32)
+    dense, quantised = (Projector(5, source=source, side=side, scale=0.5, storage=s) for s in ("dense", storage))
+    dense_state, state = dense.init_state(shape), quantised.init_state(shape)
+    dense.project(dense_state, G, 0)
+    out = quantised.project(state, G, 0)
+    assert "basis" not in state and state["basis_codes"].dtype == torch.uint8
+    assert state["basis_bits"] == STORAGE_BITS[storage] and state["basis_group"] == 256
+    B = quantised.basis(state)
+    assert B.dtype == torch.float32 and B.shape == dense.basis(dense_state).shape
+    _within_half_a_step(B, dense.basis(dense_state), state)
+    # the projection at the refresh, at a later step and the way back all use the dequantised basis
+    left = side == "left"
+    # float32 products of length 40 or 30 with entries below 1 and |G| ~ 3
+    tol = {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(out.low, B.mT @ G if left else G @ B, **tol)
+    G2 = _grad(shape, seed=31, dtype=torch.float32)
+    low = quantised.project(state, G2, 1).low
+    torch.testing.assert_close(low, B.mT @ G2 if left else G2 @ B, **tol)
+    torch.testing.assert_close(quantised.project_back(state, low), 0.5 * (B @ low if left else low @ B.mT), **tol)
+
+
+@pytest.mark.parametrize("storage", ["int8", "int4"])
+def test_quantised_refresh_is_sign_aligned_and_rotates_by_the_dequantised_bases(storage):
+    projector = Projector(6, source="svd", side="left", refresh=1, moments="rotate", storage=storage)
+    state = projector.init_state((300, 20))
+    G = _grad((300, 20), seed=32, dtype=torch.float32)
+    projector.project(state, G, 0)
+    for t in range(1, 4):
+        old = projector.basis(state).clone()
+        G = G + 0.3 * _grad((300, 20), seed=32 + t, dtype=torch.float32)
+        out = projector.project(state, -G if t % 2 else G, t)
+        new = projector.basis(state)
+        assert out.changed and torch.all(torch.diagonal(new.mT @ old) >= 0)
+        # both products are float32 GEMMs of the same operands: equal up to summation order
+        torch.testing.assert_close(out.rotation, new.mT @ old, rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_gap_grows_with_a_quantised_basis_on_a_stable_gradient():
+    projector = Projector(
+        4, source="svd", refresh=AdaptiveGap(gap=2, threshold=0.9, factor=2, window=2), storage="int4"
+    )
+    state = projector.init_state((64, 48))
+    G = _grad((64, 48), seed=33, dtype=torch.float32)
+    refreshed = [t for t in range(20) if projector.project(state, G, t).refresh_s > 0]
+    # the same gradient gives the same codes: the similarity is ‖B̂ᵀB̂‖²_F / r of the dequantised basis,
+    # 1 up to its departure from orthonormality (measured 1.028 here; 1.025-1.030 for int4 bases from
+    # (512, 8) to (2048, 128)); 0.1 leaves room for other BLAS summation orders, and is far from 0.9
+    assert refreshed == [0, 2, 4, 8, 16]
+    np.testing.assert_allclose(state["similarities"], [1.0, 1.0], atol=0.1)
+
+
+def test_int4_basis_takes_about_an_eighth_of_float32():
+    # (512, 8) basis: 4096 values in 16 groups of 256: 2048 code bytes + 16 · 8 = 2176, float32 16384
+    G = _grad((512, 64), seed=34, dtype=torch.float32)
+    sizes = {}
+    for storage in ("dense", "int8", "int4"):
+        projector = Projector(8, source="randomized", side="left", storage=storage)
+        state = projector.init_state(G.shape)
+        projector.project(state, G, 0)
+        sizes[storage] = projector.state_nbytes(state)
+    assert sizes == {"dense": 16384, "int8": 4096 + 128, "int4": 2048 + 128}
+    # 17/128 = 0.133: 1/8 for the codes plus 1/64 for one float32 scale and minimum per 256 values
+    np.testing.assert_allclose(sizes["int4"] / sizes["dense"], 17 / 128, rtol=0)
+
+
+def test_dct_source_ignores_the_storage():
+    G = _grad((30, 20), seed=35)
+    dense, quantised = Projector(4, source="dct"), Projector(4, source="dct", storage="int4")
+    dense_state, state = dense.init_state(G.shape), quantised.init_state(G.shape)
+    torch.testing.assert_close(quantised.project(state, G, 0).low, dense.project(dense_state, G, 0).low, rtol=0, atol=0)
+    assert "basis_codes" not in state and state["indices"].dtype == torch.int32
+
+
+def test_quantised_state_round_trips_through_weights_only_load():
+    projector = Projector(3, source="randomized", refresh=1, storage="int4", storage_group=8)
+    state = projector.init_state((9, 7))
+    for t in range(3):
+        projector.project(state, _grad((9, 7), seed=t), t)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    torch.testing.assert_close(projector.basis(loaded), projector.basis(state), rtol=0, atol=0)
+    # a (7, 3) basis in groups of 8: 3 groups, 24 codes in 12 bytes, 3 · 8 bytes of scale and minimum
+    assert projector.state_nbytes(state) == 12 + 24
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"storage": "int2"}, "storage must be one of"),
+        ({"storage_group": 0}, "storage_group must be an integer >= 1"),
+        ({"storage": "int4", "storage_group": 255}, "storage_group must be even for int4"),
+    ],
+)
+def test_bad_storage_options_raise_naming_the_option(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Projector(2, **kwargs)
