@@ -105,8 +105,7 @@ def measure_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, 
     """Bytes by category held by a model and its optimizer after at least one step.
 
     Weights, optimizer states and projector storage are read from the live tensors
-    (``optimizer.state``; bitsandbytes' shared quantisation maps are not counted; a Q-GaLore
-    optimizer's stochastic-rounding generator state counts as optimizer state). Gradients
+    (``optimizer.state``; bitsandbytes' shared quantisation maps are not counted). Gradients
     are the parameters' gradient sizes (see the module docstring for ``layerwise``), and the
     refresh workspace is :func:`refresh_workspace_bytes` of the largest projected matrix.
     """

@@ -12,9 +12,10 @@ by its code tensor ``layer.weight_codes``, a step is:
 3. the GaLore-projected Adam update of the base optimizer (:class:`GaLoreAdamW` or
    :class:`GaLoreAdamW8bit`), its state kept under the code tensor;
 4. re-quantise the weight into the layer with stochastic rounding (unbiased: small updates are
-   not rounded away), from a generator seeded by ``quant_seed`` and the parameter's index, whose
-   state is kept in ``state["rng"]`` (uint8 tensor) so a resumed run draws what an uninterrupted
-   one does, and every rank draws the same.
+   not rounded away). The uniform draws come from a generator seeded at each step from
+   ``state["rounding_seed"]`` (an int made of ``quant_seed`` and the parameter's index) and the
+   step count ``state["step"]``: a resumed run draws what an uninterrupted one does and every
+   rank draws the same, on any device.
 
 Float parameters take the base optimizer's step unchanged, so with float weights only (nothing
 quantised), ``proj_bits=None`` and a fixed refresh, :class:`QGaLoreAdamW` is :class:`GaLoreAdamW`.
@@ -119,14 +120,15 @@ class _QuantizedWeights:
             del self.state[weight], self._param_keys[weight]
         generator = None
         if group["stochastic_round"]:
-            generator = torch.Generator(device=weight.device)
-            if "rng" in state:
-                generator.set_state(state["rng"].cpu())
-            else:
-                generator.manual_seed(group["quant_seed"] * 1_000_003 + self._param_keys[codes])
+            if "rounding_seed" not in state:
+                state["rounding_seed"] = group["quant_seed"] * 1_000_003 + self._param_keys[codes]
+            # one stream per (weight, step), from numbers already in the state: nothing to synchronise with a
+            # device, and no generator state to keep (a CPU mt19937 state is 5 KB per weight)
+            steps = int(state["step"])
+            generator = torch.Generator(device=weight.device).manual_seed(
+                (state["rounding_seed"] * 2**32 + steps) % 2**63
+            )
         layer.set_weight(weight, generator=generator)
-        if generator is not None:
-            state["rng"] = generator.get_state().to(codes.device)
 
 
 class QGaLoreAdamW(_QuantizedWeights, GaLoreAdamW):
@@ -154,9 +156,8 @@ class QGaLoreAdamW(_QuantizedWeights, GaLoreAdamW):
     Notes
     -----
     State of an INT8 weight: the base optimizer's (moments of the projected gradient, ``step``,
-    the projector's dict) plus ``rng``, the stochastic-rounding generator's state (uint8; 5056
-    bytes on the CPU, 16 on CUDA). All tensors: ``state_dict()`` loads with
-    ``torch.load(weights_only=True)``, and resuming is bit-exact.
+    the projector's dict) plus ``rounding_seed`` (an int). Tensors and numbers only:
+    ``state_dict()`` loads with ``torch.load(weights_only=True)``, and resuming is bit-exact.
 
     Under ``torch.distributed`` every rank must step the same INT8 weights in the same order
     (their gradients are averaged by blocking all-reduces in :meth:`step`). FSDP2 is not
@@ -190,7 +191,7 @@ class QGaLoreAdamW8bit(_QuantizedWeights, GaLoreAdamW8bit):
 
     Notes
     -----
-    State of an INT8 weight: :class:`GaLoreAdamW8bit`'s plus ``rng`` (see :class:`QGaLoreAdamW`).
+    State of an INT8 weight: :class:`GaLoreAdamW8bit`'s plus ``rounding_seed`` (see :class:`QGaLoreAdamW`).
     """
 
     def __init__(
