@@ -23,7 +23,7 @@ from solvers.lowrank import (
     q_galore_param_groups,
     quantize_linear_layers,
 )
-from solvers.lowrank.memory import measure_memory
+from solvers.lowrank.memory import estimate_memory, measure_memory
 
 HAS_BITSANDBYTES = importlib.util.find_spec("bitsandbytes") is not None
 needs_bitsandbytes = pytest.mark.skipif(not HAS_BITSANDBYTES, reason="needs bitsandbytes")
@@ -300,6 +300,28 @@ def test_recipe_trains_a_task_and_its_memory_counts_the_int8_weights(layerwise):
     assert memory["weights"] == float_bytes + int8_bytes
     assert memory["gradients"] == (4 * 80 if layerwise else 4 * (60 + 80) + float_bytes)  # layer-wise: the largest
     assert memory["projector"] > 0 and memory["optimizer_states"] > 0
+
+
+@needs_bitsandbytes
+@pytest.mark.parametrize("layerwise", [False, True], ids=["plain", "layerwise"])
+def test_memory_estimate_from_shapes_equals_the_measured_bytes(layerwise):
+    """estimate_memory(weight_bits=8) on the float model = measure_memory on its quantised twin after a step."""
+    options = {**QGALORE, "proj_bits": 4}
+    estimate = estimate_memory(
+        galore_param_groups(galore_cases.Block(N_IN, HIDDEN, N_OUT, head=HEAD), **options),
+        optimizer="galore-adamw8bit",
+        layerwise=layerwise,
+        weight_bits=8,
+        weight_group_size=WEIGHT_GROUP,
+    )
+    model = _int8_block()
+    opt = QGaLoreAdamW8bit(q_galore_param_groups(model, **options))  # moments under 4096 values stay float32
+    x, y = galore_cases.batches(1, N_IN, HEAD)[0]
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    assert estimate == measure_memory(model, opt, layerwise=layerwise)
+    with pytest.raises(ValueError, match="weight_bits"):
+        estimate_memory([], weight_bits=4)
 
 
 def test_recipe_refuses_what_it_cannot_do():
