@@ -13,6 +13,11 @@ _LAZY = {
     "GaLoreAdafactor": "galore_adafactor",
     "GaLoreAdamW8bit": "galore_adamw8bit",
     "LayerwiseOptimizer": "layerwise",
+    "Int8Linear": "int8_linear",
+    "quantize_linear_layers": "int8_linear",
+    "QGaLoreAdamW": "q_galore",
+    "QGaLoreAdamW8bit": "q_galore",
+    "q_galore_param_groups": "q_galore",
     "galore_param_groups": "param_groups",
     "select_linear_modules": "param_groups",
 }

@@ -10,6 +10,12 @@ runs under ``DistributedDataParallel`` by stepping in a communication hook, afte
 FSDP2 (``fully_shard``) parameters are refused: FSDP2 already frees each unsharded gradient
 after its reduce-scatter, so a plain optimizer over the sharded parameters gets the memory
 saving that layer-wise stepping gives elsewhere.
+
+INT8 weights (:class:`~solvers.lowrank.int8_linear.Int8Linear`, Q-GaLore) fire no post-accumulate-grad
+hook: their code tensor requires no grad and their gradient accumulates in ``layer.weight_grad``.
+They are stepped from the layer's weight-gradient hook instead, with the same accumulation count
+and the same learning-rate clock as every other parameter (under DDP: in :meth:`step`, see
+:meth:`attach`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from optkit.validation import check_int
 
 from ._galore_common import GaLoreMixin
 from ._sharded import is_dtensor
+from .int8_linear import Int8Linear, quantized_linear_of
 
 __all__ = ["LayerwiseOptimizer"]
 
@@ -40,6 +47,7 @@ class _Layer:
     pending: int = 0  # backward passes accumulated into .grad since this parameter last stepped
     steps: int = 0  # inner steps since the wrapper's last step()
     reached: int = 0  # backward passes the latest inner step used
+    quantized: Int8Linear | None = None  # the layer of an INT8 weight (its gradient is layer.weight_grad)
 
 
 class LayerwiseOptimizer(torch.optim.Optimizer):
@@ -62,8 +70,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     ----------
     params : iterable of tensors, or of dicts with a ``"params"`` entry
         As for any torch optimizer. Parameters with ``requires_grad=False`` when the group is added
-        are kept in their group but never stepped. Any shape, dtype and device the inner optimizer
-        supports; torch tensors only.
+        are kept in their group but never stepped, except the ``weight_codes`` of an
+        :class:`~solvers.lowrank.int8_linear.Int8Linear` (stepped from its weight-gradient hook, by
+        a factory that builds a Q-GaLore optimizer for it). Any shape, dtype and device the inner
+        optimizer supports; torch tensors only.
     optimizer_factory : callable
         ``optimizer_factory(groups) -> torch.optim.Optimizer``, called once per trainable parameter
         with a one-group list ``[{"params": [p], **hyperparameters of p's group}]``. A class with
@@ -134,7 +144,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         hyperparameters = {key: value for key, value in group.items() if key not in _NOT_HYPERPARAMETERS}
         first = sum(len(earlier["params"]) for earlier in self.param_groups[:index])
         for position, p in enumerate(group["params"], start=first):
-            if not p.requires_grad:
+            quantized = quantized_linear_of(p)
+            if not p.requires_grad and quantized is None:
                 continue
             inner = self._factory([{**hyperparameters, "params": [p]}])
             if isinstance(inner, GaLoreMixin):
@@ -147,8 +158,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             for key, value in inner.param_groups[0].items():
                 if key not in _NOT_HYPERPARAMETERS:
                     group.setdefault(key, value)
-            self._layers[p] = _Layer(inner, index)
-            self._handles.append(p.register_post_accumulate_grad_hook(self._on_gradient))
+            self._layers[p] = _Layer(inner, index, quantized=quantized)
+            if quantized is None:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._on_gradient))
+            else:
+                self._handles.append(quantized.register_weight_grad_hook(lambda _, codes=p: self._on_gradient(codes)))
 
     @property
     def inner_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -190,7 +204,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 opt.zero_grad()
 
         After the synchronising backward, DDP writes the (already applied) averaged gradients back
-        into ``.grad``; ``step()`` frees them. With ``gradient_as_bucket_view=True`` they are views
+        into ``.grad``; ``step()`` frees them. INT8 weights are no DDP parameters that require grad:
+        their ``weight_grad`` is accumulated on each rank and ``step()`` steps them, their inner
+        Q-GaLore optimizer averaging it over the ranks first (all ranks step them in the same order). With ``gradient_as_bucket_view=True`` they are views
         of DDP's buckets and cost no memory. Every parameter in a bucket is stepped at each
         synchronisation, also one no rank used (its gradient is then zero), where a plain
         optimizer would skip it.
@@ -249,6 +265,16 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 p.grad = None
         return loss
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As ``torch.optim.Optimizer.zero_grad``, also for the INT8 weights' ``weight_grad``."""
+        super().zero_grad(set_to_none=set_to_none)
+        for layer in self._layers.values():
+            if layer.quantized is not None and layer.quantized.weight_grad is not None:
+                if set_to_none:
+                    layer.quantized.weight_grad = None
+                else:
+                    layer.quantized.weight_grad.zero_()
+
     def state_dict(self) -> dict[str, Any]:
         """The base class's state dict (every inner state, the groups) plus the accumulation tallies.
 
@@ -283,7 +309,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def _window_error(self) -> str | None:
         k = self.accumulation_steps
-        layers = self._layers.values()
+        if self._distributed:
+            # INT8 weights are outside DDP's buckets: they accumulate until step() steps them
+            layers = [layer for layer in self._layers.values() if layer.quantized is None]
+            if not layers:
+                return None
+        else:
+            layers = list(self._layers.values())
         stepped = [layer for layer in layers if layer.steps]
         pending = max(layer.pending for layer in layers)
         if self._distributed:
@@ -340,6 +372,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         layer.steps += 1
         layer.optimizer.step()
         p.grad = None
+        if layer.quantized is not None:
+            layer.quantized.weight_grad = None
 
     # Unannotated: DDP checks a hook's annotations against the objects, and here they would be strings.
     def _allreduce_then_step(self, process_group, bucket):

@@ -8,8 +8,10 @@ The two agree exactly on a model small enough to train (tested).
 
 The categories:
 
-* ``weights``: every parameter.
-* ``gradients``: the weight gradients alive at the peak. With layer-wise stepping each
+* ``weights``: every parameter; for an INT8 weight (:class:`~solvers.lowrank.int8_linear.Int8Linear`,
+  Q-GaLore) its uint8 codes and the float32 scale and minimum of each group, all parameters.
+* ``gradients``: the weight gradients alive at the peak; an INT8 weight's is its float32
+  ``weight_grad`` buffer. With layer-wise stepping each
   gradient is freed as soon as its parameter has stepped, so the peak is the largest single
   gradient instead of their sum.
 * ``optimizer_states``: moments (32-bit, or 8-bit plus block scales), step counters excluded.
@@ -25,6 +27,8 @@ from typing import Any, Iterable
 import torch
 
 from optkit.projection import Projector
+
+from .int8_linear import Int8Linear, quantized_linear_of
 
 __all__ = ["CATEGORIES", "estimate_memory", "measure_memory", "refresh_workspace_bytes"]
 
@@ -81,11 +85,13 @@ def _workspace(optimizer: torch.optim.Optimizer) -> int:
         if group.get("rank") is None:
             continue
         for p in group["params"]:
-            if p.dim() == 2:
+            layer = quantized_linear_of(p)
+            shape = tuple(p.shape) if layer is None else layer.weight_shape
+            if len(shape) == 2:
                 largest = max(
                     largest,
                     refresh_workspace_bytes(
-                        tuple(p.shape),
+                        shape,
                         group["rank"],
                         group["proj"],
                         side=group["proj_side"],
@@ -105,6 +111,8 @@ def measure_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, 
     """
     params = [p for p in model.parameters()]
     grads = [_nbytes(p) for p in params if p.requires_grad]
+    # an INT8 weight's gradient is a float32 buffer of the weight's shape (the codes require no grad)
+    grads += [4 * m.in_features * m.out_features for m in model.modules() if isinstance(m, Int8Linear)]
     moments, projector = _state_bytes(optimizer.state.values())
     return {
         "weights": sum(_nbytes(p) for p in params),
@@ -115,8 +123,20 @@ def measure_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, 
     }
 
 
+def _quantized_bytes(numel: int, bits: int, group_size: int) -> int:
+    """Bytes of a tensor of ``numel`` values quantised by :func:`optkit.quantization.quantize`: padded codes
+    (two per byte at 4 bits) and a float32 scale and minimum per group."""
+    groups = -(-numel // group_size)
+    return groups * group_size * bits // 8 + 8 * groups
+
+
 def estimate_memory(
-    param_groups: list[dict[str, Any]], *, optimizer: str = "galore-adamw", layerwise: bool = False
+    param_groups: list[dict[str, Any]],
+    *,
+    optimizer: str = "galore-adamw",
+    layerwise: bool = False,
+    weight_bits: int | None = None,
+    weight_group_size: int = 256,
 ) -> dict:
     """Bytes by category from shapes alone, for parameters on any device (``meta`` included).
 
@@ -130,7 +150,21 @@ def estimate_memory(
         or 8-bit block-wise ones (tensors under 4096 elements stay 32-bit, as bitsandbytes does).
     layerwise : bool
         Per-layer stepping (gradient peak = the largest gradient).
+    weight_bits : {None, 8}
+        ``8``: Q-GaLore, the projected matrices stored as :class:`~solvers.lowrank.int8_linear.Int8Linear`
+        weights in groups of ``weight_group_size`` (codes and a float32 scale and minimum per group),
+        their gradients and moments float32. A group's ``proj_bits`` (4 or 8) and
+        ``proj_group_size`` give its bases' storage in any case.
+
+    Raises
+    ------
+    ValueError
+        For a ``weight_bits`` other than ``None`` or 8, or a ``weight_group_size`` below 1.
     """
+    if weight_bits not in (None, 8):
+        raise ValueError(f"weight_bits must be None or 8, got {weight_bits!r}")
+    if isinstance(weight_group_size, bool) or not isinstance(weight_group_size, int) or weight_group_size < 1:
+        raise ValueError(f"weight_group_size must be a positive integer, got {weight_group_size!r}")
     eight_bit = optimizer.endswith("8bit")
     projected = optimizer.startswith("galore")
     out = dict.fromkeys(CATEGORIES, 0)
@@ -139,16 +173,26 @@ def estimate_memory(
         rank = group.get("rank") if projected else None
         for p in group["params"]:
             size = p.element_size()
-            out["weights"] += p.numel() * size
-            grads.append(p.numel() * size)
             numel = p.numel()
+            if weight_bits is not None and rank is not None and p.dim() == 2:
+                # an INT8 weight: its gradient, the dequantised weight and the moments are float32
+                out["weights"] += _quantized_bytes(numel, weight_bits, weight_group_size)
+                size = 4
+            else:
+                out["weights"] += numel * size
+            grads.append(numel * size)
             if rank is not None and p.dim() == 2:
                 proj = Projector(rank, source=group.get("proj", "svd"), side=group.get("proj_side", "auto"))
                 state = proj.init_state(tuple(p.shape))
                 low = proj.low_rank_shape(state, tuple(p.shape))
                 numel = low[0] * low[1]
-                if not proj.is_identity(state):
+                proj_bits = group.get("proj_bits")
+                if not proj.is_identity(state) and proj.source != "dct" and proj_bits is not None:
+                    basis = state["rank"] * state["dim"]
+                    out["projector"] += _quantized_bytes(basis, proj_bits, group.get("proj_group_size", 256))
+                elif not proj.is_identity(state):
                     out["projector"] += state["rank"] * (4 if proj.source == "dct" else state["dim"] * size)
+                if not proj.is_identity(state):
                     out["refresh_workspace"] = max(
                         out["refresh_workspace"],
                         refresh_workspace_bytes(tuple(p.shape), rank, proj.source, side=proj.side),

@@ -19,13 +19,14 @@ from optkit.problem import Problem
 from optkit.registry import register_solver
 from optkit.torch_optim import TorchOptimizerSolver
 from optkit.training import TrainingTask
+from optkit.validation import check_int
 
 from .options import GALORE_DEFAULTS, GALORE_OPTIONS, RECIPE_RANK, check_galore_options
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GaLoreAdafactorRecipe", "GaLoreAdamW8bitRecipe", "GaLoreAdamWRecipe", "GaLoreRecipe"]
+__all__ = ["GaLoreAdafactorRecipe", "GaLoreAdamW8bitRecipe", "GaLoreAdamWRecipe", "GaLoreRecipe", "QGaLoreRecipe"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,3 +141,72 @@ class GaLoreAdafactorRecipe(GaLoreRecipe):
     """optkit's GaLoreAdafactor (solvers.lowrank.galore_adafactor): Adafactor in a low-rank subspace."""
 
     optimizer_path: ClassVar[tuple[str, str]] = ("galore_adafactor", "GaLoreAdafactor")
+
+
+@register_solver("q-galore")
+@dataclass(frozen=True, kw_only=True)
+class QGaLoreRecipe(GaLoreRecipe):
+    """Q-GaLore (solvers.lowrank.q_galore.QGaLoreAdamW8bit): INT8 weights, INT4 bases, lazy refresh, 8-bit moments.
+
+    ``make_optimizer`` replaces the task model's selected linear layers by
+    :class:`~solvers.lowrank.int8_linear.Int8Linear` (in place), then builds the optimizer over
+    their INT8 weights (projected) and every float parameter (full-rank). Training tasks only.
+
+    Options
+    -------
+    rank, update_proj_gap, scale, proj, proj_side, moments, power_iters, oversample, proj_seed, error_feedback :
+        As in :class:`GaLoreRecipe`.
+    proj_bits, proj_group_size : default 4, 256
+        The bases' storage (Q-GaLore's INT4 in groups of 256; ``proj_bits=None``: dense).
+    refresh : default ``"adaptive"``
+        Lazy refresh: the gap doubles while the subspace is stable (Q-GaLore's threshold 0.4 over a
+        window of 5 refreshes).
+    weight_bits : int
+        8, the only width of the INT8 weights.
+    weight_group_size : int
+        Weight values per quantisation group (default 256).
+    stochastic_round : bool
+        Re-quantise the weights with stochastic rounding (default) or to the nearest code; the
+        rounding is seeded by ``seed``.
+    target, layerwise :
+        As in :class:`GaLoreRecipe`; ``target`` selects the layers quantised (and projected).
+    Others: those of :class:`~optkit.torch_optim.TorchOptimizerSolver`, but ``grad_clip``, which
+    is refused (the INT8 weights' gradients are outside ``model.parameters()``' ``.grad``).
+    """
+
+    accepts: ClassVar[tuple] = (TrainingTask,)
+    optimizer_path: ClassVar[tuple[str, str]] = ("q_galore", "QGaLoreAdamW8bit")
+    needs: ClassVar[tuple[str, ...]] = ("bitsandbytes",)
+
+    proj_bits: int | None = 4
+    refresh: str = "adaptive"
+    weight_bits: int = 8
+    weight_group_size: int = 256
+    stochastic_round: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        if self.weight_bits != 8:
+            raise ValueError(f"weight_bits must be 8 (the only INT8 weight width), got {self.weight_bits!r}")
+        check_int("weight_group_size", self.weight_group_size, 1)
+        if not isinstance(self.stochastic_round, bool):
+            raise TypeError(f"stochastic_round must be true or false, got {self.stochastic_round!r}")
+        if self.grad_clip is not None:
+            raise ValueError("grad_clip is not supported by q-galore: the INT8 weights' gradients are not in .grad")
+
+    def make_optimizer(self, model: torch.nn.Module, problem: Problem) -> torch.optim.Optimizer:
+        from .int8_linear import quantize_linear_layers
+        from .q_galore import QGaLoreAdamW8bit, q_galore_param_groups
+
+        quantize_linear_layers(model, self.target, group_size=self.weight_group_size)
+        groups = q_galore_param_groups(
+            model, **self.galore_options(), stochastic_round=self.stochastic_round, quant_seed=self.seed
+        )
+        if not self.layerwise:
+            return QGaLoreAdamW8bit(groups, lr=self.lr, weight_decay=self.weight_decay)
+        from .layerwise import LayerwiseOptimizer
+
+        def factory(inner_groups: list[dict]) -> torch.optim.Optimizer:
+            return QGaLoreAdamW8bit(inner_groups, lr=self.lr, weight_decay=self.weight_decay)
+
+        return LayerwiseOptimizer(groups, factory, accumulation_steps=self.accumulation_steps)
