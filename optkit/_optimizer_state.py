@@ -49,15 +49,18 @@ def state_bytes(model: Any, optimizer: Any) -> dict[str, int]:
     Returns
     -------
     dict
-        ``params`` (model parameters), ``grads`` (their ``.grad`` tensors that exist now) and
-        ``optimizer`` (every tensor reachable from ``optimizer.state``: moments, 8-bit states
-        and their quantisation maps, projector bases, including tensors held by projector
-        objects). Activations, autograd buffers and temporaries are not included.
+        ``params`` (model parameters), ``grads`` (their ``.grad`` tensors that exist now, and
+        the tensors of every submodule's ``gradient_tensors()`` method: gradients a module keeps
+        outside ``.grad``, such as an INT8 layer's float weight gradient) and ``optimizer``
+        (every tensor reachable from ``optimizer.state``: moments, 8-bit states and their
+        quantisation maps, projector bases, including tensors held by projector objects).
+        Activations, autograd buffers and temporaries are not included.
     """
     seen: set = set()
     params = list(model.parameters())
     out = {"params": _nbytes(iter(params), seen)}
-    out["grads"] = _nbytes((p.grad for p in params if p.grad is not None), seen)
+    kept = [t for m in model.modules() if hasattr(m, "gradient_tensors") for t in m.gradient_tensors()]
+    out["grads"] = _nbytes(itertools.chain((p.grad for p in params if p.grad is not None), kept), seen)
     out["optimizer"] = _nbytes(_tensors(list(optimizer.state.values())), seen)
     return out
 

@@ -185,6 +185,11 @@ class Int8Linear(torch.nn.Module):
         self.weight_scale.copy_(q.scale)
         self.weight_offset.copy_(q.offset)
 
+    def gradient_tensors(self) -> list[torch.Tensor]:
+        """The gradients this layer keeps outside ``.grad`` (``weight_grad``, when it exists): what
+        :func:`optkit.torch_optim.state_bytes` counts as gradient memory besides the parameters' ``.grad``."""
+        return [] if self.weight_grad is None else [self.weight_grad]
+
     def accumulate_weight_grad(self, grad: torch.Tensor) -> None:
         """Add ``grad`` to :attr:`weight_grad` (what the backward pass does), then run the weight hooks."""
         if self.weight_grad is None:

@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 import galore_cases
 
 from optkit.quantization import dequantize, quantize
+from optkit.torch_optim import state_bytes
 from solvers.lowrank.int8_linear import Int8Linear, quantize_linear_layers, quantized_linear_of
 from solvers.lowrank.memory import measure_memory
 
@@ -161,6 +162,9 @@ def test_memory_counts_codes_and_group_scales_as_weights():
     assert memory["weights"] == int8 + floats
     # the float32 gradient buffers of the INT8 weights are gradients like the float parameters'
     assert memory["gradients"] == 4 * (60 + 40) + floats
+    # the trainer's footprint counts them too: they live between backward and step like any .grad
+    footprint = state_bytes(model, torch.optim.SGD([model.norm.weight], lr=0.1))
+    assert footprint["grads"] == memory["gradients"]
 
 
 def test_bad_arguments_are_refused():
