@@ -15,6 +15,8 @@ _LAZY = {
     "LayerwiseOptimizer": "layerwise",
     "galore_param_groups": "param_groups",
     "select_linear_modules": "param_groups",
+    "GradNormLoRPAdamW": "gradnorm_lorp",
+    "GradNormLoRPAdamW8bit": "gradnorm_lorp",
 }
 
 __all__ = sorted(_LAZY)
