@@ -8,9 +8,11 @@ the weight's gradient and writes ``m · V/‖V‖`` back into the weight after e
 
 Conventions. ``norm_axis="rows"`` (the default) gives every row ``W[i, :]`` of an ``nn.Linear``
 weight ``(out, in)`` its own magnitude, as ``torch.nn.utils.weight_norm(dim=0)`` and the reference
-code (``‖v‖`` over ``dim=1``). The paper writes the weight ``d × k`` with DoRA's notation, one
-magnitude per output unit (``m ∈ ℝ^{1×k}``), and calls the norm a column norm: its columns are
-torch's rows. ``norm_axis="columns"`` normalises ``W[:, j]`` instead (one magnitude per input unit).
+code (``‖v‖`` over ``dim=1``). The paper writes the weight ``d × k`` in DoRA's notation and its
+norm ``‖·‖_c`` "column-wise", one magnitude per column (``m ∈ ℝ^{1×k}``): its columns are output
+units, torch's rows, as in peft's DoRA (``get_weight_norm``: "column-wise", computed as
+``torch.linalg.norm(weight, dim=1)`` on the ``(out, in)`` weight). ``norm_axis="columns"``
+normalises ``W[:, j]`` instead (one magnitude per input unit).
 
 Two defects of the reference ``LowRankWeightNormAdamW`` are absent here: the direction's gradient
 keeps its tangential projection, ``∂L/∂V_i = (m_i/‖V_i‖)(g_i − ŵ_i ŵ_iᵀ g_i)`` (the reference omits
