@@ -4,6 +4,7 @@ training, resume, recipes, and DDP (two gloo ranks on half batches against one p
 import functools
 import importlib.util
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -232,6 +233,20 @@ def test_recipes_are_registered_and_validate_norm_axis():
     assert {"gradnorm-lorp", "gradnorm-lorp8bit"} <= set(optkit.list_solvers())
     with pytest.raises(ValueError, match="norm_axis"):
         optkit.registry.get_solver("gradnorm-lorp", norm_axis="diagonal")
+
+
+def test_recipe_skips_a_matrix_variable_starting_with_a_zero_row():
+    from problems.linear_models import SoftmaxRegression
+
+    gen = np.random.default_rng(0)
+    A, y = gen.standard_normal((20, 5)), np.arange(20) % 3
+    solver = optkit.registry.get_solver("gradnorm-lorp", rank=2, max_iter=5, lr=1e-2)
+    # the default start is zero: weight normalisation has no direction there
+    assert "zero row" in solver.check(SoftmaxRegression(A, y))
+    problem = SoftmaxRegression(A, y, x0=np.ones(15))
+    assert solver.check(problem) is None
+    result = solver.solve(problem)
+    assert result.status == optkit.Status.MAX_ITER and result.fun < problem.fun(problem.x0)
 
 
 # ---------------------------------------------------------------------------------------------- DDP
