@@ -20,6 +20,8 @@ _LAZY = {
     "q_galore_param_groups": "q_galore",
     "galore_param_groups": "param_groups",
     "select_linear_modules": "param_groups",
+    "GradNormLoRPAdamW": "gradnorm_lorp",
+    "GradNormLoRPAdamW8bit": "gradnorm_lorp",
 }
 
 __all__ = sorted(_LAZY)

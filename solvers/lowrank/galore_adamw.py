@@ -6,6 +6,8 @@ from typing import Any, Iterable
 
 import torch
 
+from optkit.projection import Projected
+
 from ._galore_common import GaLoreMixin, check_adam_options, galore_defaults
 
 __all__ = ["GaLoreAdamW"]
@@ -78,6 +80,24 @@ class GaLoreAdamW(GaLoreMixin, torch.optim.Optimizer):
 
     def _step_parameter(self, group: dict[str, Any], p: torch.Tensor) -> None:
         state, step, projected, low = self.begin_step(group, p)
+        self.adam_step(group, p, state, step, projected, low, p)
+
+    def adam_step(
+        self,
+        group: dict[str, Any],
+        p: torch.Tensor,
+        state: dict[str, Any],
+        step: int,
+        projected: Projected | None,
+        low: torch.Tensor,
+        target: torch.Tensor,
+    ) -> None:
+        """Advance ``p``'s moments on ``low`` and update ``target`` in place (weight decay first).
+
+        ``low`` is :meth:`begin_step`'s gradient (projected when ``projected`` is not ``None``);
+        ``target`` is ``p`` itself, or a tensor of ``p``'s shape that a subclass steps instead of
+        the weight (:class:`~solvers.lowrank.gradnorm_lorp.GradNormLoRPAdamW`'s direction ``V``).
+        """
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(low, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(low, memory_format=torch.preserve_format)
@@ -90,7 +110,7 @@ class GaLoreAdamW(GaLoreMixin, torch.optim.Optimizer):
         state["step"] += 1
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        p.mul_(1.0 - lr * group["weight_decay"])
+        target.mul_(1.0 - lr * group["weight_decay"])
         exp_avg.lerp_(low, 1.0 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(low, low, value=1.0 - beta2)
         # bias correction counts the steps since the moments were last (re)started
@@ -98,8 +118,8 @@ class GaLoreAdamW(GaLoreMixin, torch.optim.Optimizer):
         step_size = lr / (1.0 - beta1**moment_steps)
         denom = (exp_avg_sq.sqrt() / (1.0 - beta2**moment_steps) ** 0.5).add_(eps)
         if projected is None:
-            p.addcdiv_(exp_avg, denom, value=-step_size)
+            target.addcdiv_(exp_avg, denom, value=-step_size)
         elif self.projector_for(group).is_identity(state["projector"]):
-            p.addcdiv_(exp_avg, denom, value=-step_size * group["scale"])
+            target.addcdiv_(exp_avg, denom, value=-step_size * group["scale"])
         else:
-            p.add_(self.project_back(group, p, exp_avg / denom), alpha=-step_size)
+            target.add_(self.project_back(group, p, exp_avg / denom), alpha=-step_size)

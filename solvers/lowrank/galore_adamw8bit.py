@@ -7,6 +7,8 @@ from typing import Any, Iterable
 
 import torch
 
+from optkit.projection import Projected
+
 from ._galore_common import GaLoreMixin, check_adam_options, galore_defaults
 
 __all__ = ["GaLoreAdamW8bit"]
@@ -151,7 +153,24 @@ class GaLoreAdamW8bit(GaLoreMixin, torch.optim.Optimizer):
 
     def _step_parameter(self, group: dict[str, Any], p: torch.Tensor) -> None:
         state, step, projected, low = self.begin_step(group, p)
-        grad = p.grad
+        self.adam_step(group, p, state, step, projected, low, p)
+
+    def adam_step(
+        self,
+        group: dict[str, Any],
+        p: torch.Tensor,
+        state: dict[str, Any],
+        step: int,
+        projected: Projected | None,
+        low: torch.Tensor,
+        target: torch.Tensor,
+    ) -> None:
+        """Advance ``p``'s 8-bit moments on ``low`` and update ``target`` in place (weight decay first).
+
+        ``low`` is :meth:`begin_step`'s gradient (projected when ``projected`` is not ``None``);
+        ``target`` is ``p`` itself, or a tensor of ``p``'s shape that a subclass steps instead of
+        the weight (:class:`~solvers.lowrank.gradnorm_lorp.GradNormLoRPAdamW8bit`'s direction ``V``).
+        """
         if "moment_origin" not in state:
             self._init_moments(group, state, low)
         elif projected is not None and projected.changed and group["moments"] != "keep":
@@ -160,18 +179,18 @@ class GaLoreAdamW8bit(GaLoreMixin, torch.optim.Optimizer):
                 state["moment_origin"] = step
         state["step"] += 1
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        p.mul_(1.0 - lr * group["weight_decay"])
+        target.mul_(1.0 - lr * group["weight_decay"])
 
         identity = projected is None or self.projector_for(group).is_identity(state["projector"])
         # bitsandbytes' CUDA kernels read g and p as contiguous arrays of g's dtype: in place
         # only for a p of the gradient's dtype (a non-contiguous one through a contiguous copy,
         # as bitsandbytes does), else through a float32 buffer
-        in_place = identity and grad.dtype == p.dtype
+        in_place = identity and low.dtype == target.dtype
         if in_place:
-            target, g = p.contiguous(), grad.contiguous()
+            buffer, g = target.contiguous(), low.contiguous()
             step_lr = lr * group["scale"] if projected is not None else lr
         else:
-            target = torch.zeros(low.shape, dtype=torch.float32, device=low.device)
+            buffer = torch.zeros(low.shape, dtype=torch.float32, device=low.device)
             g, step_lr = low.to(torch.float32, memory_format=torch.contiguous_format), lr
         # bias correction counts the steps since the moments were last (re)started
         moment_steps = step + 1 - state["moment_origin"]
@@ -180,7 +199,7 @@ class GaLoreAdamW8bit(GaLoreMixin, torch.optim.Optimizer):
             bnb.optimizer_update_8bit_blockwise(
                 "adam",
                 g=g,
-                p=target,
+                p=buffer,
                 state1=state["state1"],
                 state2=state["state2"],
                 beta1=beta1,
@@ -200,7 +219,7 @@ class GaLoreAdamW8bit(GaLoreMixin, torch.optim.Optimizer):
             bnb.optimizer_update_32bit(
                 "adam",
                 g=g,
-                p=target,
+                p=buffer,
                 state1=state["state1"],
                 state2=state["state2"],
                 beta1=beta1,
@@ -211,6 +230,6 @@ class GaLoreAdamW8bit(GaLoreMixin, torch.optim.Optimizer):
                 weight_decay=0.0,
             )
         if not in_place:
-            p.add_(target if projected is None else self.project_back(group, p, target))
-        elif target is not p:
-            p.copy_(target)
+            target.add_(buffer if projected is None else self.project_back(group, p, buffer))
+        elif buffer is not target:
+            target.copy_(buffer)

@@ -14,19 +14,30 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from optkit.backend import has_module
+import numpy as np
+
+from optkit.backend import has_module, to_numpy
+from optkit.finite_sum import FiniteSumProblem
 from optkit.problem import Problem
 from optkit.registry import register_solver
 from optkit.torch_optim import TorchOptimizerSolver
 from optkit.training import TrainingTask
-from optkit.validation import check_int
+from optkit.validation import check_choice, check_int
 
 from .options import GALORE_DEFAULTS, GALORE_OPTIONS, RECIPE_RANK, check_galore_options
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GaLoreAdafactorRecipe", "GaLoreAdamW8bitRecipe", "GaLoreAdamWRecipe", "GaLoreRecipe", "QGaLoreRecipe"]
+__all__ = [
+    "GaLoreAdafactorRecipe",
+    "GaLoreAdamW8bitRecipe",
+    "GaLoreAdamWRecipe",
+    "GaLoreRecipe",
+    "GradNormLoRPAdamW8bitRecipe",
+    "GradNormLoRPAdamWRecipe",
+    "QGaLoreRecipe",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,3 +221,50 @@ class QGaLoreRecipe(GaLoreRecipe):
             return QGaLoreAdamW8bit(inner_groups, lr=self.lr, weight_decay=self.weight_decay)
 
         return LayerwiseOptimizer(groups, factory, accumulation_steps=self.accumulation_steps)
+
+
+@register_solver("gradnorm-lorp")
+@dataclass(frozen=True, kw_only=True)
+class GradNormLoRPAdamWRecipe(GaLoreRecipe):
+    """optkit's GradNormLoRPAdamW (solvers.lowrank.gradnorm_lorp): AdamW on W = m·V/‖V‖, V's moments low-rank.
+
+    Options: those of :class:`GaLoreRecipe` (applied to the direction ``V``'s gradient), plus
+    ``norm_axis`` (``"rows"``: one magnitude per output unit of an ``nn.Linear``, the default;
+    ``"columns"``: one per input unit).
+    """
+
+    optimizer_path: ClassVar[tuple[str, str]] = ("gradnorm_lorp", "GradNormLoRPAdamW")
+    # solvers.lowrank.gradnorm_lorp.NORM_AXES, repeated here so that the registry imports no torch (tested)
+    norm_axes: ClassVar[tuple[str, ...]] = ("rows", "columns")
+
+    norm_axis: str = "rows"
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("norm_axis", self.norm_axis, self.norm_axes)
+
+    def check(self, problem: Problem) -> str | None:
+        reason = super().check(problem)
+        if reason is not None or isinstance(problem, TrainingTask):
+            return reason
+        # a matrix variable is weight-normalised: a zero row (column) of the start has no direction
+        shape = problem.x_shape if isinstance(problem, FiniteSumProblem) else tuple(problem.x0.shape)
+        if len(shape) == 2:
+            start = to_numpy(problem.x0).reshape(shape)
+            unit = "row" if self.norm_axis == "rows" else "column"
+            if not np.all(np.linalg.norm(start, axis=1 if unit == "row" else 0) > 0):
+                return f"solver {self.name!r} weight-normalises the variable, and its start has a zero {unit}"
+        return None
+
+    def galore_options(self) -> dict:
+        """The GaLore group options and ``norm_axis`` (a group option of the weight-normalised optimizers)."""
+        return {**super().galore_options(), "norm_axis": self.norm_axis}
+
+
+@register_solver("gradnorm-lorp8bit")
+@dataclass(frozen=True, kw_only=True)
+class GradNormLoRPAdamW8bitRecipe(GradNormLoRPAdamWRecipe):
+    """optkit's GradNormLoRPAdamW8bit (solvers.lowrank.gradnorm_lorp): GradNormLoRP with 8-bit moments for V."""
+
+    optimizer_path: ClassVar[tuple[str, str]] = ("gradnorm_lorp", "GradNormLoRPAdamW8bit")
+    needs: ClassVar[tuple[str, ...]] = ("bitsandbytes",)
