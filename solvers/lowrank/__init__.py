@@ -15,6 +15,11 @@ _LAZY = {
     "LayerwiseOptimizer": "layerwise",
     "galore_param_groups": "param_groups",
     "select_linear_modules": "param_groups",
+    "OwLoreAdamW": "owlore",
+    "find_layers": "owlore",
+    "layer_outlier_ratios": "owlore",
+    "owlore_param_groups": "owlore",
+    "sample_layers": "owlore",
 }
 
 __all__ = sorted(_LAZY)
