@@ -212,6 +212,8 @@ def sample_layers(weights: torch.Tensor, count: int, generator: torch.Generator)
     torch.LongTensor of shape (count,)
         The indices in the order drawn.
     """
+    if weights.dim() != 1 or not 1 <= count <= weights.numel():
+        raise ValueError(f"count must be in [1, {weights.numel()}] for weights of shape (L,), got {count!r}")
     return torch.multinomial(weights.to(torch.float64), count, replacement=False, generator=generator)
 
 
@@ -327,8 +329,14 @@ class OwLoreAdamW(GaLoreAdamW):
     out of its all-reduce every parameter frozen when it is wrapped) with
     ``find_unused_parameters=True`` (frozen blocks produce no gradient); every rank draws the same
     blocks. DDP's gradient buckets keep room for every parameter, so under DDP frozen blocks save
-    optimizer state but not gradient memory.
+    optimizer state but not gradient memory. FSDP2 (DTensor) parameters are refused.
+
+    When training ends, the blocks of the last draw are the only trainable ones;
+    ``model.requires_grad_(True)`` makes the whole model trainable again.
     """
+
+    supports_fsdp2 = False
+    fsdp2_alternatives = "blocks frozen and thawed between steps are not supported under fully_shard; use DDP"
 
     def __init__(
         self,

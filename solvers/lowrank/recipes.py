@@ -187,7 +187,21 @@ class LayerSamplingRecipe(TorchOptimizerSolver):
     def check(self, problem: Problem) -> str | None:
         if not isinstance(problem, TrainingTask):
             return f"solver {self.name!r} samples a model's blocks: training tasks only, {problem.name!r} is not one"
-        return super().check(problem)
+        reason = super().check(problem)
+        if reason is not None:
+            return reason
+        import torch
+
+        from .owlore import find_layers
+
+        # the structure only: built on the meta device (no memory, no initialisation), on a forked random stream
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = problem.model_factory()
+        try:
+            find_layers(model, self.layers)
+        except ValueError as error:
+            return f"solver {self.name!r} needs a model of repeated blocks: {error}"
+        return None
 
     def param_groups(self, model: torch.nn.Module, layers: list) -> list[dict]:
         """The optimizer's param groups: every trainable parameter, full-rank."""
@@ -247,7 +261,6 @@ class OwLoreRecipe(LayerSamplingRecipe, GaLoreRecipe):
     """
 
     sampling: ClassVar[str] = "owl"
-    optimizer_path: ClassVar[tuple[str, str]] = ("owlore", "OwLoreAdamW")
 
     outlier_threshold: float = 13.0
     calibration_batches: int = 8

@@ -219,7 +219,7 @@ def test_a_resampled_layer_starts_from_fresh_state():
     # interval 2: the state of a block's first step back is still there to read before the next draw
     opt = _owlore(model, active_layers=1, interval=2, seed=3, galore={**GALORE, "proj": "svd"})
     ever, previous, checked = set(), (), 0
-    for x, y in _batches(24):
+    for x, y in _batches(16):
         torch.nn.functional.mse_loss(model(x), y).backward()
         (index,) = opt.active
         block = model.layers[index]
@@ -277,8 +277,11 @@ def test_all_layers_with_a_huge_interval_equal_galore_adamw():
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("split", [3, 4], ids=["mid-interval", "right-after-a-draw"])
-@pytest.mark.parametrize("layer_state, proj", [("fresh", "random"), ("keep", "svd")])
+@pytest.mark.parametrize(
+    "split, layer_state, proj",
+    [(4, "fresh", "random"), (3, "keep", "svd")],
+    ids=["right-after-a-draw-fresh", "mid-interval-keep"],
+)
 def test_resume_is_bit_exact_across_draws(tmp_path, split, layer_state, proj):
     def build():
         model = Stack()
