@@ -22,6 +22,11 @@ _LAZY = {
     "select_linear_modules": "param_groups",
     "GradNormLoRPAdamW": "gradnorm_lorp",
     "GradNormLoRPAdamW8bit": "gradnorm_lorp",
+    "OwLoreAdamW": "owlore",
+    "find_layers": "owlore",
+    "layer_outlier_ratios": "owlore",
+    "owlore_param_groups": "owlore",
+    "sample_layers": "owlore",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,4 +1,5 @@
-"""optkit's GaLore optimizers registered as solvers: ``galore-adamw``, ``galore-adamw8bit``, ``galore-adafactor``.
+"""optkit's GaLore optimizers registered as solvers: ``galore-adamw``, ``galore-adamw8bit``, ``galore-adafactor``;
+layer sampling: ``lisa``, ``owlore``.
 
 Each recipe is a :class:`~optkit.torch_optim.TorchOptimizerSolver` that only says how to build its
 optimizer, so it trains a :class:`~optkit.training.TrainingTask` and runs on any smooth or
@@ -11,6 +12,7 @@ when a run starts, never at import time.
 from __future__ import annotations
 
 import importlib
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -22,7 +24,7 @@ from optkit.problem import Problem
 from optkit.registry import register_solver
 from optkit.torch_optim import TorchOptimizerSolver
 from optkit.training import TrainingTask
-from optkit.validation import check_choice, check_int
+from optkit.validation import check_choice, check_int, check_positive
 
 from .options import GALORE_DEFAULTS, GALORE_OPTIONS, RECIPE_RANK, check_galore_options
 
@@ -37,6 +39,9 @@ __all__ = [
     "GradNormLoRPAdamW8bitRecipe",
     "GradNormLoRPAdamWRecipe",
     "QGaLoreRecipe",
+    "LayerSamplingRecipe",
+    "LisaRecipe",
+    "OwLoreRecipe",
 ]
 
 
@@ -268,3 +273,142 @@ class GradNormLoRPAdamW8bitRecipe(GradNormLoRPAdamWRecipe):
 
     optimizer_path: ClassVar[tuple[str, str]] = ("gradnorm_lorp", "GradNormLoRPAdamW8bit")
     needs: ClassVar[tuple[str, ...]] = ("bitsandbytes",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerSamplingRecipe(TorchOptimizerSolver):
+    """Train a few of a model's repeated blocks at a time (:class:`solvers.lowrank.owlore.OwLoreAdamW`).
+
+    Options
+    -------
+    active_layers : int
+        Blocks trained at once, γ (default 5; all of them when the model has fewer).
+    interval : int
+        Steps between draws, K (default 50).
+    layers : str or None
+        Dotted path of the module holding the blocks (``"model.layers"``); ``None`` finds them
+        (:func:`solvers.lowrank.owlore.find_layers`).
+    layer_state : {"fresh", "keep"}
+        A block leaving the active set releases its moments and projector and starts afresh when
+        drawn again (default), or keeps them (the reference's behaviour; state of every block).
+    Others: those of :class:`~optkit.torch_optim.TorchOptimizerSolver`; ``seed`` also seeds the draws.
+    Training tasks only: the blocks are the model's.
+    """
+
+    sampling: ClassVar[str] = "uniform"
+
+    active_layers: int = 5
+    interval: int = 50
+    layers: str | None = None
+    layer_state: str = "fresh"
+
+    def validate(self) -> None:
+        super().validate()
+        check_int("active_layers", self.active_layers, 1)
+        check_int("interval", self.interval, 1)
+        if self.layers is not None and (not isinstance(self.layers, str) or not self.layers):
+            raise ValueError(f"layers must be a module path such as 'model.layers' or None, got {self.layers!r}")
+        check_choice("layer_state", self.layer_state, ("fresh", "keep"))
+
+    def check(self, problem: Problem) -> str | None:
+        if not isinstance(problem, TrainingTask):
+            return f"solver {self.name!r} samples a model's blocks: training tasks only, {problem.name!r} is not one"
+        reason = super().check(problem)
+        if reason is not None:
+            return reason
+        import torch
+
+        from .owlore import find_layers
+
+        # the structure only: built on the meta device (no memory, no initialisation), on a forked random stream
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = problem.model_factory()
+        try:
+            find_layers(model, self.layers)
+        except ValueError as error:
+            return f"solver {self.name!r} needs a model of repeated blocks: {error}"
+        return None
+
+    def param_groups(self, model: torch.nn.Module, layers: list) -> list[dict]:
+        """The optimizer's param groups: every trainable parameter, full-rank."""
+        from .owlore import owlore_param_groups
+
+        return owlore_param_groups(model, layers, rank=None)
+
+    def outlier_ratios(self, model: torch.nn.Module, layers: list, problem: TrainingTask) -> torch.Tensor | None:
+        """The blocks' outlier ratios; uniform sampling needs none."""
+        return None
+
+    def make_optimizer(self, model: torch.nn.Module, problem: Problem) -> torch.optim.Optimizer:
+        from .owlore import OwLoreAdamW, find_layers
+
+        layers = find_layers(model, self.layers)
+        return OwLoreAdamW(
+            self.param_groups(model, layers),
+            layers,
+            outlier_ratios=self.outlier_ratios(model, layers, problem),
+            sampling=self.sampling,
+            active_layers=self.active_layers,
+            interval=self.interval,
+            layer_state=self.layer_state,
+            seed=self.seed,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+        )
+
+
+@register_solver("lisa")
+@dataclass(frozen=True, kw_only=True)
+class LisaRecipe(LayerSamplingRecipe):
+    """LISA (Pan et al., 2024): AdamW on γ uniformly drawn blocks, redrawn every K steps, and on everything
+    outside the blocks; the baseline of ``owlore``."""
+
+
+@register_solver("owlore")
+@dataclass(frozen=True, kw_only=True)
+class OwLoreRecipe(LayerSamplingRecipe, GaLoreRecipe):
+    """OwLore (Li et al., 2024): GaLoreAdamW on γ blocks drawn with probability proportional to their outlier
+    ratio, redrawn every K steps; AdamW outside the blocks.
+
+    Options
+    -------
+    outlier_threshold : float
+        OWL's M (default 13): a block's outlier ratio is the fraction of its Wanda scores above M
+        times their mean (:func:`solvers.lowrank.owlore.layer_outlier_ratios`).
+    calibration_batches : int
+        Batches the ratios are computed from (default 8): the first ones of the task's training
+        stream (seeded by the task, so the same on every rank and in every run), run through the
+        task's loss without gradients, before the first step and not counted in the run's batches.
+    rank, update_proj_gap, ..., target :
+        As ``galore-adamw``; ``target`` selects the projected linear weights inside the blocks
+        only. ``layerwise`` must stay false.
+    active_layers, interval, layers, layer_state :
+        As ``lisa``.
+    """
+
+    sampling: ClassVar[str] = "owl"
+
+    outlier_threshold: float = 13.0
+    calibration_batches: int = 8
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive("outlier_threshold", self.outlier_threshold)
+        check_int("calibration_batches", self.calibration_batches, 1)
+        if self.layerwise:
+            raise ValueError(
+                "layerwise=True is not available with owlore: its blocks are frozen and released by step()"
+            )
+
+    def param_groups(self, model: torch.nn.Module, layers: list) -> list[dict]:
+        """Param groups: the blocks' ``target`` linear weights projected, everything else full-rank."""
+        from .owlore import owlore_param_groups
+
+        return owlore_param_groups(model, layers, self.target, **self.galore_options())
+
+    def outlier_ratios(self, model: torch.nn.Module, layers: list, problem: TrainingTask) -> torch.Tensor:
+        from .owlore import layer_outlier_ratios
+
+        batches = itertools.islice(problem.train_batches(), self.calibration_batches)
+        with problem.uncounted():
+            return layer_outlier_ratios(model, layers, batches, forward=problem.loss, M=self.outlier_threshold)
