@@ -38,10 +38,10 @@ __all__ = [
     "GaLoreRecipe",
     "GradNormLoRPAdamW8bitRecipe",
     "GradNormLoRPAdamWRecipe",
-    "QGaLoreRecipe",
     "LayerSamplingRecipe",
     "LisaRecipe",
     "OwLoreRecipe",
+    "QGaLoreRecipe",
 ]
 
 
