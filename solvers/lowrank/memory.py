@@ -137,6 +137,8 @@ def estimate_memory(
     layerwise: bool = False,
     weight_bits: int | None = None,
     weight_group_size: int = 256,
+    frozen: Iterable[torch.Tensor] = (),
+    magnitudes: bool = False,
 ) -> dict:
     """Bytes by category from shapes alone, for parameters on any device (``meta`` included).
 
@@ -155,6 +157,13 @@ def estimate_memory(
         weights in groups of ``weight_group_size`` (codes and a float32 scale and minimum per group),
         their gradients and moments float32. A group's ``proj_bits`` (4 or 8) and
         ``proj_group_size`` give its bases' storage in any case.
+    frozen : iterable of tensors
+        Parameters that train in none of the steps counted: weights only, no gradient, moments or
+        projector (OwLore and LISA: the blocks outside the active set; any γ of L identical blocks
+        cost the same).
+    magnitudes : bool
+        GradNormLoRP: every projected matrix also keeps four vectors of one value per row (the
+        magnitude, the direction's norm and the magnitude's two Adam moments), in its dtype.
 
     Raises
     ------
@@ -169,11 +178,15 @@ def estimate_memory(
     projected = optimizer.startswith("galore")
     out = dict.fromkeys(CATEGORIES, 0)
     grads = []
+    frozen_ids = {id(p) for p in frozen}
     for group in param_groups:
         rank = group.get("rank") if projected else None
         for p in group["params"]:
             size = p.element_size()
             numel = p.numel()
+            if id(p) in frozen_ids:
+                out["weights"] += numel * size
+                continue
             if weight_bits is not None and rank is not None and p.dim() == 2:
                 # an INT8 weight: its gradient, the dequantised weight and the moments are float32
                 out["weights"] += _quantized_bytes(numel, weight_bits, weight_group_size)
@@ -192,6 +205,8 @@ def estimate_memory(
                     out["projector"] += _quantized_bytes(basis, proj_bits, group.get("proj_group_size", 256))
                 elif not proj.is_identity(state):
                     out["projector"] += state["rank"] * (4 if proj.source == "dct" else state["dim"] * size)
+                if magnitudes:
+                    out["optimizer_states"] += 4 * p.shape[0] * size
                 if not proj.is_identity(state):
                     out["refresh_workspace"] = max(
                         out["refresh_workspace"],

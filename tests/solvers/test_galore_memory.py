@@ -70,3 +70,55 @@ def test_estimate_equals_measurement_for_8bit_moments():
     # (128, 256) at rank 64 (left side): 8-bit moments of 64 x 256 plus a float32 scale per
     # 256 values; the (40, 128) weight full-rank in 8 bits; the biases (< 4096 values) in float32
     assert measured["optimizer_states"] == 2 * (64 * 256 + 4 * 64) + 2 * (40 * 128 + 4 * 20) + 2 * 4 * (128 + 40)
+
+
+class _Blocks(torch.nn.Module):
+    """Four identical blocks (a (16, 12)-shaped and a (12, 16)-shaped linear layer each) between an input and a head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = torch.nn.Linear(6, 12)
+        self.layers = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 12)) for _ in range(4)
+        )
+        self.head = torch.nn.Linear(12, 3)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for block in self.layers:
+            x = x + block(x)
+        return self.head(x)
+
+
+def test_estimate_equals_measurement_for_owlore_with_the_inactive_blocks_frozen():
+    from solvers.lowrank import OwLoreAdamW, owlore_param_groups
+
+    model = _Blocks()
+    groups = owlore_param_groups(model, model.layers, rank=4)
+    opt = OwLoreAdamW(groups, model.layers, sampling="uniform", active_layers=2, interval=100, lr=1e-3)
+    model(torch.randn(8, 6)).square().mean().backward()
+    opt.step()
+    frozen = [p for index, block in enumerate(model.layers) if index not in opt.active for p in block.parameters()]
+    assert len(frozen) == 2 * 4
+    measured = measure_memory(model, opt)
+    assert measured == estimate_memory(groups, optimizer="galore-adamw", frozen=frozen)
+    # two active blocks: (16, 12) right side and (12, 16) left side at rank 4, biases full-rank; the
+    # input and head layers are always trained full-rank
+    block_moments = 16 * 4 + 4 * 16 + 16 + 12
+    outside = 6 * 12 + 12 + 12 * 3 + 3
+    assert measured["optimizer_states"] == 2 * 4 * (2 * block_moments + outside)
+
+
+def test_estimate_equals_measurement_for_gradnorm_lorp_with_its_magnitude_vectors():
+    from solvers.lowrank import GradNormLoRPAdamW
+
+    model = _model()
+    groups = galore_param_groups(model, ["0", "2"], rank=8)
+    opt = GradNormLoRPAdamW(groups, lr=1e-3)
+    _one_step(model, opt)
+    measured = measure_memory(model, opt)
+    assert measured == estimate_memory(groups, optimizer="galore-adamw", magnitudes=True)
+    plain = estimate_memory(groups, optimizer="galore-adamw")
+    # magnitude, direction norm and the magnitude's two moments: one float32 per row of (64, 48) and (32, 64)
+    assert measured["optimizer_states"] - plain["optimizer_states"] == 4 * 4 * (64 + 32)
