@@ -285,7 +285,9 @@ def classification_measures(model: Any, batches: Any) -> tuple[float, float]:
     for batch in batches:
         labels, ids, mask = _unpack(batch.to(device))
         logits = model(ids, mask)
-        loss_sum += float(torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
+        # the loss in float32 at least: a bfloat16 model's logits would round the sum
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
         correct += int((logits.argmax(dim=1) == labels).sum())
         count += int(labels.numel())
     return loss_sum / count, correct / count
