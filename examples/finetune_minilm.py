@@ -7,7 +7,7 @@ gives validation and test accuracy, the optimizer state and the seconds per step
 
 Run::
 
-    python examples/finetune_minilm.py --steps 213                 # one epoch of batch 32 (6805 sentences)
+    python examples/finetune_minilm.py --steps 212                 # one epoch: 212 full batches of 32 (6805 sentences)
     python examples/finetune_minilm.py --steps 20 --n-eval 128 --solvers adamw,lora
     python examples/finetune_minilm.py --device cuda --steps 640   # three epochs
 """
@@ -30,7 +30,7 @@ RECIPES = {
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=213, help="optimizer steps (213 batches of 32: one epoch)")
+    parser.add_argument("--steps", type=int, default=212, help="optimizer steps (212 full batches of 32: one epoch)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--solvers", default="adamw,lora,galore-adamw", help=f"any of {', '.join(RECIPES)}")
     parser.add_argument("--n-eval", type=int, help="validation and test sentences evaluated (default all)")
