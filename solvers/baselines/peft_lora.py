@@ -68,10 +68,11 @@ class LoRA(TorchOptimizerSolver):
         Scale numerator: the adapter adds ``(B A x) * alpha / r``; default 16.
     target : str
         Which linear layers get adapters, see :func:`lora_target_modules`; default
-        ``"query,key,value,dense"`` (every linear layer of a BERT encoder).
-    train_head : bool
-        Also train the model's output layer (``model.get_output_embeddings()``) fully; default
-        true, as a classification head starts untrained.
+        ``"all-linear"`` (on a BERT encoder the same 36 layers as ``"query,key,value,dense"``).
+    train_head : bool, optional
+        Also train the model's output layer (``model.get_output_embeddings()``) fully. Default
+        ``None``: when the model has one (a classifier's new head must train); pass false to keep
+        a language model's ``lm_head`` frozen, true to require an output layer.
     Others: those of :class:`~optkit.torch_optim.TorchOptimizerSolver` (``lr``, ``weight_decay``
     apply to the trained parameters).
 
@@ -89,8 +90,8 @@ class LoRA(TorchOptimizerSolver):
 
     r: int = 8
     alpha: float = 16.0
-    target: str = "query,key,value,dense"
-    train_head: bool = True
+    target: str = "all-linear"
+    train_head: bool | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -98,8 +99,10 @@ class LoRA(TorchOptimizerSolver):
         check_positive("alpha", self.alpha)
         if not isinstance(self.target, str) or not self.target.strip():
             raise ValueError(f"target must be 'all-linear' or comma-separated module names, got {self.target!r}")
-        if not isinstance(self.train_head, bool):
-            raise TypeError(f"train_head must be true or false, got {self.train_head!r}")
+        if self.train_head is not None and not isinstance(self.train_head, bool):
+            raise TypeError(
+                f"train_head must be true, false or None (the output layer if any), got {self.train_head!r}"
+            )
 
     def check(self, problem: Problem) -> str | None:
         if not has_module("peft"):
@@ -110,7 +113,8 @@ class LoRA(TorchOptimizerSolver):
         import torch
 
         peft = optional_import("peft", "solver 'lora'")
-        head = model.get_output_embeddings() if self.train_head and hasattr(model, "get_output_embeddings") else None
+        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        head = output if self.train_head is not False else None
         if self.train_head and head is None:
             raise ValueError(
                 f"train_head=True needs a model with get_output_embeddings(); {type(model).__name__} has none "

@@ -44,7 +44,8 @@ def test_trainable_parameters_are_the_adapters_and_the_head(task, base):
     model = task.make_model()
     targets = lora_target_modules(model, "query,key,value,dense")
     shapes = [model.get_submodule(name).weight.shape for name in targets]
-    LoRA(r=8).make_optimizer(model, task)
+    assert lora_target_modules(model, "all-linear") == targets  # every linear layer but the head
+    LoRA(r=8, target="query,key,value,dense").make_optimizer(model, task)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # r * (in + out) per adapted layer, plus the 384 * 2 + 2 of the head
     assert trainable == sum(8 * (n_in + n_out) for n_out, n_in in shapes) + 770 == 332_546
@@ -100,3 +101,22 @@ def test_bad_options_and_problems_are_refused(task):
     with pytest.raises(ValueError, match="selects no nn.Linear"):
         LoRA(target="query,not_a_layer").make_optimizer(task.make_model(), task)
     assert "accepts TrainingTask" in (LoRA().check(optkit.get_problem("ml/least-squares")) or "")
+
+
+def test_a_model_without_output_layer_trains_its_adapters_only():
+    def batches():
+        while True:
+            yield torch.ones(2, 3)
+
+    task = optkit.TrainingTask(
+        lambda: torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)),
+        batches,
+        [torch.ones(2, 3)],
+        tokens_per_batch=2,
+        loss_fn=lambda model, x: (model(x) ** 2).mean(),
+    )
+    model = task.make_model()
+    LoRA(r=2).make_optimizer(model, task)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2 * (3 + 4) + 2 * (4 + 3)
+    with pytest.raises(ValueError, match="train_head=True needs"):
+        LoRA(r=2, train_head=True).make_optimizer(task.make_model(), task)
