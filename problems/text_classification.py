@@ -101,17 +101,21 @@ def split_of(text: str) -> str:
 
 
 def _read_sentences(path: Path) -> dict[str, tuple[list[str], list[int]]]:
-    csv.field_size_limit(sys.maxsize)  # some IMDb reviews in the same file pass csv's 128 KiB default
     seen: set[str] = set()
     rows: dict[str, list[tuple[bytes, str, int]]] = {name: [] for name in SPLITS}
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            text = row["text"]
-            if row["source"] != _SOURCE or text in seen:
-                continue
-            seen.add(text)
-            digest = hashlib.sha256(text.encode("utf-8")).digest()
-            rows[split_of(text)].append((digest, text, int(row["label"])))
+    # some IMDb reviews in the same file pass csv's 128 KiB field limit (a module-wide setting: restored)
+    previous_limit = csv.field_size_limit(sys.maxsize)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                text = row["text"]
+                if row["source"] != _SOURCE or text in seen:
+                    continue
+                seen.add(text)
+                digest = hashlib.sha256(text.encode("utf-8")).digest()
+                rows[split_of(text)].append((digest, text, int(row["label"])))
+    finally:
+        csv.field_size_limit(previous_limit)
     out = {}
     for name, items in rows.items():
         items.sort()

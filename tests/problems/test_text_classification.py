@@ -73,6 +73,16 @@ def test_encoding_truncates_six_sentences_and_keeps_sep(encoded):
         np.testing.assert_array_equal(ids[np.arange(len(ids)), lengths - 1], SEP_ID)
 
 
+def test_cache_is_plain_arrays_and_reloads_identically(encoded, tmp_path):
+    built = load_encoded(64, cache_dir=tmp_path)
+    (cache,) = tmp_path.glob("*.npz")
+    with np.load(cache, allow_pickle=False) as npz:  # no pickled objects: strings and integers only
+        assert sorted(npz.files) == sorted(f"{s}_{f}" for s in SPLITS for f in ("texts", "labels", "ids", "n_tokens"))
+    for field in ("texts", "labels", "ids", "n_tokens"):
+        for name in SPLITS:
+            np.testing.assert_array_equal(getattr(built, field)[name], getattr(encoded, field)[name])
+
+
 def test_batches_hold_label_then_right_padded_ids(task, encoded):
     first, second = iter(task.train_batches()), iter(task.train_batches())
     batches = [next(first) for _ in range(3)]
