@@ -10,6 +10,10 @@ Run::
     python examples/finetune_minilm.py --steps 212                 # one epoch: 212 full batches of 32 (6805 sentences)
     python examples/finetune_minilm.py --steps 20 --n-eval 128 --solvers adamw,lora
     python examples/finetune_minilm.py --device cuda --steps 640   # three epochs
+
+Measured (one epoch, ``--steps 212 --threads 1 --solvers <name>``, torch 2.13 on a shared 2-core
+CPU; validation accuracy 0.526 before training): adamw val 0.832 / test 0.820, optimizer state
+172.2 MiB, 1.66 CPU-s per step; lora val 0.815 / test 0.800, 2.5 MiB, 1.37 CPU-s per step.
 """
 
 from __future__ import annotations
