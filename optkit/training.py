@@ -73,6 +73,10 @@ class TrainingTask(Problem):
         ``transformers`` models).
     n_params : int, optional
         Number of model parameters, when known; otherwise :attr:`n` builds one model to count them.
+    extra_measures : callable ``(model) -> mapping of str to float``, optional
+        Further measures of a trained model that :meth:`evaluate` adds to ``val_loss`` and
+        ``val_ppl`` (a classifier's ``val_accuracy``, a held-out test split's ``test_loss`` ...).
+        Called in eval mode without gradients; it moves what it needs to the model's device.
     name, metadata :
         As in :class:`~optkit.problem.Problem`.
 
@@ -98,6 +102,7 @@ class TrainingTask(Problem):
         device: str = "cpu",
         dtype: str | None = None,
         n_params: int | None = None,
+        extra_measures: Callable[[Any], Mapping[str, float]] | None = None,
         name: str = "training",
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
@@ -113,6 +118,10 @@ class TrainingTask(Problem):
             raise ValueError(f"val_batches must be a non-empty sequence of token batches, got {val_batches!r:.80}")
         if loss_fn is not None and not callable(loss_fn):
             raise ValueError(f"loss_fn must be callable (model, batch) -> 0-d tensor, got {type(loss_fn).__name__}")
+        if extra_measures is not None and not callable(extra_measures):
+            raise ValueError(
+                f"extra_measures must be callable (model) -> dict of measures, got {type(extra_measures).__name__}"
+            )
         if not isinstance(device, str) or not device:
             raise ValueError(f"device must be a device string such as 'cpu' or 'cuda', got {device!r}")
         if dtype is not None:
@@ -127,6 +136,7 @@ class TrainingTask(Problem):
         self._device = device
         self._dtype = dtype
         self._n_params = None if n_params is None else check_int("n_params", n_params, 1)
+        self.extra_measures = extra_measures
 
     # ------------------------------------------------------------------ Problem interface
 
@@ -184,6 +194,7 @@ class TrainingTask(Problem):
             device=device or self._device,
             dtype=dtype or self._dtype,
             n_params=self._n_params,
+            extra_measures=self.extra_measures,
             name=self.name,
             metadata=self.metadata,
         )
@@ -205,8 +216,14 @@ class TrainingTask(Problem):
         dict
             ``val_loss``: the mean of :attr:`loss_fn` over :attr:`val_batches` (nats per token;
             all validation batches have one shape, so this is the token mean), computed in eval
-            mode without gradients; ``val_ppl``: ``exp(val_loss)``. The model's train/eval mode
-            is restored afterwards. Not counted in ``counters``.
+            mode without gradients; ``val_ppl``: ``exp(val_loss)``; then the measures of
+            :attr:`extra_measures`, when the task has it (computed the same way). The model's
+            train/eval mode is restored afterwards. Not counted in ``counters``.
+
+        Raises
+        ------
+        ValueError
+            When ``extra_measures`` returns ``val_loss`` or ``val_ppl`` (they would be overwritten).
         """
         import torch
 
@@ -218,11 +235,16 @@ class TrainingTask(Problem):
         try:
             with torch.no_grad():
                 total = sum(float(self.loss_fn(x, batch.to(device))) for batch in self.val_batches)
+                extra = dict(self.extra_measures(x)) if self.extra_measures is not None else {}
         finally:
             x.train(was_training)
         val_loss = total / len(self.val_batches)
         # exp overflows a float beyond ~709.78; such a loss is a diverged model anyway
-        return {"val_loss": val_loss, "val_ppl": math.exp(val_loss) if val_loss < 700 else math.inf}
+        out = {"val_loss": val_loss, "val_ppl": math.exp(val_loss) if val_loss < 700 else math.inf}
+        clash = sorted(out.keys() & extra.keys())
+        if clash:
+            raise ValueError(f"extra_measures must not return {', '.join(clash)}: evaluate() computes them")
+        return {**out, **{name: float(value) for name, value in extra.items()}}
 
     # ------------------------------------------------------------------ what solvers use
 

@@ -3,6 +3,7 @@
 from . import (
     celer_solvers,
     ipopt_solver,
+    peft_lora,
     pot_solvers,
     pot_sparsity,
     pyamg_solver,
@@ -18,6 +19,7 @@ from . import (
 __all__ = [
     "celer_solvers",
     "ipopt_solver",
+    "peft_lora",
     "pot_solvers",
     "pot_sparsity",
     "pyamg_solver",
