@@ -64,16 +64,23 @@ def _training_task():
 def _training_task_with_blocks():
     torch = pytest.importorskip("torch")
 
+    class Block(torch.nn.Module):  # attention/MLP-like names, as in _training_task
+        def __init__(self):
+            super().__init__()
+            self.attn = torch.nn.Linear(6, 8)
+            self.mlp = torch.nn.Linear(8, 6)
+
+        def forward(self, x):
+            return x + self.mlp(torch.tanh(self.attn(x)))
+
     class Blocks(torch.nn.Module):  # a list of identical blocks: the layer-sampling solvers (lisa, owlore) draw from it
         def __init__(self):
             super().__init__()
-            self.layers = torch.nn.ModuleList(
-                torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 6)) for _ in range(3)
-            )
+            self.layers = torch.nn.ModuleList(Block() for _ in range(3))
 
         def forward(self, x):
             for block in self.layers:
-                x = x + block(x)
+                x = block(x)
             return x
 
     def batches():

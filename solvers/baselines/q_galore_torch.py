@@ -27,6 +27,8 @@ from optkit.torch_optim import TorchOptimizerSolver
 from optkit.training import TrainingTask
 from optkit.validation import check_choice, check_int, check_nonnegative
 
+from .torch_optimizers import reference_galore_targets
+
 if TYPE_CHECKING:
     import torch
 
@@ -100,16 +102,9 @@ class QGaLoreTorch(TorchOptimizerSolver):
         return super().check(problem)
 
     def make_optimizer(self, model: torch.nn.Module, problem: Problem) -> torch.optim.Optimizer:
-        import torch
 
         q_galore_torch = optional_import("q_galore_torch", "solver 'q-galore-torch'")
-        projected = [
-            module.weight
-            for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and ("attn" in name or "mlp" in name)
-        ]
-        if not projected:
-            raise ValueError(f"{type(model).__name__} has no nn.Linear module whose name contains 'attn' or 'mlp'")
+        projected = reference_galore_targets(model)
         for weight in projected:
             if weight.numel() % self.weight_group_size:
                 raise ValueError(

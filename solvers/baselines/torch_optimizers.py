@@ -83,7 +83,10 @@ class SGD(TorchOptimizerSolver):
         import torch
 
         return torch.optim.SGD(
-            model.parameters(), lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
+            model.parameters(),
+            lr=self.lr,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
             weight_decay=self.weight_decay,
         )
 
@@ -107,6 +110,21 @@ class AdamW8bit(TorchOptimizerSolver):
     def make_optimizer(self, model: torch.nn.Module, problem: Problem) -> torch.optim.Optimizer:
         bnb = optional_import("bitsandbytes", "solver 'adamw8bit'")
         return bnb.optim.AdamW8bit(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+def reference_galore_targets(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weights the GaLore and Q-GaLore reference scripts project: every ``nn.Linear`` whose module
+    name contains ``attn`` or ``mlp`` (a ``ValueError`` when there is none)."""
+    import torch
+
+    projected = [
+        module.weight
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and ("attn" in name or "mlp" in name)
+    ]
+    if not projected:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear module whose name contains 'attn' or 'mlp'")
+    return projected
 
 
 @register_solver("galore-torch")
@@ -153,17 +171,10 @@ class GaLoreTorch(TorchOptimizerSolver):
         return super().check(problem)
 
     def make_optimizer(self, model: torch.nn.Module, problem: Problem) -> torch.optim.Optimizer:
-        import torch
 
         galore_torch = optional_import("galore_torch", "solver 'galore-torch'")
         if isinstance(problem, TrainingTask):
-            projected = [
-                module.weight
-                for name, module in model.named_modules()
-                if isinstance(module, torch.nn.Linear) and ("attn" in name or "mlp" in name)
-            ]
-            if not projected:
-                raise ValueError(f"{type(model).__name__} has no nn.Linear module whose name contains 'attn' or 'mlp'")
+            projected = reference_galore_targets(model)
         else:
             projected = [model.weight] if model.weight.dim() == 2 else []
         ids = {id(p) for p in projected}
@@ -244,7 +255,11 @@ class Shampoo(TorchOptimizerSolver):
     def make_optimizer(self, model: torch.nn.Module, problem: Problem) -> torch.optim.Optimizer:
         pytorch_optimizer = optional_import("pytorch_optimizer", "solver 'shampoo'")
         return pytorch_optimizer.Shampoo(
-            model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-            weight_decouple=self.weight_decouple, preconditioning_compute_steps=self.update_freq,
+            model.parameters(),
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            weight_decouple=self.weight_decouple,
+            preconditioning_compute_steps=self.update_freq,
             matrix_eps=self.matrix_eps,
         )

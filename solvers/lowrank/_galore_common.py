@@ -105,6 +105,12 @@ class GaLoreMixin:
                     self._step_sharded(group, p, shard)
         return loss
 
+    def _step_parameter(self, group: dict[str, Any], p: torch.Tensor) -> None:
+        """The step of one parameter: :meth:`begin_step`, then the subclass's ``adam_step`` on ``p`` itself
+        (an optimizer with another update, such as Adafactor's, overrides this)."""
+        state, step, projected, low = self.begin_step(group, p)
+        self.adam_step(group, p, state, step, projected, low, p)
+
     def set_param_key(self, p: torch.Tensor, key: int) -> None:
         """Seed ``p``'s projector with ``key`` (by default its index among this optimizer's parameters).
 

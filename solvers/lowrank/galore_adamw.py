@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -77,10 +78,6 @@ class GaLoreAdamW(GaLoreMixin, torch.optim.Optimizer):
         defaults = galore_defaults(galore, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self._init_galore()
-
-    def _step_parameter(self, group: dict[str, Any], p: torch.Tensor) -> None:
-        state, step, projected, low = self.begin_step(group, p)
-        self.adam_step(group, p, state, step, projected, low, p)
 
     def adam_step(
         self,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -150,10 +151,6 @@ class GaLoreAdamW8bit(GaLoreMixin, torch.optim.Optimizer):
             full = bnb.dequantize_blockwise(moment, absmax=absmax, code=code, blocksize=BLOCK_SIZE)
             full = self.transport(group, p, projected, full, second=second).contiguous()
             bnb.quantize_blockwise(full, code=code, absmax=absmax, out=moment, blocksize=BLOCK_SIZE)
-
-    def _step_parameter(self, group: dict[str, Any], p: torch.Tensor) -> None:
-        state, step, projected, low = self.begin_step(group, p)
-        self.adam_step(group, p, state, step, projected, low, p)
 
     def adam_step(
         self,
