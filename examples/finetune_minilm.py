@@ -30,6 +30,9 @@ RECIPES = {
     "adamw": {"lr": 5e-5, "weight_decay": 0.01},
     "lora": {"lr": 5e-4, "r": 8, "alpha": 16.0},
     "galore-adamw": {"lr": 5e-4, "rank": 64, "target": "all-linear", "update_proj_gap": 50},
+    "q-galore": {"lr": 5e-4, "rank": 8, "update_proj_gap": 50},
+    "owlore": {"lr": 5e-4, "rank": 8, "update_proj_gap": 50, "active_layers": 2, "interval": 50},
+    "gradnorm-lorp": {"lr": 5e-4, "rank": 8, "update_proj_gap": 50},
 }
 
 
