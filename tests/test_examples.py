@@ -205,6 +205,20 @@ def test_finetune_minilm_example_prints_one_row_per_solver():
     assert 172.2 / 8 < state["q-galore"] < 172.2 / 4
 
 
+def test_lowrank_memory_example_measures_q_galore_below_60_percent_of_8bit_galore():
+    pytest.importorskip("bitsandbytes")
+    out = run_example(
+        "lowrank_memory_measured.py", "--task", "llm/llama-tiny", "--rank", "128", "--steps", "1",
+        "--recipes", "galore-adamw8bit,q-galore",
+    )
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
+    galore, q_galore = rows["galore-adamw8bit"], rows["q-galore"]
+    assert q_galore[2] == galore[2]  # the same 8-bit moments
+    # INT8 weights (a byte per value + 8 bytes per 256) against float32: Q-GaLore's target of at most 60 % on the
+    # benchmark's model (measured 18.48 against 48.54 MiB; on llama-micro, where the embeddings weigh more, 63 %)
+    assert float(q_galore[-1]) < 0.6 * float(galore[-1])
+
+
 def test_finite_sum_example_compares_lbfgs_and_torch_optimizers(tmp_path):
     pytest.importorskip("torch")
     out_png = tmp_path / "fs.png"
