@@ -18,6 +18,10 @@ Comparisons (each anchored on the CPU baseline of the same run):
   - 200 training steps of 16 x 256 tokens: ``adamw`` (the anchor), ``galore-torch``, and
     optkit's ``galore-adamw`` (randomized) and ``galore-adamw8bit`` layer-wise, reporting
     the final validation loss, steady tokens/s (after the first 10 steps) and peak memory.
+* Q-GaLore (issue 16): LLaMA-1B (rank 512, 16 x 256 tokens) and LLaMA-7B (rank 1024,
+  4 x 256 tokens) in bf16, 30 steps of layer-wise training each: ``galore-adamw8bit`` (the
+  anchor) against ``q-galore`` (INT8 weights, INT4 bases), peak memory and steady tokens/s
+  (the paper's claim: 7B pre-training in 16 GB).
 * M-FAC (issue 11): one optimizer step at d = 10^7, m = 1024, float32 on CUDA, against the
   floor of two passes over the m x d window (the anchor) and the reference algorithm's step
   (``examples/mfac_step_cost.py``; ``--small``: d = 10^5, m = 64).
@@ -137,19 +141,12 @@ def galore_refresh_rows(device: str, small: bool) -> list[dict]:
     return rows
 
 
-def galore_training_rows(target: str, small: bool) -> list[dict]:
-    """200 steps of LLaMA-1B pre-training in bf16: loss, steady tokens/s and peak memory per recipe."""
-    galore = "rank=512,update_proj_gap=200,scale=0.25,lr=0.01"
-    problem = "llm/llama-micro:batch=4,seq=32" if small else "llm/llama-1b:batch=16,seq=256"
-    steps = 12 if small else 200
+def _training_rows(problem: str, solvers: list[str], steps: int, target: str) -> list[dict]:
+    """``steps`` bf16 training steps of each solver on ``problem``: loss, steady tokens/s (after the
+    first 10 steps) and peak memory."""
     bench = run_benchmark(
         [problem],
-        [
-            "adamw:lr=0.001",
-            f"galore-torch:{galore}",
-            f"galore-adamw:{galore},proj=randomized",
-            f"galore-adamw8bit:{galore},proj=randomized,layerwise=true",
-        ],
+        solvers,
         solver_options={"max_iter": steps, "eval_every": steps},
         backend="torch",
         device="cuda" if target == "cuda" else "cpu",
@@ -164,6 +161,38 @@ def galore_training_rows(target: str, small: bool) -> list[dict]:
         steady = (trace[-1]["tokens"] - trace[9]["tokens"]) / (trace[-1]["time"] - trace[9]["time"])
         peak = max(r["peak_mem_mb"] for r in trace) / 1024
         rows.append({**row, "message": f"steady {steady:,.0f} tok/s, peak {peak:.2f} GiB"})
+    return rows
+
+
+def galore_training_rows(target: str, small: bool) -> list[dict]:
+    """200 steps of LLaMA-1B pre-training in bf16: loss, steady tokens/s and peak memory per recipe."""
+    galore = "rank=512,update_proj_gap=200,scale=0.25,lr=0.01"
+    problem = "llm/llama-micro:batch=4,seq=32" if small else "llm/llama-1b:batch=16,seq=256"
+    solvers = [
+        "adamw:lr=0.001",
+        f"galore-torch:{galore}",
+        f"galore-adamw:{galore},proj=randomized",
+        f"galore-adamw8bit:{galore},proj=randomized,layerwise=true",
+    ]
+    return _training_rows(problem, solvers, 12 if small else 200, target)
+
+
+def qgalore_rows(target: str, small: bool) -> list[dict]:
+    """LLaMA-1B (rank 512) and 7B (rank 1024) in bf16, 30 steps: 8-bit layer-wise GaLore (the anchor)
+    against layer-wise Q-GaLore (INT8 weights, INT4 bases), peak memory and steady tokens/s."""
+    configs = (
+        [("llm/llama-micro:batch=4,seq=32", 16)]
+        if small
+        else [
+            ("llm/llama-1b:batch=16,seq=256", 512),
+            ("llm/llama-7b:batch=4,seq=256", 1024),
+        ]
+    )
+    rows = []
+    for problem, rank in configs:
+        options = f"rank={rank},update_proj_gap=200,scale=0.25,lr=0.004,proj=randomized,layerwise=true"
+        solvers = [f"galore-adamw8bit:{options}", f"q-galore:{options}"]
+        rows.extend(_training_rows(problem, solvers, 12 if small else 30, target))
     return rows
 
 
@@ -329,6 +358,8 @@ def main(target: str, small: bool, repeat: int, sections: list[str]) -> None:
     if "galore" in sections:
         rows.extend(galore_refresh_rows("cuda" if target == "cuda" else "cpu", small))
         rows.extend(galore_training_rows(target, small))
+    if "qgalore" in sections:
+        rows.extend(qgalore_rows(target, small))
     if "mfac" in sections:
         rows.extend(mfac_rows(target, small))
     if "hessian" in sections:
@@ -345,7 +376,7 @@ if __name__ == "__main__":
     parser.add_argument("--target", default="cuda", choices=("cuda", "torch"), help="where the GPU solvers run")
     parser.add_argument("--small", action="store_true", help="small sizes (CPU smoke test)")
     parser.add_argument("--repeat", type=int, default=3)
-    sections = ["cg", "ot", "galore", "mfac", "hessian", "fsdp2", "bcd", "dcdm"]
+    sections = ["cg", "ot", "galore", "qgalore", "mfac", "hessian", "fsdp2", "bcd", "dcdm"]
     parser.add_argument("--sections", nargs="+", default=sections, choices=sections)
     args = parser.parse_args()
     main(args.target, args.small, args.repeat, args.sections)
