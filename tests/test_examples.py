@@ -69,9 +69,10 @@ def test_gpu_check_runs_on_the_cpu_with_small_sizes():
     assert refresh == ["galore-torch (svd)", "optkit svd", "optkit randomized", "optkit dct"]
     training = [row for row in table_rows(out) if row[0].startswith("llm/llama-micro")]
     names = [solver.split(":")[0] for _, solver, _ in training]
-    assert names == ["adamw", "galore-torch", "galore-adamw", "galore-adamw8bit"]
+    # the galore section's four recipes, then the qgalore section's layer-wise pair
+    assert names == ["adamw", "galore-torch", "galore-adamw", "galore-adamw8bit", "galore-adamw8bit", "q-galore"]
     assert all(status == "max_iter" for _, _, status in training)
-    assert out.count("tok/s, peak") == 4
+    assert out.count("tok/s, peak") == 6
     bcd = [(solver, status) for problem, solver, status in table_rows(out) if problem.startswith("bcd/C")]
     assert bcd == [("bcd", "max_iter"), ("bcd@torch", "max_iter")]
     mfac = [solver for problem, solver, _ in table_rows(out) if problem.startswith("mfac step")]
