@@ -161,7 +161,7 @@ class Projector:
     moments: str = "keep"
     scale: float = 1.0
     oversample: int = 8
-    power_iters: int = 1
+    power_iters: int = 0
     dct_method: str = "auto"
     seed: int = 0
     storage: str = "dense"

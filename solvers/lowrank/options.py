@@ -47,7 +47,7 @@ GALORE_OPTIONS: dict[str, tuple[Any, str]] = {
     "proj_side": ("auto", "which side of a weight the basis multiplies: " + ", ".join(PROJ_SIDES)),
     "moments": ("keep", "what the moments do when the basis changes: " + ", ".join(MOMENT_RULES)),
     "refresh": ("fixed", "refresh every update_proj_gap steps, or adaptively: " + ", ".join(REFRESH_POLICIES)),
-    "power_iters": (1, "power iterations of the randomized source"),
+    "power_iters": (0, "power iterations of the randomized source"),
     "oversample": (8, "extra columns of the randomized source's test matrix"),
     "proj_seed": (0, "base seed of the randomized and random sources (the same on every rank)"),
     "error_feedback": (False, "add what the projection dropped to the next gradient (a full-size buffer)"),
