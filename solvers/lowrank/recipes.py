@@ -320,9 +320,15 @@ class LayerSamplingRecipe(TorchOptimizerSolver):
 
         from .owlore import find_layers
 
-        # the structure only: built on the meta device (no memory, no initialisation), on a forked random stream
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            model = problem.model_factory()
+        # the structure only: built on the meta device (no memory, no initialisation), on a forked random
+        # stream; a factory that loads pretrained weights cannot run there (transformers' from_pretrained
+        # refuses a meta device), and is built for real
+        with torch.random.fork_rng(devices=[]):
+            try:
+                with torch.device("meta"):
+                    model = problem.model_factory()
+            except RuntimeError:
+                model = problem.model_factory()
         try:
             find_layers(model, self.layers)
         except ValueError as error:

@@ -439,3 +439,30 @@ def test_recipes_train_a_llama_and_report_state():
     # one of two blocks carries state: AdamW's full moments for lisa, projected ones for owlore
     assert owlore.trace[-1]["opt_state_mb"] < lisa.trace[-1]["opt_state_mb"]
     assert "training tasks only" in optkit.get_solver("lisa").check(optkit.get_problem("ml/least-squares"))
+
+
+
+class _TwoBlocks(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(2))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_recipes_accept_a_model_that_cannot_be_built_on_the_meta_device():
+    # a factory loading pretrained weights (transformers' from_pretrained) refuses torch.device("meta"):
+    # check() then builds it for real instead of raising (found on finetune/minilm-sentiment)
+    def factory():
+        if torch.empty(0).device.type == "meta":
+            raise RuntimeError("from_pretrained refuses a meta device")
+        return _TwoBlocks()
+
+    task = optkit.TrainingTask(
+        factory, lambda: iter(()), [torch.ones(2, 4)], tokens_per_batch=2, loss_fn=lambda m, x: m(x).square().mean()
+    )
+    assert optkit.get_solver("lisa").check(task) is None
+    assert optkit.get_solver("owlore").check(task) is None
