@@ -195,7 +195,9 @@ def test_hf_trainer_trains_with_a_galore_optimizer(tmp_path):
 
 def test_finetune_minilm_example_prints_one_row_per_solver():
     pytest.importorskip("peft")
-    out = run_example("finetune_minilm.py", "--steps", "2", "--batch", "8", "--n-eval", "16", "--solvers", "lora,q-galore")
+    out = run_example(
+        "finetune_minilm.py", "--steps", "2", "--batch", "8", "--n-eval", "16", "--solvers", "lora,q-galore"
+    )
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [row[0].strip() for row in rows] == ["lora", "q-galore"]
     state = {row[0].strip(): float(row[6]) for row in rows}

@@ -190,6 +190,15 @@ class Int8Linear(torch.nn.Module):
         :func:`optkit.torch_optim.state_bytes` counts as gradient memory besides the parameters' ``.grad``."""
         return [] if self.weight_grad is None else [self.weight_grad]
 
+    def clear_weight_grad(self, set_to_none: bool = True) -> None:
+        """Forget :attr:`weight_grad` (``set_to_none``) or zero it in place: ``zero_grad`` for the INT8 weight."""
+        if self.weight_grad is None:
+            return
+        if set_to_none:
+            self.weight_grad = None
+        else:
+            self.weight_grad.zero_()
+
     def accumulate_weight_grad(self, grad: torch.Tensor) -> None:
         """Add ``grad`` to :attr:`weight_grad` (what the backward pass does), then run the weight hooks."""
         if self.weight_grad is None:

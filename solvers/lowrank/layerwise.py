@@ -206,7 +206,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         After the synchronising backward, DDP writes the (already applied) averaged gradients back
         into ``.grad``; ``step()`` frees them. INT8 weights are no DDP parameters that require grad:
         their ``weight_grad`` is accumulated on each rank and ``step()`` steps them, their inner
-        Q-GaLore optimizer averaging it over the ranks first (all ranks step them in the same order). With ``gradient_as_bucket_view=True`` they are views
+        Q-GaLore optimizer averaging it over the ranks first (all ranks step them in the same
+        order). With ``gradient_as_bucket_view=True`` they are views
         of DDP's buckets and cost no memory. Every parameter in a bucket is stepped at each
         synchronisation, also one no rank used (its gradient is then zero), where a plain
         optimizer would skip it.
@@ -269,11 +270,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """As ``torch.optim.Optimizer.zero_grad``, also for the INT8 weights' ``weight_grad``."""
         super().zero_grad(set_to_none=set_to_none)
         for layer in self._layers.values():
-            if layer.quantized is not None and layer.quantized.weight_grad is not None:
-                if set_to_none:
-                    layer.quantized.weight_grad = None
-                else:
-                    layer.quantized.weight_grad.zero_()
+            if layer.quantized is not None:
+                layer.quantized.clear_weight_grad(set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
         """The base class's state dict (every inner state, the groups) plus the accumulation tallies.

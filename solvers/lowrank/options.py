@@ -23,8 +23,8 @@ __all__ = [
     "PROJ_BITS",
     "PROJ_SIDES",
     "PROJ_SOURCES",
-    "REFRESH_POLICIES",
     "RECIPE_RANK",
+    "REFRESH_POLICIES",
     "check_galore_options",
 ]
 

@@ -97,11 +97,8 @@ class _QuantizedWeights:
         for group in self.param_groups:
             for p in group["params"]:
                 layer = quantized_linear_of(p)
-                if layer is not None and layer.weight_grad is not None:
-                    if set_to_none:
-                        layer.weight_grad = None
-                    else:
-                        layer.weight_grad.zero_()
+                if layer is not None:
+                    layer.clear_weight_grad(set_to_none)
 
     def _step_quantized(self, group: dict[str, Any], codes: torch.Tensor, layer: Int8Linear) -> None:
         grad = layer.weight_grad

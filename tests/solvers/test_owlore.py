@@ -441,7 +441,6 @@ def test_recipes_train_a_llama_and_report_state():
     assert "training tasks only" in optkit.get_solver("lisa").check(optkit.get_problem("ml/least-squares"))
 
 
-
 class _TwoBlocks(torch.nn.Module):
     def __init__(self):
         super().__init__()
