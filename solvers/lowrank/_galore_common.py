@@ -166,11 +166,17 @@ class GaLoreMixin:
         local = self._local_steps.get(p)
         return None if local is None else local.shard
 
-    def begin_step(self, group: dict[str, Any], p: torch.Tensor) -> tuple[dict, int, Projected | None, torch.Tensor]:
+    def begin_step(
+        self, group: dict[str, Any], p: torch.Tensor, grad: torch.Tensor | None = None
+    ) -> tuple[dict, int, Projected | None, torch.Tensor]:
         """The common start of a parameter's step: its state, the step index (0 first), the
-        projection (``None`` for a full-rank parameter) and the gradient to feed the moments."""
+        projection (``None`` for a full-rank parameter) and the gradient to feed the moments.
+
+        ``grad`` replaces ``p.grad`` as the gradient projected (with error feedback): the gradient of
+        another quantity of ``p``'s shape that a subclass steps, such as GradNormLoRP's direction."""
         local = self._local_steps.get(p)
-        grad = p.grad if local is None else local.grad
+        if grad is None:
+            grad = p.grad if local is None else local.grad
         if grad.is_sparse:
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         state = self._state_of(p)

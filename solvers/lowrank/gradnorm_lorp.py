@@ -100,21 +100,15 @@ class _WeightNormalised:
         state = self.state[p]
         if "magnitude" not in state:
             self._init_magnitude(state, p, dim)
-        step = int(state["step"])
         magnitude, direction_norm = state["magnitude"], state["direction_norm"]
         # ‖W_i‖ = |m_i|, so V_i's unit vector is W_i's times the sign of m_i (a magnitude may turn negative)
         direction = p * (torch.sign(magnitude) / torch.linalg.vector_norm(p, dim=dim)).unsqueeze(dim)
         grad_magnitude, grad_direction = weight_norm_gradients(direction, grad, magnitude, direction_norm, dim=dim)
-        if group["error_feedback"] and "error" in state:
-            grad_direction = grad_direction + state["error"]
-        projected = self.project_gradient(group, p, grad_direction, step)
-        if group["error_feedback"]:
-            # what the projection dropped is added to the next direction gradient (MicroAdam, DCT-AdamW)
-            lifted = self.projector_for(group).lift(state["projector"], projected.low)
-            state["error"] = grad_direction - lifted
+        # V's gradient is projected (with error feedback) as a GaLore weight's would be
+        state, step, projected, low = self.begin_step(group, p, grad=grad_direction)
         # V itself: only its norms are kept between steps, its direction is the weight's
         full_direction = direction * direction_norm.unsqueeze(dim)
-        self.adam_step(group, p, state, step, projected, projected.low, full_direction)
+        self.adam_step(group, p, state, step, projected, low, full_direction)
         self._magnitude_step(group, state, grad_magnitude, step)
         torch.linalg.vector_norm(full_direction, dim=dim, out=direction_norm)
         p.copy_(full_direction * (magnitude / direction_norm).unsqueeze(dim))
