@@ -375,11 +375,11 @@ def test_returned_arrays_do_not_alias_the_kept_evaluation():
     x = p.x0 + 0.25
     before = {"cons": p.cons(x), "jac": p.jac(x), "grad": p.grad(x), "lag_hess": p.lag_hess(x, np.ones(1))}
     again = {"cons": p.cons(x), "jac": p.jac(x), "grad": p.grad(x), "lag_hess": p.lag_hess(x, np.ones(1))}
-    for what, value in again.items():
+    for value in again.values():
         value[...] = np.nan
     after = {"cons": p.cons(x), "jac": p.jac(x), "grad": p.grad(x), "lag_hess": p.lag_hess(x, np.ones(1))}
-    for what in before:
-        np.testing.assert_allclose(after[what], before[what], rtol=0, atol=0, err_msg=what)  # exact: same pass
+    for what, value in before.items():
+        np.testing.assert_allclose(after[what], value, rtol=0, atol=0, err_msg=what)  # exact: the same pass
     x_seen = x.copy()
     p.cons(x)
     x += 1.0  # the caller moves its array in place: a new point, not the kept one
