@@ -38,6 +38,15 @@ def _equality_constrained():
     )
 
 
+def _feasibility():
+    # c(x) = 0 with a constant objective (what scipy-least-squares solves): x1^2 + x2^2 = 1, x1 = x2
+    return EqualityConstrainedProblem(
+        lambda x: 0.0, np.zeros_like, lambda x: np.array([x @ x - 1.0, x[0] - x[1]]),
+        lambda x: np.array([2 * x, [1.0, -1.0]]), np.array([2.0, 0.5]),
+        lag_hess=lambda x, y, s: 2 * y[0] * np.eye(2), name="tiny/feasibility", metadata={"feasibility": True},
+    )
+
+
 def _training_task():
     torch = pytest.importorskip("torch")
 
@@ -102,6 +111,7 @@ TINY = {
     "finite-sum": lambda: optkit.get_problem("ml/logistic", dataset="synthetic", m=30, n=4),
     "ot": lambda: optkit.get_problem("ot/random-assignment", n=8, eta=10),
     "equality-constrained": _equality_constrained,
+    "feasibility": _feasibility,
     "composite": lambda: optkit.get_problem("ml/lasso/synthetic", m=20, n=10),
     "composite-logistic": lambda: optkit.get_problem("ml/l1-logistic/synthetic", m=20, n=10),
     "training": _training_task,
