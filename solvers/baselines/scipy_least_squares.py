@@ -33,6 +33,19 @@ METHODS = ("trf", "lm", "dogbox")
 SCIPY_TOL_CEILING = 1e-8
 
 
+def least_squares_curvature(problem: EqualityConstrainedProblem, x: np.ndarray, c: np.ndarray, J) -> float | None:
+    """The smallest eigenvalue of the Hessian of ``||c||^2 / 2`` at ``x``, relative to its largest
+    entry: ``J^T J + sum_i c_i hess c_i`` (``lag_hess(x, c, 0)``, uncounted; dense). ``None``
+    when the problem has no ``lag_hess``."""
+    if "lag_hess" not in problem.capabilities:
+        return None
+    with problem.uncounted():
+        second = problem.lag_hess(x, c, 0.0)
+    J = J.toarray() if sp.issparse(J) else np.asarray(J, dtype=float)
+    H = J.T @ J + (second.toarray() if sp.issparse(second) else np.asarray(second, dtype=float))
+    return float(np.linalg.eigvalsh(H)[0]) / max(1.0, float(np.abs(H).max()))
+
+
 def gauss_newton_fraction(J: np.ndarray | sp.sparray, c: np.ndarray) -> float:
     """The fraction of ``||c||_2^2`` that a Gauss–Newton step from this point would remove.
 
@@ -77,9 +90,11 @@ class ScipyLeastSquares(ConstrainedBaseline):
     ``||c||_inf > tol`` — stationary meaning that a Gauss–Newton step would remove at most a
     fraction ``sqrt(ftol)`` of ``||c||^2`` (:func:`gauss_newton_fraction`; SciPy's ``ftol`` test
     bounds the reduction of a trust-region step, the Gauss–Newton prediction has no trust region
-    and is up to ~100 times larger at SciPy's stop, hence the square root); ``STALLED`` when SciPy
-    reports convergence elsewhere; ``MAX_ITER`` when it reaches ``max_nfev``; ``FAILED``
-    otherwise. ``metrics["residual"]`` is ``||c(x)||_2`` at the returned point (SciPy's ``cost``
+    and is up to ~100 times larger at SciPy's stop, hence the square root) and, when the problem
+    has ``lag_hess``, not a saddle point or maximum (:func:`least_squares_curvature` at least
+    ``-sqrt(ftol)``); ``STALLED`` when SciPy reports convergence elsewhere; ``MAX_ITER`` when it
+    reaches ``max_nfev``; ``FAILED`` otherwise. A problem without ``lag_hess`` gets the
+    first-order test only, which a maximum passes too. ``metrics["residual"]`` is ``||c(x)||_2`` at the returned point (SciPy's ``cost``
     is half its square). ``extras["y"]`` is zeros: with a constant objective the least-squares
     multipliers ``argmin_y ||grad f + J^T y||`` are 0. Counters are the problem's (``cons``,
     ``jac``; SciPy asks both at one point, which a CUTEst problem evaluates once).
@@ -162,7 +177,15 @@ class ScipyLeastSquares(ConstrainedBaseline):
             c, J = problem.cons(res.x), problem.jac(res.x)
         fraction = gauss_newton_fraction(J, c)
         residual = float(np.linalg.norm(c))
-        if fraction <= np.sqrt(self.scipy_tol):
+        threshold = np.sqrt(self.scipy_tol)
+        curvature = least_squares_curvature(problem, res.x, c, J) if fraction <= threshold else None
+        if curvature is not None and curvature < -threshold:
+            message = (
+                f"least_squares: {res.message} at ||c||_2 = {residual:.6g}, a saddle point or maximum of ||c||^2 "
+                f"(its Hessian has the relative eigenvalue {curvature:.2e}), not a least-squares solution"
+            )
+            return LibraryVerdict(Status.STALLED, int(res.status), message)
+        if fraction <= threshold:
             message = (
                 f"least-squares residual ||c||_2 = {residual:.6g}, not a solution of c(x) = 0 "
                 f"(a stationary point of ||c||^2: a Gauss-Newton step would remove a fraction {fraction:.1e} of it)"
