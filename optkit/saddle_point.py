@@ -1,0 +1,642 @@
+"""Regularised saddle-point (KKT) systems by MINRES with an augmented-Lagrangian preconditioner.
+
+Solves ``K z = b`` with::
+
+    K = [[B, J^T], [J, -delta_c I]],   B (n, n) symmetric, J (m, n), delta_c >= 0,
+
+``B`` positive definite on ``null(J)`` (the caller's guarantee), to a **true** relative
+residual ``||K z - b||_2 <= rtol ||b||_2``, by :func:`optkit.krylov.minres` preconditioned with
+the block-diagonal augmented-Lagrangian preconditioner (Greif & Schoetzau 2006; Rees & Greif 2007)::
+
+    P = diag(B_rho, w I),   w = 1/rho + delta_c,   B_rho = B + J^T J / w   (= B + rho J^T J at delta_c = 0).
+
+With ``B_rho`` applied exactly, ``P^{-1} K`` has the eigenvalue +1 (multiplicity n) and m
+negative eigenvalues ``-rho nu / (1 + rho nu)`` (``delta_c = 0``; ``nu`` the eigenvalues of the
+Schur complement ``J B^{-1} J^T``), so once ``rho lambda_min(J B^{-1} J^T) >> 1`` MINRES needs a
+handful of iterations whatever the conditioning of ``K``. ``B_rho`` uses ``1/w`` rather than
+``rho`` so that for ``delta_c > 0`` it is the Schur complement of ``P``'s second block: at
+``rho -> oo`` it is ``B + J^T J / delta_c`` and the eigenvalues lie in ``[-1, -0.618] u [0.618, 1]``.
+
+The scale rule for ``rho`` (measured in ``examples/kkt_preconditioners.py``; Golub & Greif's
+``||B|| / ||J||^2`` needs 340 iterations when ``J`` is ill-conditioned, and on ``pde-control``)::
+
+    rho = RHO_TARGET / (sigma_min(J)^2 / ||B|| + delta_c),   capped at RHO_CAP ||B|| / ||J||^2,
+
+which makes ``rho lambda_min(J B^{-1} J^T + delta_c I) >= RHO_TARGET`` for positive definite
+``B``; ``||B||`` and ``||J||`` by seeded power iterations, ``sigma_min(J)^2`` from ``J J^T``
+(dense: LAPACK; sparse: shift-invert Lanczos). The cap keeps ``B`` visible in the rounded
+``B_rho``. When ``B_rho`` is not positive definite ``rho`` grows tenfold, up to
+``RHO_ESCALATIONS`` times; when it never is, ``B`` is not positive definite on ``null(J)``
+(status ``BREAKDOWN``). A large ``rho`` makes the ``P^{-1}``-norm MINRES measures differ from the
+2-norm, so the true residual is checked and the solve restarted from its iterate with a tighter
+inner tolerance (``MAX_REFINEMENTS`` times at most, then ``STALLED``).
+
+``B_rho^{-1}`` is applied by (``preconditioner=``):
+
+* ``"factor"``: a dense Cholesky (LAPACK) or a sparse LDL^T-ordered SuperLU factorisation
+  (scikit-sparse/CHOLMOD is not a dependency); the factor's pivots prove ``B_rho`` positive definite;
+* ``"nystrom"``: the randomized Nystrom preconditioner (Frangella, Tropp & Udell 2023) from
+  ``B_rho @ Omega`` products only (``B_rho`` is never formed), rank doubled when MINRES does not
+  converge within ``ITERS_PER_RANK`` iterations, up to ``n`` (exact);
+* ``"auto"``: ``"factor"`` for sparse ``B``/``J`` and for ``n <= AUTO_FACTOR_MAX_N``, ``"nystrom"`` otherwise.
+
+numpy (dense arrays, scipy sparse matrices), float64.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from .krylov import minres
+from .linop import LinearOperator
+from .result import Status
+from .validation import check_choice, check_int, check_nonnegative, check_positive
+
+__all__ = [
+    "AugmentedLagrangianPreconditioner",
+    "SaddlePointResult",
+    "SaddlePointSolver",
+    "choose_rho",
+    "solve_saddle_point",
+]
+
+PRECONDITIONERS = ("auto", "factor", "nystrom")
+#: ``rho lambda_min(J B^{-1} J^T + delta_c I)`` the scale rule aims at (negative eigenvalues within 1/11 of -1).
+RHO_TARGET = 10.0
+#: Largest ``rho ||J||^2 / ||B||``: beyond it ``B`` drowns in the rounding of ``B + rho J^T J``.
+RHO_CAP = 1e10
+#: Tenfold increases of ``rho`` tried when ``B_rho`` is not positive definite.
+RHO_ESCALATIONS = 4
+#: MINRES iterations a Nystrom rank gets before the rank doubles.
+ITERS_PER_RANK = 30
+#: Columns beyond ``m`` of the first Nystrom sketch (``rho J^T J`` adds m large eigenvalues to ``B_rho``).
+EXTRA_RANK = 20
+#: A solve stalls when its true residual has not fallen below STALL_DECREASE times its best in STALL_WINDOW iterations.
+STALL_DECREASE = 0.9
+STALL_WINDOW = 50
+#: Largest dense ``n`` that ``"auto"`` factors.
+AUTO_FACTOR_MAX_N = 3000
+_POWER_STEPS = 30
+
+
+@dataclass(frozen=True)
+class SaddlePointResult:
+    """What :func:`solve_saddle_point` and :meth:`SaddlePointSolver.solve` return.
+
+    Attributes
+    ----------
+    z : ndarray of shape (n + m,)
+        The solution ``[x; y]``; the last iterate when not converged; NaN when no preconditioner
+        could be built (``B`` not positive definite on ``null(J)``, ``K`` singular).
+    status : Status
+        ``CONVERGED`` (true residual ``<= rtol``), ``MAX_ITER``, ``TIME_LIMIT``, ``STALLED``
+        (the true residual stopped improving above ``rtol``), ``BREAKDOWN`` or ``NONFINITE``.
+    message : str
+    nit : int
+        MINRES iterations of this solve, restarts included.
+    residual : float
+        ``||K z - b||_2 / ||b||_2``, computed from ``z``.
+    rho : float
+        The augmented-Lagrangian parameter used.
+    rank : int or None
+        The Nystrom rank at the end of the solve; None for ``"factor"``.
+    preconditioner : str
+        ``"factor"`` or ``"nystrom"``.
+    """
+
+    z: np.ndarray
+    status: Status
+    message: str
+    nit: int
+    residual: float
+    rho: float
+    rank: int | None
+    preconditioner: str
+
+    @property
+    def success(self) -> bool:
+        """Whether the true residual met ``rtol``."""
+        return self.status is Status.CONVERGED
+
+
+# ----------------------------------------------------------------------------- input and scale
+def _check_system(B, J, delta_c) -> tuple[object, object, float]:
+    """``B``, ``J`` as float64 (dense arrays or CSR), ``delta_c``; raise on bad input."""
+
+    def as_matrix(name, A):
+        if sp.issparse(A):
+            A = sp.csr_array(A, dtype=np.float64)
+            values = A.data
+        elif isinstance(A, (np.ndarray, list, tuple)):
+            A = np.asarray(A, dtype=np.float64)
+            values = A
+        else:
+            raise TypeError(f"{name} must be a numpy array or a scipy sparse matrix, got {type(A).__name__}")
+        if A.ndim != 2 or 0 in A.shape:
+            raise ValueError(f"{name} must be a non-empty 2-D matrix, got shape {A.shape}")
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"{name} contains NaN or inf")
+        return A
+
+    B, J = as_matrix("B", B), as_matrix("J", J)
+    n = B.shape[0]
+    if B.shape != (n, n):
+        raise ValueError(f"B must be square (n, n), got shape {B.shape}")
+    if J.shape[1] != n:
+        raise ValueError(f"J must have shape (m, {n}) to match B of shape {B.shape}, got {J.shape}")
+    asym = abs(B - B.T).max()
+    if asym > 1e-10 * max(abs(B).max(), np.finfo(float).tiny):
+        raise ValueError(f"B must be symmetric; max |B - B^T| = {asym:.3e}")
+    return B, J, check_nonnegative("delta_c", delta_c)
+
+
+def _norm_estimate(apply, n: int, rng: np.random.Generator) -> float:
+    """``||A||_2`` of the symmetric positive semi-definite ``A`` (``apply(v) = A v``) by power iteration."""
+    v = rng.standard_normal(n)
+    estimate = 0.0
+    for _ in range(_POWER_STEPS):
+        v /= np.linalg.norm(v)
+        v = apply(v)
+        estimate = float(np.linalg.norm(v))
+        if estimate == 0.0:
+            return 0.0
+    return estimate
+
+
+def _smallest_gram_eigenvalue(J) -> float:
+    """``sigma_min(J)^2 = lambda_min(J J^T)`` (0 when ``J`` has fewer columns than rows or is rank deficient)."""
+    m, n = J.shape
+    if m > n:
+        return 0.0
+    if not sp.issparse(J):
+        return max(float(sla.eigvalsh(J @ J.T, subset_by_index=(0, 0))[0]), 0.0)
+    gram = sp.csc_array(J @ J.T)
+    if m <= 2:
+        return max(float(np.linalg.eigvalsh(gram.toarray())[0]), 0.0)
+    try:
+        value = spla.eigsh(gram, k=1, sigma=0.0, which="LM", return_eigenvectors=False, tol=1e-3)[0]
+    except RuntimeError:  # SuperLU: J J^T exactly singular
+        return 0.0
+    return max(float(value), 0.0)
+
+
+def choose_rho(B, J, delta_c: float = 0.0, *, rng=None) -> float:
+    """The augmented-Lagrangian parameter of the scale rule (see the module docstring).
+
+    Parameters
+    ----------
+    B : ndarray or scipy sparse matrix of shape (n, n)
+    J : ndarray or scipy sparse matrix of shape (m, n)
+    delta_c : float
+        The regularisation of ``K``'s second diagonal block (``>= 0``).
+    rng : numpy Generator or seed, optional
+        Start vectors of the power iterations.
+
+    Returns
+    -------
+    float
+        ``RHO_TARGET / (sigma_min(J)^2 / ||B|| + delta_c)`` capped at ``RHO_CAP ||B|| / ||J||^2``;
+        ``inf`` when ``J`` is rank deficient and ``delta_c = 0`` (``K`` is singular).
+    """
+    B, J, delta_c = _check_system(B, J, delta_c)
+    rng = np.random.default_rng(rng)
+    norm_J2 = _norm_estimate(lambda v: J.T @ (J @ v), B.shape[0], rng)
+    norm_B = _norm_estimate(lambda v: B @ (B @ v), B.shape[0], rng) ** 0.5
+    # B = 0 is allowed (K nonsingular when J is square and invertible): scale by J alone then
+    norm_B = max(norm_B, 1e-12 * norm_J2)
+    if norm_J2 == 0.0:
+        return math.inf if delta_c == 0 else RHO_TARGET / delta_c
+    floor = _smallest_gram_eigenvalue(J) / norm_B + delta_c
+    if floor <= 1e-14 * norm_J2 / norm_B:
+        return math.inf
+    return min(RHO_TARGET / floor, RHO_CAP * norm_B / norm_J2)
+
+
+# ----------------------------------------------------------------------------- B_rho^{-1}
+class _NotPositiveDefinite(Exception):
+    """``B_rho`` is not positive definite."""
+
+
+class _Factor:
+    """Exact ``B_rho^{-1}``: dense Cholesky or sparse SuperLU with symmetric ordering."""
+
+    rank = None
+
+    def __init__(self, B, J, weight: float) -> None:
+        if sp.issparse(B) or sp.issparse(J):
+            B_rho = sp.csc_array(sp.csr_array(B) + sp.csr_array(J).T @ sp.csr_array(J) / weight)
+            try:
+                # no row pivoting (diag_pivot_thresh=0, symmetric mode): U's diagonal holds the pivots of
+                # an LDL^T factorisation, all positive exactly when B_rho is positive definite (Sylvester)
+                lu = spla.splu(
+                    B_rho, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+                )
+            except RuntimeError as err:
+                raise _NotPositiveDefinite(f"B_rho is singular ({err})") from None
+            pivots = lu.U.diagonal()
+            if not (np.array_equal(lu.perm_r, lu.perm_c) and np.all(pivots > 0)):
+                raise _NotPositiveDefinite(f"B_rho has {int(np.sum(pivots <= 0))} non-positive pivots")
+            self.solve = lu.solve
+        else:
+            try:
+                factor = sla.cho_factor(B + (J.T @ J) / weight, lower=True, check_finite=False)
+            except np.linalg.LinAlgError as err:
+                raise _NotPositiveDefinite(f"the Cholesky factorisation of B_rho failed ({err})") from None
+            self.solve = lambda V: sla.cho_solve(factor, V, check_finite=False)
+
+    def grow(self) -> bool:
+        return False
+
+
+class _Nystrom:
+    """Randomized Nystrom approximation ``B_rho ~ U diag(lam) U^T`` and its preconditioner inverse.
+
+    Stable shifted version (Frangella, Tropp & Udell 2023, Algorithm 2.1): ``Q = qr(Omega)``,
+    ``Y = B_rho Q + nu Q`` with ``nu = sqrt(n) eps ||Y||_F``, ``C = chol(Q^T Y)``,
+    ``U S V^T = svd(Y C^{-1})``, ``lam = max(S^2 - nu, 0)``. Applied as
+
+        B_rho^{-1} ~ U (diag(lam) + mu I)^{-1} U^T + (I - U U^T) / (lam_l + mu),   mu = nu,
+
+    the paper's ``P^{-1}`` divided by ``lam_l + mu``: the block preconditioner needs ``B_rho``'s
+    own scale next to ``w I``. ``mu = nu`` keeps it positive definite; the sketch resolves no
+    eigenvalue below ``nu``. The raw products ``B_rho Omega`` are kept, so doubling the rank
+    costs only the new columns.
+    """
+
+    def __init__(self, B, J, weight: float, rank: int, rng: np.random.Generator) -> None:
+        self._B, self._J, self._weight, self._rng = B, J, weight, rng
+        self.n = B.shape[0]
+        self._omega = np.empty((self.n, 0))
+        self._products = np.empty((self.n, 0))
+        self.rank = 0
+        self._extend(min(rank, self.n))
+
+    def _apply(self, V: np.ndarray) -> np.ndarray:
+        return self._B @ V + self._J.T @ (self._J @ V) / self._weight
+
+    def _extend(self, rank: int) -> None:
+        new = self._rng.standard_normal((self.n, rank - self.rank))
+        self._omega = np.hstack([self._omega, new])
+        self._products = np.hstack([self._products, np.asarray(self._apply(new))])
+        self.rank = rank
+        Q, R = np.linalg.qr(self._omega)
+        Y = sla.solve_triangular(R, self._products.T, trans="T").T  # B_rho Q = (B_rho Omega) R^{-1}
+        if not np.all(np.isfinite(Y)):
+            raise _NotPositiveDefinite("the Nystrom sketch B_rho @ Omega is not finite")
+        shift = math.sqrt(self.n) * np.finfo(float).eps * float(np.linalg.norm(Y))
+        Y += shift * Q
+        core = Q.T @ Y
+        try:
+            C = sla.cholesky((core + core.T) / 2, lower=False, check_finite=False)
+        except np.linalg.LinAlgError:
+            raise _NotPositiveDefinite("Q^T B_rho Q of the Nystrom sketch is not positive definite") from None
+        U, S, _ = np.linalg.svd(sla.solve_triangular(C, Y.T, trans="T").T, full_matrices=False)
+        lam = np.maximum(S**2 - shift, 0.0)
+        mu = max(shift, np.finfo(float).tiny)
+        self._U, self._inv = U, 1.0 / (lam + mu)
+        self._tail = 1.0 / (lam[-1] + mu)
+
+    def solve(self, V: np.ndarray) -> np.ndarray:
+        coeffs = self._U.T @ V
+        scale = (self._inv - self._tail)[:, None] if V.ndim == 2 else self._inv - self._tail
+        return self._tail * V + self._U @ (scale * coeffs)
+
+    def grow(self) -> bool:
+        """Double the rank (up to n); False when it is already n."""
+        if self.rank >= self.n:
+            return False
+        self._extend(min(2 * self.rank, self.n))
+        return True
+
+
+# ----------------------------------------------------------------------------- the preconditioner
+class AugmentedLagrangianPreconditioner(LinearOperator):
+    """``P^{-1} = diag(B_rho^{-1}, I / w)`` as a symmetric positive definite operator for ``minres``'s ``M``.
+
+    Parameters
+    ----------
+    B : ndarray or scipy sparse matrix of shape (n, n)
+        Symmetric.
+    J : ndarray or scipy sparse matrix of shape (m, n)
+    rho : float
+        Augmented-Lagrangian parameter (``> 0``; :func:`choose_rho` gives the scale rule's).
+    delta_c : float
+        ``K``'s regularisation; ``w = 1/rho + delta_c``, ``B_rho = B + J^T J / w``.
+    method : {"factor", "nystrom"}
+        How ``B_rho^{-1}`` is applied (module docstring).
+    rank : int, optional
+        First Nystrom rank (default ``min(n, m + EXTRA_RANK)``); ignored by ``"factor"``.
+    rng : numpy Generator or seed, optional
+        The Nystrom test matrices.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        When ``B_rho`` is not positive definite (``"factor"``), or the sketch shows it is not
+        (``"nystrom"``); a larger ``rho`` may help, unless ``B`` is indefinite on ``null(J)``.
+    """
+
+    def __init__(self, B, J, rho: float, *, delta_c: float = 0.0, method: str = "factor", rank=None, rng=None):
+        B, J, delta_c = _check_system(B, J, delta_c)
+        check_positive("rho", rho)
+        check_choice("method", method, ("factor", "nystrom"))
+        n, m = B.shape[0], J.shape[0]
+        rank = min(n, m + EXTRA_RANK) if rank is None else min(check_int("rank", rank, 1), n)
+        super().__init__((n + m, n + m), np.float64, tags={"symmetric", "psd"})
+        self.rho, self.delta_c, self.method, self.n = float(rho), delta_c, method, n
+        self.weight = 1.0 / self.rho + delta_c
+        try:
+            if method == "factor":
+                self._inverse = _Factor(B, J, self.weight)
+            else:
+                self._inverse = _Nystrom(B, J, self.weight, rank, np.random.default_rng(rng))
+        except _NotPositiveDefinite as err:
+            raise np.linalg.LinAlgError(f"rho = {rho:.3e}: {err}") from None
+
+    @property
+    def rank(self) -> int | None:
+        """The Nystrom rank; None for ``"factor"``."""
+        return self._inverse.rank
+
+    def grow(self) -> bool:
+        """Double the Nystrom rank (up to n); False when nothing can grow (``"factor"``, or rank n)."""
+        try:
+            return self._inverse.grow()
+        except _NotPositiveDefinite:
+            return False
+
+    def _matvec(self, v):
+        return np.concatenate([self._inverse.solve(v[: self.n]), v[self.n :] / self.weight])
+
+    def _matmat(self, V):
+        return np.vstack([self._inverse.solve(V[: self.n]), V[self.n :] / self.weight])
+
+    def _adjoint(self):
+        return self
+
+
+class _Monitor:
+    """MINRES's callback: stop on the true residual ``||K z - b|| <= rtol ||b||``, the deadline, or stagnation.
+
+    Keeps the iterate with the smallest true residual: MINRES minimises the ``P^{-1}``-norm, so
+    the 2-norm can grow under a poor (low-rank Nystrom) preconditioner.
+    """
+
+    def __init__(self, K, b: np.ndarray, rtol: float, deadline: float | None, z: np.ndarray) -> None:
+        self.K, self.b, self.rtol, self.deadline = K, b, rtol, deadline
+        self.b_norm = float(np.linalg.norm(b))
+        self.timed_out = self.stalled = False
+        self.best_z, self.best = z.copy(), self.residual_of(z)
+        self.since_best = 0
+
+    def residual_of(self, z: np.ndarray) -> float:
+        return float(np.linalg.norm(self.K @ z - self.b)) / self.b_norm
+
+    def restart(self) -> None:
+        """Forget the stagnation count (a new preconditioner gets a fresh window)."""
+        self.stalled, self.since_best = False, 0
+
+    def __call__(self, z: np.ndarray) -> bool:
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            self.timed_out = True
+            return True
+        residual = self.residual_of(z)
+        if not math.isfinite(residual):
+            return True
+        if residual < self.best:
+            self.since_best = 0 if residual < STALL_DECREASE * self.best else self.since_best + 1
+            self.best_z, self.best = z.copy(), residual
+        else:
+            self.since_best += 1
+        self.stalled = self.since_best >= STALL_WINDOW
+        return residual <= self.rtol or self.stalled
+
+
+# ----------------------------------------------------------------------------- the solver
+class SaddlePointSolver:
+    """``K = [[B, J^T], [J, -delta_c I]]`` with its preconditioner, built once for many solves.
+
+    The scale rule gives ``rho`` (unless given); the preconditioner is built with it, and with
+    ``rho`` ten times larger while ``B_rho`` is not positive definite (``RHO_ESCALATIONS`` times).
+    A failure is kept and reported by every :meth:`solve` as ``Status.BREAKDOWN``.
+
+    Parameters
+    ----------
+    B : ndarray or scipy sparse matrix of shape (n, n)
+        Symmetric, positive definite on ``null(J)``.
+    J : ndarray or scipy sparse matrix of shape (m, n)
+    delta_c : float
+        ``>= 0``.
+    preconditioner : {"auto", "factor", "nystrom"}
+    rho : float, optional
+        Overrides the scale rule (``> 0``).
+    rank : int, optional
+        First Nystrom rank (default ``min(n, m + EXTRA_RANK)``).
+    rng : numpy Generator or seed, optional
+        Power iterations and Nystrom sketches.
+
+    Attributes
+    ----------
+    rho : float
+    method : str
+        ``"factor"`` or ``"nystrom"`` (what ``"auto"`` chose).
+    preconditioner : AugmentedLagrangianPreconditioner or None
+        None when it could not be built (``setup_message`` says why).
+    K : scipy sparse matrix or ndarray of shape (n + m, n + m)
+    nit : int
+        MINRES iterations of all solves so far.
+    setup_time_s : float
+        Seconds spent choosing ``rho`` and building the preconditioner.
+    """
+
+    def __init__(self, B, J, *, delta_c=0.0, preconditioner="auto", rho=None, rank=None, rng=None) -> None:
+        B, J, delta_c = _check_system(B, J, delta_c)
+        check_choice("preconditioner", preconditioner, PRECONDITIONERS)
+        if rho is not None:
+            check_positive("rho", rho)
+        if rank is not None:
+            check_int("rank", rank, 1)
+        start = time.perf_counter()
+        n, m = B.shape[0], J.shape[0]
+        sparse = sp.issparse(B) or sp.issparse(J)
+        if preconditioner == "auto":
+            preconditioner = "factor" if sparse or n <= AUTO_FACTOR_MAX_N else "nystrom"
+        self.method, self.n, self.m, self.delta_c = preconditioner, n, m, delta_c
+        if sparse:
+            B, J = sp.csr_array(B), sp.csr_array(J)
+            self.K = sp.block_array([[B, J.T], [J, -delta_c * sp.eye_array(m) if delta_c else None]], format="csr")
+        else:
+            self.K = np.block([[B, J.T], [J, -delta_c * np.eye(m)]])
+        rng = np.random.default_rng(rng)
+        self.rho = choose_rho(B, J, delta_c, rng=rng) if rho is None else float(rho)
+        self.preconditioner, self.setup_message, self.nit = None, "", 0
+        if math.isinf(self.rho):
+            self.setup_message = "J is rank deficient and delta_c = 0, so K is singular"
+        else:
+            failures = []
+            for _ in range(RHO_ESCALATIONS + 1):
+                try:
+                    self.preconditioner = AugmentedLagrangianPreconditioner(
+                        B, J, self.rho, delta_c=delta_c, method=preconditioner, rank=rank, rng=rng
+                    )
+                    break
+                except np.linalg.LinAlgError as err:
+                    failures.append(str(err))
+                    self.rho *= 10.0
+            else:
+                self.rho /= 10.0
+                self.setup_message = (
+                    f"B + J^T J / w is not positive definite for any rho tried, so B is not positive definite on "
+                    f"null(J) (or K is singular); last: {failures[-1]}"
+                )
+        self.setup_time_s = time.perf_counter() - start
+
+    @property
+    def rank(self) -> int | None:
+        """The Nystrom rank now; None for ``"factor"`` or without a preconditioner."""
+        return None if self.preconditioner is None else self.preconditioner.rank
+
+    def solve(self, b, *, rtol: float, x0=None, max_iter: int | None = None, deadline: float | None = None):
+        """Solve ``K z = b`` to ``||K z - b|| <= rtol ||b||`` (true residual).
+
+        Parameters
+        ----------
+        b : ndarray of shape (n + m,)
+        rtol : float
+            ``> 0``.
+        x0 : ndarray of shape (n + m,), optional
+            Start, e.g. a previous solution to refine with a tighter ``rtol``.
+        max_iter : int, optional
+            MINRES iterations of this solve, restarts included (default ``10 (n + m)``).
+        deadline : float, optional
+            A ``time.perf_counter()`` value; past it the solve stops with ``Status.TIME_LIMIT``.
+
+        Returns
+        -------
+        SaddlePointResult
+        """
+        N = self.n + self.m
+        b = self._vector("b", b)
+        x0 = None if x0 is None else self._vector("x0", x0)
+        rtol = check_positive("rtol", rtol)
+        max_iter = 10 * N if max_iter is None else check_int("max_iter", max_iter, 0)
+        if deadline is not None and not isinstance(deadline, (int, float)):
+            raise TypeError(f"deadline must be a time.perf_counter() value, got {type(deadline).__name__}")
+        if self.preconditioner is None:
+            return self._result(np.full(N, np.nan), Status.BREAKDOWN, self.setup_message, 0, math.nan)
+        if not np.any(b):
+            return self._result(np.zeros(N), Status.CONVERGED, "b = 0, so z = 0", 0, 0.0)
+        monitor = _Monitor(self.K, b, rtol, deadline, np.zeros(N) if x0 is None else x0)
+        nit = 0
+        budget = ITERS_PER_RANK if self.method == "nystrom" else max_iter
+        while monitor.best > rtol and nit < max_iter and not monitor.timed_out:
+            # rtol=0: MINRES's own residual is in the P^{-1}-norm, which a large rho makes differ from
+            # the 2-norm by orders of magnitude; the monitor stops it on the true residual instead
+            run = minres(
+                self.K, b, monitor.best_z, rtol=0.0, M=self.preconditioner,
+                max_iter=min(budget, max_iter - nit), callback=monitor,
+            )  # fmt: skip
+            nit += run.nit
+            self.nit += run.nit
+            if run.status in (Status.BREAKDOWN, Status.NONFINITE) and monitor.best > rtol:
+                return self._result(monitor.best_z, run.status, run.message, nit, monitor.best)
+            if monitor.best <= rtol or monitor.timed_out:
+                break
+            if run.status is Status.MAX_ITER or monitor.stalled:
+                # a Nystrom rank that does not reach the accuracy within its budget is too small
+                if self.method == "nystrom" and self.preconditioner.grow():
+                    monitor.restart()
+                    continue
+                budget = max_iter
+            if monitor.stalled:
+                break
+        z, residual = monitor.best_z, monitor.best
+        if residual <= rtol:
+            message = f"true relative residual {residual:.3e} <= rtol {rtol:.3e} after {nit} MINRES iterations"
+            return self._result(z, Status.CONVERGED, message, nit, residual)
+        if monitor.timed_out:
+            return self._result(z, Status.TIME_LIMIT, f"deadline passed after {nit} iterations", nit, residual)
+        if monitor.stalled:
+            message = (
+                f"the true relative residual stalled at {residual:.3e} > rtol {rtol:.3e}: no decrease by a factor "
+                f"{STALL_DECREASE} in {STALL_WINDOW} iterations"
+            )
+            return self._result(z, Status.STALLED, message, nit, residual)
+        message = f"max_iter = {max_iter} MINRES iterations reached, true relative residual {residual:.3e}"
+        return self._result(z, Status.MAX_ITER, message, nit, residual)
+
+    def _vector(self, name: str, v) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        N = self.n + self.m
+        if v.shape != (N,):
+            raise ValueError(f"{name} must have shape ({N},) = (n + m,), got {v.shape}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} contains NaN or inf")
+        return v
+
+    def _result(self, z, status, message, nit, residual) -> SaddlePointResult:
+        return SaddlePointResult(z, status, message, nit, residual, self.rho, self.rank, self.method)
+
+
+def solve_saddle_point(
+    B,
+    J,
+    b,
+    *,
+    rtol: float,
+    delta_c: float = 0.0,
+    x0=None,
+    preconditioner: str = "auto",
+    rho: float | None = None,
+    rank: int | None = None,
+    max_iter: int | None = None,
+    rng=None,
+    deadline: float | None = None,
+) -> SaddlePointResult:
+    """Solve ``[[B, J^T], [J, -delta_c I]] z = b`` by preconditioned MINRES (one :class:`SaddlePointSolver` solve).
+
+    Parameters
+    ----------
+    B : ndarray or scipy sparse matrix of shape (n, n)
+        Symmetric, positive definite on ``null(J)``.
+    J : ndarray or scipy sparse matrix of shape (m, n)
+    b : ndarray of shape (n + m,)
+    rtol : float
+        Target ``||K z - b||_2 <= rtol ||b||_2`` (checked on the true residual).
+    delta_c : float
+        ``>= 0``.
+    x0 : ndarray of shape (n + m,), optional
+    preconditioner : {"auto", "factor", "nystrom"}
+    rho : float, optional
+        Overrides the scale rule.
+    rank : int, optional
+        First Nystrom rank.
+    max_iter : int, optional
+        MINRES iterations in all (default ``10 (n + m)``).
+    rng : numpy Generator or seed, optional
+    deadline : float, optional
+        ``time.perf_counter()`` value; past it: ``Status.TIME_LIMIT``.
+
+    Returns
+    -------
+    SaddlePointResult
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad shapes, non-finite entries, an asymmetric ``B``, negative ``delta_c``, an unknown
+        ``preconditioner``, bad ``rtol``/``rho``/``rank``/``max_iter`` (before any work).
+    """
+    N = J.shape[0] + B.shape[0] if hasattr(J, "shape") and hasattr(B, "shape") else None
+    if N is not None and np.shape(b) != (N,):
+        raise ValueError(f"b must have shape ({N},) = (n + m,), got {np.shape(b)}")
+    check_positive("rtol", rtol)
+    solver = SaddlePointSolver(B, J, delta_c=delta_c, preconditioner=preconditioner, rho=rho, rank=rank, rng=rng)
+    return solver.solve(b, rtol=rtol, x0=x0, max_iter=max_iter, deadline=deadline)
