@@ -83,7 +83,7 @@ STALL_DECREASE = 0.9
 STALL_WINDOW = 50
 #: Largest dense ``n`` that ``"auto"`` factors.
 AUTO_FACTOR_MAX_N = 3000
-_POWER_STEPS = 30
+_POWER_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _check_system(B, J, delta_c) -> tuple[object, object, float]:
 
 
 def _norm_estimate(apply, n: int, rng: np.random.Generator) -> float:
-    """``||A||_2`` of the symmetric positive semi-definite ``A`` (``apply(v) = A v``) by power iteration."""
+    """``||A||_2`` of a symmetric ``A`` (``apply(v) = A v``) by power iteration (a lower bound, enough for a scale)."""
     v = rng.standard_normal(n)
     estimate = 0.0
     for _ in range(_POWER_STEPS):
@@ -208,7 +208,7 @@ def choose_rho(B, J, delta_c: float = 0.0, *, rng=None) -> float:
     B, J, delta_c = _check_system(B, J, delta_c)
     rng = np.random.default_rng(rng)
     norm_J2 = _norm_estimate(lambda v: J.T @ (J @ v), B.shape[0], rng)
-    norm_B = _norm_estimate(lambda v: B @ (B @ v), B.shape[0], rng) ** 0.5
+    norm_B = _norm_estimate(lambda v: B @ v, B.shape[0], rng)
     # B = 0 is allowed (K nonsingular when J is square and invertible): scale by J alone then
     norm_B = max(norm_B, 1e-12 * norm_J2)
     if norm_J2 == 0.0:
@@ -403,9 +403,12 @@ class _Monitor:
         """Forget the stagnation count (a new preconditioner gets a fresh window)."""
         self.stalled, self.since_best = False, 0
 
+    def past_deadline(self) -> bool:
+        self.timed_out = self.timed_out or (self.deadline is not None and time.perf_counter() >= self.deadline)
+        return self.timed_out
+
     def __call__(self, z: np.ndarray) -> bool:
-        if self.deadline is not None and time.perf_counter() >= self.deadline:
-            self.timed_out = True
+        if self.past_deadline():
             return True
         residual = self.residual_of(z)
         if not math.isfinite(residual):
@@ -536,7 +539,7 @@ class SaddlePointSolver:
         monitor = _Monitor(self.K, b, rtol, deadline, np.zeros(N) if x0 is None else x0)
         nit = 0
         budget = ITERS_PER_RANK if self.method == "nystrom" else max_iter
-        while monitor.best > rtol and nit < max_iter and not monitor.timed_out:
+        while monitor.best > rtol and nit < max_iter and not monitor.past_deadline():
             # rtol=0: MINRES's own residual is in the P^{-1}-norm, which a large rho makes differ from
             # the 2-norm by orders of magnitude; the monitor stops it on the true residual instead
             run = minres(
@@ -634,9 +637,9 @@ def solve_saddle_point(
         Bad shapes, non-finite entries, an asymmetric ``B``, negative ``delta_c``, an unknown
         ``preconditioner``, bad ``rtol``/``rho``/``rank``/``max_iter`` (before any work).
     """
-    N = J.shape[0] + B.shape[0] if hasattr(J, "shape") and hasattr(B, "shape") else None
-    if N is not None and np.shape(b) != (N,):
-        raise ValueError(f"b must have shape ({N},) = (n + m,), got {np.shape(b)}")
+    B, J, delta_c = _check_system(B, J, delta_c)
+    if np.shape(b) != (sum(J.shape),):
+        raise ValueError(f"b must have shape ({sum(J.shape)},) = (n + m,), got {np.shape(b)}")
     check_positive("rtol", rtol)
     solver = SaddlePointSolver(B, J, delta_c=delta_c, preconditioner=preconditioner, rho=rho, rank=rank, rng=rng)
     return solver.solve(b, rtol=rtol, x0=x0, max_iter=max_iter, deadline=deadline)
