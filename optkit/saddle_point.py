@@ -82,7 +82,7 @@ EXTRA_RANK = 20
 STALL_DECREASE = 0.9
 STALL_WINDOW = 50
 #: Largest dense ``n`` that ``"auto"`` factors.
-AUTO_FACTOR_MAX_N = 3000
+AUTO_FACTOR_MAX_N = 4000
 _POWER_STEPS = 10
 
 
@@ -127,30 +127,35 @@ class SaddlePointResult:
 
 
 # ----------------------------------------------------------------------------- input and scale
-def _check_system(B, J, delta_c) -> tuple[object, object, float]:
-    """``B``, ``J`` as float64 (dense arrays or CSR), ``delta_c``; raise on bad input."""
+def _as_matrix(name: str, A):
+    """``A`` as a float64 dense array or CSR matrix, 2-D and non-empty; raise otherwise."""
+    if sp.issparse(A):
+        A = sp.csr_array(A, dtype=np.float64)
+    elif isinstance(A, (np.ndarray, list, tuple)):
+        A = np.asarray(A, dtype=np.float64)
+    else:
+        raise TypeError(f"{name} must be a numpy array or a scipy sparse matrix, got {type(A).__name__}")
+    if A.ndim != 2 or 0 in A.shape:
+        raise ValueError(f"{name} must be a non-empty 2-D matrix, got shape {A.shape}")
+    return A
 
-    def as_matrix(name, A):
-        if sp.issparse(A):
-            A = sp.csr_array(A, dtype=np.float64)
-            values = A.data
-        elif isinstance(A, (np.ndarray, list, tuple)):
-            A = np.asarray(A, dtype=np.float64)
-            values = A
-        else:
-            raise TypeError(f"{name} must be a numpy array or a scipy sparse matrix, got {type(A).__name__}")
-        if A.ndim != 2 or 0 in A.shape:
-            raise ValueError(f"{name} must be a non-empty 2-D matrix, got shape {A.shape}")
-        if not np.all(np.isfinite(values)):
-            raise ValueError(f"{name} contains NaN or inf")
-        return A
 
-    B, J = as_matrix("B", B), as_matrix("J", J)
+def _check_shapes(B, J) -> tuple[object, object]:
+    B, J = _as_matrix("B", B), _as_matrix("J", J)
     n = B.shape[0]
     if B.shape != (n, n):
         raise ValueError(f"B must be square (n, n), got shape {B.shape}")
     if J.shape[1] != n:
         raise ValueError(f"J must have shape (m, {n}) to match B of shape {B.shape}, got {J.shape}")
+    return B, J
+
+
+def _check_system(B, J, delta_c) -> tuple[object, object, float]:
+    """``B``, ``J`` as float64 (dense arrays or CSR) and ``delta_c``, checked; raise on bad input."""
+    B, J = _check_shapes(B, J)
+    for name, A in (("B", B), ("J", J)):
+        if not np.all(np.isfinite(A.data if sp.issparse(A) else A)):
+            raise ValueError(f"{name} contains NaN or inf")
     asym = abs(B - B.T).max()
     if asym > 1e-10 * max(abs(B).max(), np.finfo(float).tiny):
         raise ValueError(f"B must be symmetric; max |B - B^T| = {asym:.3e}")
@@ -206,7 +211,10 @@ def choose_rho(B, J, delta_c: float = 0.0, *, rng=None) -> float:
         ``inf`` when ``J`` is rank deficient and ``delta_c = 0`` (``K`` is singular).
     """
     B, J, delta_c = _check_system(B, J, delta_c)
-    rng = np.random.default_rng(rng)
+    return _scale_rule(B, J, delta_c, np.random.default_rng(rng))
+
+
+def _scale_rule(B, J, delta_c: float, rng: np.random.Generator) -> float:
     norm_J2 = _norm_estimate(lambda v: J.T @ (J @ v), B.shape[0], rng)
     norm_B = _norm_estimate(lambda v: B @ v, B.shape[0], rng)
     # B = 0 is allowed (K nonsingular when J is square and invertible): scale by J alone then
@@ -347,8 +355,20 @@ class AugmentedLagrangianPreconditioner(LinearOperator):
         B, J, delta_c = _check_system(B, J, delta_c)
         check_positive("rho", rho)
         check_choice("method", method, ("factor", "nystrom"))
+        if rank is not None:
+            check_int("rank", rank, 1)
+        self._build(B, J, float(rho), delta_c, method, rank, rng)
+
+    @classmethod
+    def _from_checked(cls, B, J, rho, delta_c, method, rank, rng) -> AugmentedLagrangianPreconditioner:
+        """Build from arguments :class:`SaddlePointSolver` has already checked (the checks read all of ``B``)."""
+        self = cls.__new__(cls)
+        self._build(B, J, rho, delta_c, method, rank, rng)
+        return self
+
+    def _build(self, B, J, rho, delta_c, method, rank, rng) -> None:
         n, m = B.shape[0], J.shape[0]
-        rank = min(n, m + EXTRA_RANK) if rank is None else min(check_int("rank", rank, 1), n)
+        rank = min(n, m + EXTRA_RANK if rank is None else rank)
         super().__init__((n + m, n + m), np.float64, tags={"symmetric", "psd"})
         self.rho, self.delta_c, self.method, self.n = float(rho), delta_c, method, n
         self.weight = 1.0 / self.rho + delta_c
@@ -478,7 +498,7 @@ class SaddlePointSolver:
         else:
             self.K = np.block([[B, J.T], [J, -delta_c * np.eye(m)]])
         rng = np.random.default_rng(rng)
-        self.rho = choose_rho(B, J, delta_c, rng=rng) if rho is None else float(rho)
+        self.rho = _scale_rule(B, J, delta_c, rng) if rho is None else float(rho)
         self.preconditioner, self.setup_message, self.nit = None, "", 0
         if math.isinf(self.rho):
             self.setup_message = "J is rank deficient and delta_c = 0, so K is singular"
@@ -486,8 +506,8 @@ class SaddlePointSolver:
             failures = []
             for _ in range(RHO_ESCALATIONS + 1):
                 try:
-                    self.preconditioner = AugmentedLagrangianPreconditioner(
-                        B, J, self.rho, delta_c=delta_c, method=preconditioner, rank=rank, rng=rng
+                    self.preconditioner = AugmentedLagrangianPreconditioner._from_checked(
+                        B, J, self.rho, delta_c, preconditioner, rank, rng
                     )
                     break
                 except np.linalg.LinAlgError as err:
@@ -637,7 +657,7 @@ def solve_saddle_point(
         Bad shapes, non-finite entries, an asymmetric ``B``, negative ``delta_c``, an unknown
         ``preconditioner``, bad ``rtol``/``rho``/``rank``/``max_iter`` (before any work).
     """
-    B, J, delta_c = _check_system(B, J, delta_c)
+    B, J = _check_shapes(B, J)
     if np.shape(b) != (sum(J.shape),):
         raise ValueError(f"b must have shape ({sum(J.shape)},) = (n + m,), got {np.shape(b)}")
     check_positive("rtol", rtol)
