@@ -1,44 +1,40 @@
 """Regularised saddle-point (KKT) systems by MINRES with an augmented-Lagrangian preconditioner.
 
-Solves ``K z = b`` with::
-
-    K = [[B, J^T], [J, -delta_c I]],   B (n, n) symmetric, J (m, n), delta_c >= 0,
-
-``B`` positive definite on ``null(J)`` (the caller's guarantee), to a **true** relative
-residual ``||K z - b||_2 <= rtol ||b||_2``, by :func:`optkit.krylov.minres` preconditioned with
-the block-diagonal augmented-Lagrangian preconditioner (Greif & Schoetzau 2006; Rees & Greif 2007)::
+Solves ``K z = b``, ``K = [[B, J^T], [J, -delta_c I]]`` (``B`` (n, n) symmetric and positive
+definite on ``null(J)``, ``J`` (m, n), ``delta_c >= 0``), to the **true** relative residual
+``||K z - b||_2 <= rtol ||b||_2``, by :func:`optkit.krylov.minres` preconditioned with the
+block-diagonal augmented-Lagrangian preconditioner (Greif & Schoetzau 2006; Rees & Greif 2007)::
 
     P = diag(B_rho, w I),   w = 1/rho + delta_c,   B_rho = B + J^T J / w   (= B + rho J^T J at delta_c = 0).
 
-With ``B_rho`` applied exactly, ``P^{-1} K`` has the eigenvalue +1 (multiplicity n) and m
-negative eigenvalues ``-rho nu / (1 + rho nu)`` (``delta_c = 0``; ``nu`` the eigenvalues of the
-Schur complement ``J B^{-1} J^T``), so once ``rho lambda_min(J B^{-1} J^T) >> 1`` MINRES needs a
-handful of iterations whatever the conditioning of ``K``. ``B_rho`` uses ``1/w`` rather than
-``rho`` so that for ``delta_c > 0`` it is the Schur complement of ``P``'s second block: at
-``rho -> oo`` it is ``B + J^T J / delta_c`` and the eigenvalues lie in ``[-1, -0.618] u [0.618, 1]``.
+With ``B_rho`` exact, ``P^{-1} K`` has the eigenvalue +1 (n times) and m eigenvalues
+``-rho nu / (1 + rho nu)`` (``delta_c = 0``, ``nu`` those of ``J B^{-1} J^T``): once
+``rho nu_min >> 1``, a handful of iterations whatever the conditioning of ``K``. ``1/w``
+rather than ``rho`` makes ``B_rho`` the Schur complement of ``P``'s second block, so at
+``delta_c > 0`` and ``rho -> oo`` the eigenvalues lie in ``[-1, -0.618] u [0.618, 1]``.
 
-The scale rule for ``rho`` (measured in ``examples/kkt_preconditioners.py``; Golub & Greif's
-``||B|| / ||J||^2`` needs 340 iterations when ``J`` is ill-conditioned, and on ``pde-control``)::
+Scale rule (Golub & Greif's ``||B|| / ||J||^2`` takes 340 iterations when ``J`` is
+ill-conditioned, and on ``pde-control``; measured in ``examples/kkt_preconditioners.py``)::
 
-    rho = RHO_TARGET / (sigma_min(J)^2 / ||B|| + delta_c),   capped at RHO_CAP ||B|| / ||J||^2,
+    rho = RHO_TARGET / (sigma_min(J)^2 / ||B|| + delta_c),   at most RHO_CAP ||B|| / ||J||^2,
 
-which makes ``rho lambda_min(J B^{-1} J^T + delta_c I) >= RHO_TARGET`` for positive definite
-``B``; ``||B||`` and ``||J||`` by seeded power iterations, ``sigma_min(J)^2`` from ``J J^T``
-(dense: LAPACK; sparse: shift-invert Lanczos). The cap keeps ``B`` visible in the rounded
-``B_rho``. When ``B_rho`` is not positive definite ``rho`` grows tenfold, up to
-``RHO_ESCALATIONS`` times; when it never is, ``B`` is not positive definite on ``null(J)``
-(status ``BREAKDOWN``). A large ``rho`` makes the ``P^{-1}``-norm MINRES measures differ from the
-2-norm, so the true residual is checked and the solve restarted from its iterate with a tighter
-inner tolerance (``MAX_REFINEMENTS`` times at most, then ``STALLED``).
+so that ``rho nu_min >= RHO_TARGET`` for positive definite ``B``: norms by seeded power
+iterations, ``sigma_min(J)^2`` from ``J J^T`` (LAPACK, or shift-invert Lanczos when sparse);
+the cap keeps ``B`` visible in the rounded ``B_rho``. When ``B_rho`` is not positive definite,
+``rho`` grows tenfold (``RHO_ESCALATIONS`` times); never positive definite means ``B`` is not
+positive definite on ``null(J)``: ``Status.BREAKDOWN``. A large ``rho`` makes MINRES's
+``P^{-1}``-norm residual differ from the 2-norm by orders of magnitude, so MINRES runs with
+``rtol=0`` and its callback stops it on the true residual (one more product with ``K`` per
+iteration), or at stagnation (``Status.STALLED``: ``rtol`` below the attainable accuracy).
 
-``B_rho^{-1}`` is applied by (``preconditioner=``):
+``preconditioner=`` applies ``B_rho^{-1}`` by
 
-* ``"factor"``: a dense Cholesky (LAPACK) or a sparse LDL^T-ordered SuperLU factorisation
-  (scikit-sparse/CHOLMOD is not a dependency); the factor's pivots prove ``B_rho`` positive definite;
+* ``"factor"``: dense Cholesky, or sparse SuperLU in symmetric mode whose pivots prove ``B_rho``
+  positive definite (scikit-sparse/CHOLMOD is not installed);
 * ``"nystrom"``: the randomized Nystrom preconditioner (Frangella, Tropp & Udell 2023) from
-  ``B_rho @ Omega`` products only (``B_rho`` is never formed), rank doubled when MINRES does not
+  products ``B_rho @ Omega`` (``B_rho`` is never formed); the rank doubles when a rank does not
   converge within ``ITERS_PER_RANK`` iterations, up to ``n`` (exact);
-* ``"auto"``: ``"factor"`` for sparse ``B``/``J`` and for ``n <= AUTO_FACTOR_MAX_N``, ``"nystrom"`` otherwise.
+* ``"auto"``: ``"factor"`` when ``B`` or ``J`` is sparse or ``n <= AUTO_FACTOR_MAX_N``, else ``"nystrom"``.
 
 numpy (dense arrays, scipy sparse matrices), float64.
 """
@@ -54,6 +50,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from ._saddle_point_inverses import Factor, NotPositiveDefinite, Nystrom
 from .krylov import minres
 from .linop import LinearOperator
 from .result import Status
@@ -71,7 +68,7 @@ PRECONDITIONERS = ("auto", "factor", "nystrom")
 #: ``rho lambda_min(J B^{-1} J^T + delta_c I)`` the scale rule aims at (negative eigenvalues within 1/11 of -1).
 RHO_TARGET = 10.0
 #: Largest ``rho ||J||^2 / ||B||``: beyond it ``B`` drowns in the rounding of ``B + rho J^T J``.
-RHO_CAP = 1e10
+RHO_CAP = 1e8
 #: Tenfold increases of ``rho`` tried when ``B_rho`` is not positive definite.
 RHO_ESCALATIONS = 4
 #: MINRES iterations a Nystrom rank gets before the rank doubles.
@@ -93,8 +90,8 @@ class SaddlePointResult:
     Attributes
     ----------
     z : ndarray of shape (n + m,)
-        The solution ``[x; y]``; the last iterate when not converged; NaN when no preconditioner
-        could be built (``B`` not positive definite on ``null(J)``, ``K`` singular).
+        The solution ``[x; y]``: the iterate with the smallest true residual; NaN when no
+        preconditioner could be built (``B`` not positive definite on ``null(J)``, ``K`` singular).
     status : Status
         ``CONVERGED`` (true residual ``<= rtol``), ``MAX_ITER``, ``TIME_LIMIT``, ``STALLED``
         (the true residual stopped improving above ``rtol``), ``BREAKDOWN`` or ``NONFINITE``.
@@ -227,103 +224,6 @@ def _scale_rule(B, J, delta_c: float, rng: np.random.Generator) -> float:
     return min(RHO_TARGET / floor, RHO_CAP * norm_B / norm_J2)
 
 
-# ----------------------------------------------------------------------------- B_rho^{-1}
-class _NotPositiveDefinite(Exception):
-    """``B_rho`` is not positive definite."""
-
-
-class _Factor:
-    """Exact ``B_rho^{-1}``: dense Cholesky or sparse SuperLU with symmetric ordering."""
-
-    rank = None
-
-    def __init__(self, B, J, weight: float) -> None:
-        if sp.issparse(B) or sp.issparse(J):
-            B_rho = sp.csc_array(sp.csr_array(B) + sp.csr_array(J).T @ sp.csr_array(J) / weight)
-            try:
-                # no row pivoting (diag_pivot_thresh=0, symmetric mode): U's diagonal holds the pivots of
-                # an LDL^T factorisation, all positive exactly when B_rho is positive definite (Sylvester)
-                lu = spla.splu(
-                    B_rho, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
-                )
-            except RuntimeError as err:
-                raise _NotPositiveDefinite(f"B_rho is singular ({err})") from None
-            pivots = lu.U.diagonal()
-            if not (np.array_equal(lu.perm_r, lu.perm_c) and np.all(pivots > 0)):
-                raise _NotPositiveDefinite(f"B_rho has {int(np.sum(pivots <= 0))} non-positive pivots")
-            self.solve = lu.solve
-        else:
-            try:
-                factor = sla.cho_factor(B + (J.T @ J) / weight, lower=True, check_finite=False)
-            except np.linalg.LinAlgError as err:
-                raise _NotPositiveDefinite(f"the Cholesky factorisation of B_rho failed ({err})") from None
-            self.solve = lambda V: sla.cho_solve(factor, V, check_finite=False)
-
-    def grow(self) -> bool:
-        return False
-
-
-class _Nystrom:
-    """Randomized Nystrom approximation ``B_rho ~ U diag(lam) U^T`` and its preconditioner inverse.
-
-    Stable shifted version (Frangella, Tropp & Udell 2023, Algorithm 2.1): ``Q = qr(Omega)``,
-    ``Y = B_rho Q + nu Q`` with ``nu = sqrt(n) eps ||Y||_F``, ``C = chol(Q^T Y)``,
-    ``U S V^T = svd(Y C^{-1})``, ``lam = max(S^2 - nu, 0)``. Applied as
-
-        B_rho^{-1} ~ U (diag(lam) + mu I)^{-1} U^T + (I - U U^T) / (lam_l + mu),   mu = nu,
-
-    the paper's ``P^{-1}`` divided by ``lam_l + mu``: the block preconditioner needs ``B_rho``'s
-    own scale next to ``w I``. ``mu = nu`` keeps it positive definite; the sketch resolves no
-    eigenvalue below ``nu``. The raw products ``B_rho Omega`` are kept, so doubling the rank
-    costs only the new columns.
-    """
-
-    def __init__(self, B, J, weight: float, rank: int, rng: np.random.Generator) -> None:
-        self._B, self._J, self._weight, self._rng = B, J, weight, rng
-        self.n = B.shape[0]
-        self._omega = np.empty((self.n, 0))
-        self._products = np.empty((self.n, 0))
-        self.rank = 0
-        self._extend(min(rank, self.n))
-
-    def _apply(self, V: np.ndarray) -> np.ndarray:
-        return self._B @ V + self._J.T @ (self._J @ V) / self._weight
-
-    def _extend(self, rank: int) -> None:
-        new = self._rng.standard_normal((self.n, rank - self.rank))
-        self._omega = np.hstack([self._omega, new])
-        self._products = np.hstack([self._products, np.asarray(self._apply(new))])
-        self.rank = rank
-        Q, R = np.linalg.qr(self._omega)
-        Y = sla.solve_triangular(R, self._products.T, trans="T").T  # B_rho Q = (B_rho Omega) R^{-1}
-        if not np.all(np.isfinite(Y)):
-            raise _NotPositiveDefinite("the Nystrom sketch B_rho @ Omega is not finite")
-        shift = math.sqrt(self.n) * np.finfo(float).eps * float(np.linalg.norm(Y))
-        Y += shift * Q
-        core = Q.T @ Y
-        try:
-            C = sla.cholesky((core + core.T) / 2, lower=False, check_finite=False)
-        except np.linalg.LinAlgError:
-            raise _NotPositiveDefinite("Q^T B_rho Q of the Nystrom sketch is not positive definite") from None
-        U, S, _ = np.linalg.svd(sla.solve_triangular(C, Y.T, trans="T").T, full_matrices=False)
-        lam = np.maximum(S**2 - shift, 0.0)
-        mu = max(shift, np.finfo(float).tiny)
-        self._U, self._inv = U, 1.0 / (lam + mu)
-        self._tail = 1.0 / (lam[-1] + mu)
-
-    def solve(self, V: np.ndarray) -> np.ndarray:
-        coeffs = self._U.T @ V
-        scale = (self._inv - self._tail)[:, None] if V.ndim == 2 else self._inv - self._tail
-        return self._tail * V + self._U @ (scale * coeffs)
-
-    def grow(self) -> bool:
-        """Double the rank (up to n); False when it is already n."""
-        if self.rank >= self.n:
-            return False
-        self._extend(min(2 * self.rank, self.n))
-        return True
-
-
 # ----------------------------------------------------------------------------- the preconditioner
 class AugmentedLagrangianPreconditioner(LinearOperator):
     """``P^{-1} = diag(B_rho^{-1}, I / w)`` as a symmetric positive definite operator for ``minres``'s ``M``.
@@ -347,8 +247,7 @@ class AugmentedLagrangianPreconditioner(LinearOperator):
     Raises
     ------
     numpy.linalg.LinAlgError
-        When ``B_rho`` is not positive definite (``"factor"``), or the sketch shows it is not
-        (``"nystrom"``); a larger ``rho`` may help, unless ``B`` is indefinite on ``null(J)``.
+        When ``B_rho`` is not positive definite (``"factor"``) or the sketch shows it (``"nystrom"``).
     """
 
     def __init__(self, B, J, rho: float, *, delta_c: float = 0.0, method: str = "factor", rank=None, rng=None):
@@ -374,10 +273,10 @@ class AugmentedLagrangianPreconditioner(LinearOperator):
         self.weight = 1.0 / self.rho + delta_c
         try:
             if method == "factor":
-                self._inverse = _Factor(B, J, self.weight)
+                self._inverse = Factor(B, J, self.weight)
             else:
-                self._inverse = _Nystrom(B, J, self.weight, rank, np.random.default_rng(rng))
-        except _NotPositiveDefinite as err:
+                self._inverse = Nystrom(B, J, self.weight, rank, np.random.default_rng(rng))
+        except NotPositiveDefinite as err:
             raise np.linalg.LinAlgError(f"rho = {rho:.3e}: {err}") from None
 
     @property
@@ -389,7 +288,7 @@ class AugmentedLagrangianPreconditioner(LinearOperator):
         """Double the Nystrom rank (up to n); False when nothing can grow (``"factor"``, or rank n)."""
         try:
             return self._inverse.grow()
-        except _NotPositiveDefinite:
+        except NotPositiveDefinite:
             return False
 
     def _matvec(self, v):
@@ -446,9 +345,8 @@ class _Monitor:
 class SaddlePointSolver:
     """``K = [[B, J^T], [J, -delta_c I]]`` with its preconditioner, built once for many solves.
 
-    The scale rule gives ``rho`` (unless given); the preconditioner is built with it, and with
-    ``rho`` ten times larger while ``B_rho`` is not positive definite (``RHO_ESCALATIONS`` times).
-    A failure is kept and reported by every :meth:`solve` as ``Status.BREAKDOWN``.
+    ``rho`` from the scale rule (unless given), ten times larger while ``B_rho`` is not positive
+    definite (``RHO_ESCALATIONS`` times); a failure is reported by every :meth:`solve` (``BREAKDOWN``).
 
     Parameters
     ----------

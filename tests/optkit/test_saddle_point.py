@@ -107,7 +107,7 @@ def test_rank_deficient_jacobian_without_regularisation_is_a_breakdown():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_refinement_reuses_the_preconditioner(method):
-    B, J, K, b = ILL
+    B, J, _, b = ILL
     solver = SaddlePointSolver(B, J, preconditioner=method, rng=0)
     coarse = solver.solve(b, rtol=1e-4)
     preconditioner, rank = solver.preconditioner, solver.rank

@@ -1,0 +1,111 @@
+"""``B_rho^{-1}`` for :mod:`optkit.saddle_point`: an exact factorisation or a randomized Nystrom approximation.
+
+``B_rho = B + J^T J / w`` (``w = 1/rho + delta_c``). Both raise :class:`NotPositiveDefinite`
+when they find ``B_rho`` is not positive definite; both have ``solve(V)`` (``(n,)`` or ``(n, k)``),
+``grow()`` and ``rank``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+
+class NotPositiveDefinite(Exception):
+    """``B_rho`` is not positive definite."""
+
+
+class Factor:
+    """Exact ``B_rho^{-1}``: dense Cholesky or sparse SuperLU with symmetric ordering."""
+
+    rank = None
+
+    def __init__(self, B, J, weight: float) -> None:
+        if sp.issparse(B) or sp.issparse(J):
+            B_rho = sp.csc_array(sp.csr_array(B) + sp.csr_array(J).T @ sp.csr_array(J) / weight)
+            try:
+                # no row pivoting (diag_pivot_thresh=0, symmetric mode): U's diagonal holds the pivots of
+                # an LDL^T factorisation, all positive exactly when B_rho is positive definite (Sylvester)
+                lu = spla.splu(
+                    B_rho, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+                )
+            except RuntimeError as err:
+                raise NotPositiveDefinite(f"B_rho is singular ({err})") from None
+            pivots = lu.U.diagonal()
+            if not (np.array_equal(lu.perm_r, lu.perm_c) and np.all(pivots > 0)):
+                raise NotPositiveDefinite(f"B_rho has {int(np.sum(pivots <= 0))} non-positive pivots")
+            self.solve = lu.solve
+        else:
+            try:
+                factor = sla.cho_factor(B + (J.T @ J) / weight, lower=True, check_finite=False)
+            except np.linalg.LinAlgError as err:
+                raise NotPositiveDefinite(f"the Cholesky factorisation of B_rho failed ({err})") from None
+            self.solve = lambda V: sla.cho_solve(factor, V, check_finite=False)
+
+    def grow(self) -> bool:
+        return False
+
+
+class Nystrom:
+    """Randomized Nystrom approximation ``B_rho ~ U diag(lam) U^T`` and its preconditioner inverse.
+
+    Stable shifted version (Frangella, Tropp & Udell 2023, Algorithm 2.1): ``Q = qr(Omega)``,
+    ``Y = B_rho Q + nu Q`` with ``nu = sqrt(n) eps ||Y||_F``, ``C = chol(Q^T Y)``,
+    ``U S V^T = svd(Y C^{-1})``, ``lam = max(S^2 - nu, 0)``. Applied as
+
+        B_rho^{-1} ~ U (diag(lam) + mu I)^{-1} U^T + (I - U U^T) / (lam_l + mu),   mu = nu,
+
+    the paper's ``P^{-1}`` divided by ``lam_l + mu``: the block preconditioner needs ``B_rho``'s
+    own scale next to ``w I``. ``mu = nu`` keeps it positive definite; the sketch resolves no
+    eigenvalue below ``nu``. The raw products ``B_rho Omega`` are kept, so doubling the rank
+    costs only the new columns.
+    """
+
+    def __init__(self, B, J, weight: float, rank: int, rng: np.random.Generator) -> None:
+        self._B, self._J, self._weight, self._rng = B, J, weight, rng
+        self.n = B.shape[0]
+        self._omega = np.empty((self.n, 0))
+        self._products = np.empty((self.n, 0))
+        self.rank = 0
+        self._extend(min(rank, self.n))
+
+    def _apply(self, V: np.ndarray) -> np.ndarray:
+        return self._B @ V + self._J.T @ (self._J @ V) / self._weight
+
+    def _extend(self, rank: int) -> None:
+        new = self._rng.standard_normal((self.n, rank - self.rank))
+        self._omega = np.hstack([self._omega, new])
+        self._products = np.hstack([self._products, np.asarray(self._apply(new))])
+        self.rank = rank
+        Q, R = np.linalg.qr(self._omega)
+        Y = sla.solve_triangular(R, self._products.T, trans="T").T  # B_rho Q = (B_rho Omega) R^{-1}
+        if not np.all(np.isfinite(Y)):
+            raise NotPositiveDefinite("the Nystrom sketch B_rho @ Omega is not finite")
+        shift = math.sqrt(self.n) * np.finfo(float).eps * float(np.linalg.norm(Y))
+        Y += shift * Q
+        core = Q.T @ Y
+        try:
+            C = sla.cholesky((core + core.T) / 2, lower=False, check_finite=False)
+        except np.linalg.LinAlgError:
+            raise NotPositiveDefinite("Q^T B_rho Q of the Nystrom sketch is not positive definite") from None
+        U, S, _ = np.linalg.svd(sla.solve_triangular(C, Y.T, trans="T").T, full_matrices=False)
+        lam = np.maximum(S**2 - shift, 0.0)
+        mu = max(shift, np.finfo(float).tiny)
+        self._U, self._inv = U, 1.0 / (lam + mu)
+        self._tail = 1.0 / (lam[-1] + mu)
+
+    def solve(self, V: np.ndarray) -> np.ndarray:
+        coeffs = self._U.T @ V
+        scale = (self._inv - self._tail)[:, None] if V.ndim == 2 else self._inv - self._tail
+        return self._tail * V + self._U @ (scale * coeffs)
+
+    def grow(self) -> bool:
+        """Double the rank (up to n); False when it is already n."""
+        if self.rank >= self.n:
+            return False
+        self._extend(min(2 * self.rank, self.n))
+        return True
