@@ -78,11 +78,10 @@ class Nystrom:
 
     def _extend(self, rank: int) -> None:
         new = self._rng.standard_normal((self.n, rank - self.rank))
-        self._omega = np.hstack([self._omega, new])
-        self._products = np.hstack([self._products, np.asarray(self._apply(new))])
-        self.rank = rank
-        Q, R = np.linalg.qr(self._omega)
-        Y = sla.solve_triangular(R, self._products.T, trans="T").T  # B_rho Q = (B_rho Omega) R^{-1}
+        omega = np.hstack([self._omega, new])
+        products = np.hstack([self._products, np.asarray(self._apply(new))])
+        Q, R = np.linalg.qr(omega)
+        Y = sla.solve_triangular(R, products.T, trans="T").T  # B_rho Q = (B_rho Omega) R^{-1}
         if not np.all(np.isfinite(Y)):
             raise NotPositiveDefinite("the Nystrom sketch B_rho @ Omega is not finite")
         shift = math.sqrt(self.n) * np.finfo(float).eps * float(np.linalg.norm(Y))
@@ -95,6 +94,7 @@ class Nystrom:
         U, S, _ = np.linalg.svd(sla.solve_triangular(C, Y.T, trans="T").T, full_matrices=False)
         lam = np.maximum(S**2 - shift, 0.0)
         mu = max(shift, np.finfo(float).tiny)
+        self._omega, self._products, self.rank = omega, products, rank
         self._U, self._inv = U, 1.0 / (lam + mu)
         self._tail = 1.0 / (lam[-1] + mu)
 

@@ -214,7 +214,7 @@ def choose_rho(B, J, delta_c: float = 0.0, *, rng=None) -> float:
 def _scale_rule(B, J, delta_c: float, rng: np.random.Generator) -> float:
     norm_J2 = _norm_estimate(lambda v: J.T @ (J @ v), B.shape[0], rng)
     norm_B = _norm_estimate(lambda v: B @ v, B.shape[0], rng)
-    # B = 0 is allowed (K nonsingular when J is square and invertible): scale by J alone then
+    # B = 0 is allowed (K nonsingular when J is square and invertible): scale by J alone
     norm_B = max(norm_B, 1e-12 * norm_J2)
     if norm_J2 == 0.0:
         return math.inf if delta_c == 0 else RHO_TARGET / delta_c
@@ -285,11 +285,14 @@ class AugmentedLagrangianPreconditioner(LinearOperator):
         return self._inverse.rank
 
     def grow(self) -> bool:
-        """Double the Nystrom rank (up to n); False when nothing can grow (``"factor"``, or rank n)."""
+        """Double the Nystrom rank (up to n); False when nothing can grow (``"factor"``, or rank n).
+
+        Raises ``numpy.linalg.LinAlgError`` when the larger sketch shows ``B_rho`` is not positive definite.
+        """
         try:
             return self._inverse.grow()
-        except NotPositiveDefinite:
-            return False
+        except NotPositiveDefinite as err:
+            raise np.linalg.LinAlgError(f"rho = {self.rho:.3e}: {err}") from None
 
     def _matvec(self, v):
         return np.concatenate([self._inverse.solve(v[: self.n]), v[self.n :] / self.weight])
@@ -458,8 +461,7 @@ class SaddlePointSolver:
         nit = 0
         budget = ITERS_PER_RANK if self.method == "nystrom" else max_iter
         while monitor.best > rtol and nit < max_iter and not monitor.past_deadline():
-            # rtol=0: MINRES's own residual is in the P^{-1}-norm, which a large rho makes differ from
-            # the 2-norm by orders of magnitude; the monitor stops it on the true residual instead
+            # rtol=0: MINRES's P^{-1}-norm residual is not the 2-norm one; the monitor stops it (module docstring)
             run = minres(
                 self.K, b, monitor.best_z, rtol=0.0, M=self.preconditioner,
                 max_iter=min(budget, max_iter - nit), callback=monitor,
@@ -472,9 +474,13 @@ class SaddlePointSolver:
                 break
             if run.status is Status.MAX_ITER or monitor.stalled:
                 # a Nystrom rank that does not reach the accuracy within its budget is too small
-                if self.method == "nystrom" and self.preconditioner.grow():
-                    monitor.restart()
-                    continue
+                try:
+                    if self.method == "nystrom" and self.preconditioner.grow():
+                        monitor.restart()
+                        continue
+                except np.linalg.LinAlgError as err:
+                    message = f"a grown Nystrom sketch: B not positive definite on null(J), or rho too small; {err}"
+                    return self._result(monitor.best_z, Status.BREAKDOWN, message, nit, monitor.best)
                 budget = max_iter
             if monitor.stalled:
                 break
@@ -531,19 +537,10 @@ def solve_saddle_point(
     b : ndarray of shape (n + m,)
     rtol : float
         Target ``||K z - b||_2 <= rtol ||b||_2`` (checked on the true residual).
-    delta_c : float
-        ``>= 0``.
-    x0 : ndarray of shape (n + m,), optional
-    preconditioner : {"auto", "factor", "nystrom"}
-    rho : float, optional
-        Overrides the scale rule.
-    rank : int, optional
-        First Nystrom rank.
-    max_iter : int, optional
-        MINRES iterations in all (default ``10 (n + m)``).
-    rng : numpy Generator or seed, optional
-    deadline : float, optional
-        ``time.perf_counter()`` value; past it: ``Status.TIME_LIMIT``.
+    delta_c, preconditioner, rho, rank, rng :
+        As in :class:`SaddlePointSolver`.
+    x0, max_iter, deadline :
+        As in :meth:`SaddlePointSolver.solve`.
 
     Returns
     -------

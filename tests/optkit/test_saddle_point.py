@@ -136,6 +136,21 @@ def test_b_indefinite_on_the_null_space_is_a_breakdown_not_a_solution(method):
     assert np.all(np.isnan(result.z)) and result.nit == 0
 
 
+def test_nystrom_finds_the_indefiniteness_when_its_rank_grows():
+    rng = np.random.default_rng(0)
+    J = rng.standard_normal((20, 200))
+    null_direction = np.linalg.svd(J)[2][-1]
+    Q = np.linalg.qr(rng.standard_normal((200, 200)))[0]
+    B = Q @ np.diag(np.logspace(-2, 2, 200)) @ Q.T
+    B = (B + B.T) / 2
+    B -= (null_direction @ B @ null_direction + 1.0) * np.outer(null_direction, null_direction)  # curvature -1
+    # a rank-1 sketch sees a positive Rayleigh quotient; MINRES does not converge within a rank's budget, the
+    # rank doubles, and a larger sketch shows the negative curvature. (A Nystrom solve that converges before its
+    # sketch sees the negative curvature returns the solution of K z = b: only "factor" checks definiteness.)
+    result = solve_saddle_point(B, J, rng.standard_normal(220), rtol=1e-8, preconditioner="nystrom", rank=1, rng=0)
+    assert result.status is Status.BREAKDOWN and "null(J)" in result.message and result.rank > 1
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_rho_grows_until_b_rho_is_positive_definite(method):
     rng = np.random.default_rng(1)
