@@ -129,7 +129,7 @@ def cases(args):
         yield problem.name, newton_system(problem)
     for N in grids:
         yield f"pde-control:N={N}", newton_system(optkit.get_problem(f"pde-control:N={N}"))
-    for n in (300,) if args.small else (1000, 2000, 4000):
+    for n in (300,) if args.small else (1000, 2000, 4000, 6000):
         yield f"synthetic logistic Hessian n={n}", synthetic_logistic(n)
 
 

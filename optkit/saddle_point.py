@@ -9,9 +9,8 @@ block-diagonal augmented-Lagrangian preconditioner (Greif & Schoetzau 2006; Rees
 
 With ``B_rho`` exact, ``P^{-1} K`` has the eigenvalue +1 (n times) and m eigenvalues
 ``-rho nu / (1 + rho nu)`` (``delta_c = 0``, ``nu`` those of ``J B^{-1} J^T``): once
-``rho nu_min >> 1``, a handful of iterations whatever the conditioning of ``K``. ``1/w``
-rather than ``rho`` makes ``B_rho`` the Schur complement of ``P``'s second block, so at
-``delta_c > 0`` and ``rho -> oo`` the eigenvalues lie in ``[-1, -0.618] u [0.618, 1]``.
+``rho nu_min >> 1``, a handful of iterations whatever the conditioning of ``K``. ``1/w``, not
+``rho``: at ``delta_c > 0``, ``rho -> oo`` the eigenvalues lie in ``[-1, -0.618] u [0.618, 1]``.
 
 Scale rule (Golub & Greif's ``||B|| / ||J||^2`` takes 340 iterations when ``J`` is
 ill-conditioned, and on ``pde-control``; measured in ``examples/kkt_preconditioners.py``)::
@@ -50,7 +49,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from ._saddle_point_inverses import Factor, NotPositiveDefinite, Nystrom
+from ._saddle_point_support import STALL_DECREASE, STALL_WINDOW, Factor, Monitor, NotPositiveDefinite, Nystrom
 from .krylov import minres
 from .linop import LinearOperator
 from .result import Status
@@ -75,9 +74,6 @@ RHO_ESCALATIONS = 4
 ITERS_PER_RANK = 30
 #: Columns beyond ``m`` of the first Nystrom sketch (``rho J^T J`` adds m large eigenvalues to ``B_rho``).
 EXTRA_RANK = 20
-#: A solve stalls when its true residual has not fallen below STALL_DECREASE times its best in STALL_WINDOW iterations.
-STALL_DECREASE = 0.9
-STALL_WINDOW = 50
 #: Largest dense ``n`` that ``"auto"`` factors.
 AUTO_FACTOR_MAX_N = 4000
 _POWER_STEPS = 10
@@ -304,46 +300,6 @@ class AugmentedLagrangianPreconditioner(LinearOperator):
         return self
 
 
-class _Monitor:
-    """MINRES's callback: stop on the true residual ``||K z - b|| <= rtol ||b||``, the deadline, or stagnation.
-
-    Keeps the iterate with the smallest true residual: MINRES minimises the ``P^{-1}``-norm, so
-    the 2-norm can grow under a poor (low-rank Nystrom) preconditioner.
-    """
-
-    def __init__(self, K, b: np.ndarray, rtol: float, deadline: float | None, z: np.ndarray) -> None:
-        self.K, self.b, self.rtol, self.deadline = K, b, rtol, deadline
-        self.b_norm = float(np.linalg.norm(b))
-        self.timed_out = self.stalled = False
-        self.best_z, self.best = z.copy(), self.residual_of(z)
-        self.since_best = 0
-
-    def residual_of(self, z: np.ndarray) -> float:
-        return float(np.linalg.norm(self.K @ z - self.b)) / self.b_norm
-
-    def restart(self) -> None:
-        """Forget the stagnation count (a new preconditioner gets a fresh window)."""
-        self.stalled, self.since_best = False, 0
-
-    def past_deadline(self) -> bool:
-        self.timed_out = self.timed_out or (self.deadline is not None and time.perf_counter() >= self.deadline)
-        return self.timed_out
-
-    def __call__(self, z: np.ndarray) -> bool:
-        if self.past_deadline():
-            return True
-        residual = self.residual_of(z)
-        if not math.isfinite(residual):
-            return True
-        if residual < self.best:
-            self.since_best = 0 if residual < STALL_DECREASE * self.best else self.since_best + 1
-            self.best_z, self.best = z.copy(), residual
-        else:
-            self.since_best += 1
-        self.stalled = self.since_best >= STALL_WINDOW
-        return residual <= self.rtol or self.stalled
-
-
 # ----------------------------------------------------------------------------- the solver
 class SaddlePointSolver:
     """``K = [[B, J^T], [J, -delta_c I]]`` with its preconditioner, built once for many solves.
@@ -377,7 +333,7 @@ class SaddlePointSolver:
     nit : int
         MINRES iterations of all solves so far.
     setup_time_s : float
-        Seconds spent choosing ``rho`` and building the preconditioner.
+        Seconds choosing ``rho`` and building the preconditioner.
     """
 
     def __init__(self, B, J, *, delta_c=0.0, preconditioner="auto", rho=None, rank=None, rng=None) -> None:
@@ -457,7 +413,7 @@ class SaddlePointSolver:
             return self._result(np.full(N, np.nan), Status.BREAKDOWN, self.setup_message, 0, math.nan)
         if not np.any(b):
             return self._result(np.zeros(N), Status.CONVERGED, "b = 0, so z = 0", 0, 0.0)
-        monitor = _Monitor(self.K, b, rtol, deadline, np.zeros(N) if x0 is None else x0)
+        monitor = Monitor(self.K, b, rtol, deadline, np.zeros(N) if x0 is None else x0)
         nit = 0
         budget = ITERS_PER_RANK if self.method == "nystrom" else max_iter
         while monitor.best > rtol and nit < max_iter and not monitor.past_deadline():
@@ -470,7 +426,8 @@ class SaddlePointSolver:
             self.nit += run.nit
             if run.status in (Status.BREAKDOWN, Status.NONFINITE) and monitor.best > rtol:
                 return self._result(monitor.best_z, run.status, run.message, nit, monitor.best)
-            if monitor.best <= rtol or monitor.timed_out:
+            monitor.stalled = monitor.stalled or run.nit == 0  # MINRES's recurrence residual hit exactly 0
+            if monitor.best <= rtol or monitor.timed_out or monitor.nonfinite:
                 break
             if run.status is Status.MAX_ITER or monitor.stalled:
                 # a Nystrom rank that does not reach the accuracy within its budget is too small
@@ -488,6 +445,8 @@ class SaddlePointSolver:
         if residual <= rtol:
             message = f"true relative residual {residual:.3e} <= rtol {rtol:.3e} after {nit} MINRES iterations"
             return self._result(z, Status.CONVERGED, message, nit, residual)
+        if monitor.nonfinite:
+            return self._result(z, Status.NONFINITE, "K z was not finite at an iterate", nit, residual)
         if monitor.timed_out:
             return self._result(z, Status.TIME_LIMIT, f"deadline passed after {nit} iterations", nit, residual)
         if monitor.stalled:
@@ -536,7 +495,7 @@ def solve_saddle_point(
     J : ndarray or scipy sparse matrix of shape (m, n)
     b : ndarray of shape (n + m,)
     rtol : float
-        Target ``||K z - b||_2 <= rtol ||b||_2`` (checked on the true residual).
+        Target ``||K z - b||_2 <= rtol ||b||_2`` (true residual).
     delta_c, preconditioner, rho, rank, rng :
         As in :class:`SaddlePointSolver`.
     x0, max_iter, deadline :

@@ -18,6 +18,9 @@ from optkit.saddle_point import (
     solve_saddle_point,
 )
 
+# small dense products: BLAS threads only spin on the busy 2-core machine (an SVD of 512 x 276 took 4 s, not 0.03 s)
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
+
 METHODS = ("factor", "nystrom")
 
 

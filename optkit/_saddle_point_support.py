@@ -1,18 +1,26 @@
-"""``B_rho^{-1}`` for :mod:`optkit.saddle_point`: an exact factorisation or a randomized Nystrom approximation.
+"""Parts of :mod:`optkit.saddle_point`: ``B_rho^{-1}`` and the MINRES monitor.
 
-``B_rho = B + J^T J / w`` (``w = 1/rho + delta_c``). Both raise :class:`NotPositiveDefinite`
-when they find ``B_rho`` is not positive definite; both have ``solve(V)`` (``(n,)`` or ``(n, k)``),
-``grow()`` and ``rank``.
+``B_rho = B + J^T J / w`` (``w = 1/rho + delta_c``) is applied by :class:`Factor` (exact) or
+:class:`Nystrom` (randomized); both raise :class:`NotPositiveDefinite` when they find ``B_rho``
+is not positive definite, and have ``solve(V)`` (``(n,)`` or ``(n, k)``), ``grow()`` and ``rank``.
+:class:`Monitor` is MINRES's callback: it stops a solve on the true residual.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+
+__all__ = ["STALL_DECREASE", "STALL_WINDOW", "Factor", "Monitor", "NotPositiveDefinite", "Nystrom"]
+
+#: A solve stalls when its true residual has not fallen below STALL_DECREASE times its best in STALL_WINDOW iterations.
+STALL_DECREASE = 0.9
+STALL_WINDOW = 50
 
 
 class NotPositiveDefinite(Exception):
@@ -37,7 +45,7 @@ class Factor:
                 raise NotPositiveDefinite(f"B_rho is singular ({err})") from None
             pivots = lu.U.diagonal()
             if not (np.array_equal(lu.perm_r, lu.perm_c) and np.all(pivots > 0)):
-                raise NotPositiveDefinite(f"B_rho has {int(np.sum(pivots <= 0))} non-positive pivots")
+                raise NotPositiveDefinite(f"B_rho has {int(np.sum(pivots <= 0))} non-positive pivots (or a zero one)")
             self.solve = lu.solve
         else:
             try:
@@ -109,3 +117,44 @@ class Nystrom:
             return False
         self._extend(min(2 * self.rank, self.n))
         return True
+
+
+class Monitor:
+    """MINRES's callback: stop on the true residual ``||K z - b|| <= rtol ||b||``, the deadline, or stagnation.
+
+    Keeps the iterate with the smallest true residual: MINRES minimises the ``P^{-1}``-norm, so
+    the 2-norm can grow under a poor (low-rank Nystrom) preconditioner.
+    """
+
+    def __init__(self, K, b: np.ndarray, rtol: float, deadline: float | None, z: np.ndarray) -> None:
+        self.K, self.b, self.rtol, self.deadline = K, b, rtol, deadline
+        self.b_norm = float(np.linalg.norm(b))
+        self.timed_out = self.stalled = self.nonfinite = False
+        self.best_z, self.best = z.copy(), self.residual_of(z)
+        self.since_best = 0
+
+    def residual_of(self, z: np.ndarray) -> float:
+        return float(np.linalg.norm(self.K @ z - self.b)) / self.b_norm
+
+    def restart(self) -> None:
+        """Forget the stagnation count (a new preconditioner gets a fresh window)."""
+        self.stalled, self.since_best = False, 0
+
+    def past_deadline(self) -> bool:
+        self.timed_out = self.timed_out or (self.deadline is not None and time.perf_counter() >= self.deadline)
+        return self.timed_out
+
+    def __call__(self, z: np.ndarray) -> bool:
+        if self.past_deadline():
+            return True
+        residual = self.residual_of(z)
+        if not math.isfinite(residual):
+            self.nonfinite = True
+            return True
+        if residual < self.best:
+            self.since_best = 0 if residual < STALL_DECREASE * self.best else self.since_best + 1
+            self.best_z, self.best = z.copy(), residual
+        else:
+            self.since_best += 1
+        self.stalled = self.since_best >= STALL_WINDOW
+        return residual <= self.rtol or self.stalled
