@@ -8,6 +8,7 @@ to the relative residual ``rtol`` (default 1e-8) by
 * ``direct``: ``scipy.linalg.solve`` (dense) or SuperLU of ``K`` (sparse);
 * ``minres``: :func:`optkit.krylov.minres` without a preconditioner;
 * ``factor`` / ``nystrom``: :class:`optkit.saddle_point.SaddlePointSolver` (set-up included);
+* ``factor, GG rho``: ``"factor"`` with Golub & Greif's ``rho = ||B|| / ||J||^2`` instead of the scale rule;
 * ``sketch``: Gaussian sketch-and-project (:class:`optkit.sketch.SketchProjector`), stopped at
   the budget ``--sketch-seconds``; the residual it reached is printed.
 
@@ -88,10 +89,17 @@ def run_minres(K, b, B, J, args):
     return time.perf_counter() - start, str(result.nit), result.x, note
 
 
-def run_saddle(method):
+def golub_greif_rho(B, J) -> float:
+    """``||B||_2 / ||J||_2^2`` (Golub & Greif 2003), by ARPACK."""
+    norm_B = abs(spla.eigsh(spla.aslinearoperator(B), k=1, which="LM", return_eigenvectors=False)[0])
+    return norm_B / spla.svds(spla.aslinearoperator(J), k=1, return_singular_vectors=False)[0] ** 2
+
+
+def run_saddle(method, rho_rule=None):
     def run(K, b, B, J, args):
         start = time.perf_counter()
-        solver = SaddlePointSolver(B, J, preconditioner=method, rng=0)
+        rho = None if rho_rule is None else rho_rule(B, J)
+        solver = SaddlePointSolver(B, J, preconditioner=method, rho=rho, rng=0)
         result = solver.solve(b, rtol=args.rtol, deadline=start + args.budget)
         note = f"rho={result.rho:.2g}" + ("" if result.rank is None else f" rank={result.rank}")
         if not result.success:
@@ -113,6 +121,7 @@ METHODS = {
     "minres": run_minres,
     "factor": run_saddle("factor"),
     "nystrom": run_saddle("nystrom"),
+    "factor, GG rho": run_saddle("factor", golub_greif_rho),
     "sketch": run_sketch,
 }
 

@@ -3,7 +3,7 @@
 ``B_rho = B + J^T J / w`` (``w = 1/rho + delta_c``) is applied by :class:`Factor` (exact) or
 :class:`Nystrom` (randomized); both raise :class:`NotPositiveDefinite` when they find ``B_rho``
 is not positive definite, and have ``solve(V)`` (``(n,)`` or ``(n, k)``), ``grow()`` and ``rank``.
-:class:`Monitor` is MINRES's callback: it stops a solve on the true residual.
+:class:`Monitor` is MINRES's callback: it stops refinement passes on the true residual.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-__all__ = ["STALL_DECREASE", "STALL_WINDOW", "Factor", "Monitor", "NotPositiveDefinite", "Nystrom"]
+__all__ = ["PASS_DECREASE", "PASS_RTOL", "Factor", "Monitor", "NotPositiveDefinite", "Nystrom"]
 
-#: A solve stalls when its true residual has not fallen below STALL_DECREASE times its best in STALL_WINDOW iterations.
-STALL_DECREASE = 0.9
-STALL_WINDOW = 50
+#: MINRES's own tolerance in a refinement pass, relative to the pass's first residual in the ``P^{-1}``-norm.
+PASS_RTOL = 1e-12
+#: A pass that does not bring the true residual to PASS_DECREASE times its start stalls the solve.
+PASS_DECREASE = 0.5
 
 
 class NotPositiveDefinite(Exception):
@@ -120,41 +121,44 @@ class Nystrom:
 
 
 class Monitor:
-    """MINRES's callback: stop on the true residual ``||K z - b|| <= rtol ||b||``, the deadline, or stagnation.
+    """MINRES's callback in refinement passes: stop on the true residual ``||K z - b|| <= rtol ||b||`` or the deadline.
 
-    Keeps the iterate with the smallest true residual: MINRES minimises the ``P^{-1}``-norm, so
-    the 2-norm can grow under a poor (low-rank Nystrom) preconditioner.
+    A pass from the best iterate ``z0`` solves ``K dz = r0 = b - K z0`` from ``dz = 0``, so MINRES's
+    own tolerance (:data:`PASS_RTOL`, in the ``P^{-1}``-norm) is relative to ``r0``: each pass can
+    gain that many digits, however far the ``P^{-1}``-norm is from the 2-norm. Keeps the iterate
+    with the smallest true residual (under a poor low-rank Nystrom preconditioner it can grow).
     """
 
     def __init__(self, K, b: np.ndarray, rtol: float, deadline: float | None, z: np.ndarray) -> None:
         self.K, self.b, self.rtol, self.deadline = K, b, rtol, deadline
         self.b_norm = float(np.linalg.norm(b))
-        self.timed_out = self.stalled = self.nonfinite = False
-        self.best_z, self.best = z.copy(), self.residual_of(z)
-        self.since_best = 0
+        self.timed_out = self.nonfinite = False
+        self.best_z = z.copy()
+        self.best = self.pass_start = float(np.linalg.norm(K @ z - b)) / self.b_norm
 
-    def residual_of(self, z: np.ndarray) -> float:
-        return float(np.linalg.norm(self.K @ z - self.b)) / self.b_norm
+    def start_pass(self) -> np.ndarray:
+        """``r0 = b - K z0`` for a pass from the best iterate ``z0``."""
+        self.base, self.pass_start = self.best_z.copy(), self.best
+        self.r0 = self.b - self.K @ self.base
+        return self.r0
 
-    def restart(self) -> None:
-        """Forget the stagnation count (a new preconditioner gets a fresh window)."""
-        self.stalled, self.since_best = False, 0
+    def improved(self) -> bool:
+        """Whether this pass lowered the best true residual to ``PASS_DECREASE`` times its start or below."""
+        return self.best <= PASS_DECREASE * self.pass_start
 
     def past_deadline(self) -> bool:
         self.timed_out = self.timed_out or (self.deadline is not None and time.perf_counter() >= self.deadline)
         return self.timed_out
 
-    def __call__(self, z: np.ndarray) -> bool:
+    def __call__(self, dz: np.ndarray) -> bool:
         if self.past_deadline():
             return True
-        residual = self.residual_of(z)
+        z = self.base + dz
+        # from z itself, not K dz - r0: that one differs by the rounding of r0, eps ||K|| ||z0||
+        residual = float(np.linalg.norm(self.K @ z - self.b)) / self.b_norm
         if not math.isfinite(residual):
             self.nonfinite = True
             return True
         if residual < self.best:
-            self.since_best = 0 if residual < STALL_DECREASE * self.best else self.since_best + 1
-            self.best_z, self.best = z.copy(), residual
-        else:
-            self.since_best += 1
-        self.stalled = self.since_best >= STALL_WINDOW
-        return residual <= self.rtol or self.stalled
+            self.best_z, self.best = z, residual
+        return residual <= self.rtol

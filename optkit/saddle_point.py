@@ -12,8 +12,8 @@ With ``B_rho`` exact, ``P^{-1} K`` has the eigenvalue +1 (n times) and m eigenva
 ``rho nu_min >> 1``, a handful of iterations whatever the conditioning of ``K``. ``1/w``, not
 ``rho``: at ``delta_c > 0``, ``rho -> oo`` the eigenvalues lie in ``[-1, -0.618] u [0.618, 1]``.
 
-Scale rule (Golub & Greif's ``||B|| / ||J||^2`` takes 340 iterations when ``J`` is
-ill-conditioned, and on ``pde-control``; measured in ``examples/kkt_preconditioners.py``)::
+Scale rule (Golub & Greif's ``||B|| / ||J||^2`` needs hundreds of iterations when ``J`` is
+ill-conditioned, as on ``pde-control``: ``examples/kkt_preconditioners.py``)::
 
     rho = RHO_TARGET / (sigma_min(J)^2 / ||B|| + delta_c),   at most RHO_CAP ||B|| / ||J||^2,
 
@@ -22,9 +22,10 @@ iterations, ``sigma_min(J)^2`` from ``J J^T`` (LAPACK, or shift-invert Lanczos w
 the cap keeps ``B`` visible in the rounded ``B_rho``. When ``B_rho`` is not positive definite,
 ``rho`` grows tenfold (``RHO_ESCALATIONS`` times); never positive definite means ``B`` is not
 positive definite on ``null(J)``: ``Status.BREAKDOWN``. A large ``rho`` makes MINRES's
-``P^{-1}``-norm residual differ from the 2-norm by orders of magnitude, so MINRES runs with
-``rtol=0`` and its callback stops it on the true residual (one more product with ``K`` per
-iteration), or at stagnation (``Status.STALLED``: ``rtol`` below the attainable accuracy).
+``P^{-1}``-norm residual differ from the 2-norm by orders of magnitude, so MINRES runs in
+refinement passes (``K dz = b - K z``, to ``PASS_RTOL`` in its own norm), and its callback stops
+it on the true residual (one more product with ``K`` per iteration); a pass that does not halve
+the true residual ends the solve (``Status.STALLED``: ``rtol`` below the attainable accuracy).
 
 ``preconditioner=`` applies ``B_rho^{-1}`` by
 
@@ -49,7 +50,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from ._saddle_point_support import STALL_DECREASE, STALL_WINDOW, Factor, Monitor, NotPositiveDefinite, Nystrom
+from ._saddle_point_support import PASS_DECREASE, PASS_RTOL, Factor, Monitor, NotPositiveDefinite, Nystrom
 from .krylov import minres
 from .linop import LinearOperator
 from .result import Status
@@ -416,30 +417,29 @@ class SaddlePointSolver:
         monitor = Monitor(self.K, b, rtol, deadline, np.zeros(N) if x0 is None else x0)
         nit = 0
         budget = ITERS_PER_RANK if self.method == "nystrom" else max_iter
+        stalled = False
         while monitor.best > rtol and nit < max_iter and not monitor.past_deadline():
-            # rtol=0: MINRES's P^{-1}-norm residual is not the 2-norm one; the monitor stops it (module docstring)
             run = minres(
-                self.K, b, monitor.best_z, rtol=0.0, M=self.preconditioner,
+                self.K, monitor.start_pass(), rtol=PASS_RTOL, M=self.preconditioner,
                 max_iter=min(budget, max_iter - nit), callback=monitor,
             )  # fmt: skip
             nit += run.nit
             self.nit += run.nit
             if run.status in (Status.BREAKDOWN, Status.NONFINITE) and monitor.best > rtol:
                 return self._result(monitor.best_z, run.status, run.message, nit, monitor.best)
-            monitor.stalled = monitor.stalled or run.nit == 0  # MINRES's recurrence residual hit exactly 0
             if monitor.best <= rtol or monitor.timed_out or monitor.nonfinite:
                 break
-            if run.status is Status.MAX_ITER or monitor.stalled:
+            if run.status is Status.MAX_ITER or not monitor.improved():
                 # a Nystrom rank that does not reach the accuracy within its budget is too small
                 try:
                     if self.method == "nystrom" and self.preconditioner.grow():
-                        monitor.restart()
                         continue
                 except np.linalg.LinAlgError as err:
                     message = f"a grown Nystrom sketch: B not positive definite on null(J), or rho too small; {err}"
                     return self._result(monitor.best_z, Status.BREAKDOWN, message, nit, monitor.best)
                 budget = max_iter
-            if monitor.stalled:
+            if run.status is not Status.MAX_ITER and not monitor.improved():
+                stalled = True  # MINRES met PASS_RTOL in its own norm, and the true residual did not follow
                 break
         z, residual = monitor.best_z, monitor.best
         if residual <= rtol:
@@ -449,10 +449,10 @@ class SaddlePointSolver:
             return self._result(z, Status.NONFINITE, "K z was not finite at an iterate", nit, residual)
         if monitor.timed_out:
             return self._result(z, Status.TIME_LIMIT, f"deadline passed after {nit} iterations", nit, residual)
-        if monitor.stalled:
+        if stalled:
             message = (
-                f"the true relative residual stalled at {residual:.3e} > rtol {rtol:.3e}: no decrease by a factor "
-                f"{STALL_DECREASE} in {STALL_WINDOW} iterations"
+                f"the true relative residual stalled at {residual:.3e} > rtol {rtol:.3e}: a refinement pass (MINRES "
+                f"to {PASS_RTOL:g} of its start) did not multiply it by {PASS_DECREASE}"
             )
             return self._result(z, Status.STALLED, message, nit, residual)
         message = f"max_iter = {max_iter} MINRES iterations reached, true relative residual {residual:.3e}"

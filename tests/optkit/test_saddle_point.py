@@ -181,6 +181,16 @@ def test_deadline_stops_with_time_limit():
     np.testing.assert_array_equal(result.z, x0)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_rtol_below_the_attainable_accuracy_is_stalled(method):
+    B, J, K, b = ILL
+    # LAPACK's own residual on this system is 9e-11 (rounding: eps cond(K) ~ 3e-8 at worst): 1e-13 is out of
+    # reach; the refinement passes stop near LAPACK's accuracy (measured 6e-11) and say so
+    result = solve_saddle_point(B, J, b, rtol=1e-13, preconditioner=method, rng=0)
+    assert result.status is Status.STALLED and result.residual < 2e-10 and "stalled" in result.message
+    np.testing.assert_allclose(np.linalg.norm(K @ result.z - b) / np.linalg.norm(b), result.residual, rtol=1e-6)
+
+
 def test_max_iter_is_a_status():
     B, J, _, b = ILL
     result = solve_saddle_point(B, J, b, rtol=1e-12, preconditioner="factor", max_iter=2)
