@@ -19,7 +19,7 @@ import scipy.sparse.linalg as spla
 __all__ = ["PASS_DECREASE", "PASS_RTOL", "Factor", "Monitor", "NotPositiveDefinite", "Nystrom"]
 
 #: MINRES's own tolerance in a refinement pass, relative to the pass's first residual in the ``P^{-1}``-norm.
-PASS_RTOL = 1e-12
+PASS_RTOL = 1e-14
 #: A pass that does not bring the true residual to PASS_DECREASE times its start stalls the solve.
 PASS_DECREASE = 0.5
 
