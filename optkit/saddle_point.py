@@ -94,7 +94,7 @@ class SaddlePointResult:
         (the true residual stopped improving above ``rtol``), ``BREAKDOWN`` or ``NONFINITE``.
     message : str
     nit : int
-        MINRES iterations of this solve, restarts included.
+        MINRES iterations of this solve, all refinement passes.
     residual : float
         ``||K z - b||_2 / ||b||_2``, computed from ``z``.
     rho : float
@@ -395,7 +395,7 @@ class SaddlePointSolver:
         x0 : ndarray of shape (n + m,), optional
             Start, e.g. a previous solution to refine with a tighter ``rtol``.
         max_iter : int, optional
-            MINRES iterations of this solve, restarts included (default ``10 (n + m)``).
+            MINRES iterations of this solve, all refinement passes (default ``10 (n + m)``).
         deadline : float, optional
             A ``time.perf_counter()`` value; past it the solve stops with ``Status.TIME_LIMIT``.
 
