@@ -440,3 +440,19 @@ def test_dcdm_pressure_example_trains_races_and_plots(tmp_path):
     assert all(status == "converged" for _, _, status in rows)
     assert re.search(r"trained 4 steps in \d+ s", out)
     assert (tmp_path / "dcdm.png").stat().st_size > 10_000
+
+
+def test_kkt_preconditioners_table_has_every_method_and_converges():
+    out = run_example("kkt_preconditioners.py", "--small")
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| ")]
+    rows = [row for row in rows if row[0] not in ("problem", "---")]
+    methods = ["direct", "minres", "factor", "nystrom", "factor, GG rho", "sketch"]
+    problems = list(dict.fromkeys(row[0] for row in rows))
+    assert problems[-2:] == ["pde-control:N=16", "synthetic logistic Hessian n=300"]
+    assert [row[2] for row in rows] == methods * len(problems)
+    # every solve but the time-capped sketch reaches rtol = 1e-8 on the true residual
+    assert all(float(row[5]) <= 1e-8 for row in rows if row[2] != "sketch")
+    # with the scale rule's rho, a handful of iterations where plain MINRES and Golub & Greif's rho need hundreds
+    iterations = {(row[0], row[2]): int(row[4]) for row in rows}
+    assert iterations["pde-control:N=16", "factor"] <= 8 < 50 < iterations["pde-control:N=16", "minres"]
+    assert iterations["pde-control:N=16", "factor, GG rho"] > 50
