@@ -1,7 +1,7 @@
 """Newton's method on the exact augmented Lagrangian, with the KKT solve left to subclasses.
 
-Shared by ``alm-sketch`` (randomized iterative sketching) and ``alm-newton`` (a direct or
-MINRES solve), so the two differ only in how the Newton system is solved.
+Shared by ``alm-sketch`` (randomized solves) and ``alm-newton`` (a direct or MINRES solve), so
+the two differ only in how the Newton system is solved.
 
 For ``min f(x) s.t. c(x) = 0`` with Lagrangian ``L = f + y^T c``, ``J = c'(x)`` and
 ``H = hess_x L``, the merit function (Hong, Na, Mahoney & Kolar, ICML 2023) is::
@@ -10,26 +10,50 @@ For ``min f(x) s.t. c(x) = 0`` with Lagrangian ``L = f + y^T c``, ``J = c'(x)`` 
 
     grad L_eta = [ grad_x L + eta1 J^T c + eta2 H grad_x L ;  c + eta2 J grad_x L ]
 
-``H`` here is the Hessian of the **Lagrangian** (the reference code uses the objective's,
-which is wrong unless the constraints are linear). Each iteration:
+``H`` here is the Hessian of the **Lagrangian** (the reference code uses the objective's, which
+is wrong unless the constraints are linear); it comes from
+:mod:`~solvers.constrained._lagrangian_hessian` (the problem's, finite differences or BFGS/SR1).
+Each iteration takes one of three steps:
 
-1. **Hessian modification.** ``B = H`` when the reduced Hessian ``Z^T H Z`` (``Z`` a basis
-   of null(J)) has smallest eigenvalue ``>= hessian_floor``; else ``B = H + tau I`` with the
-   smallest ``tau`` that lifts it to ``hessian_shift`` (``Z`` orthonormal, so the shift is
-   exact; the reference code adds ``||H|| + xi_B``). Dense problems compute ``Z`` from an SVD
-   of ``J``, which also gives ``lambda_min(J J^T)``: below ``singular_tol * ||J||^2`` the run
-   stops with ``Status.BREAKDOWN`` (singular constraint Jacobian). Sparse problems use the
-   smallest eigenvalue of ``H`` instead (a sufficient test) and skip the singularity test.
-2. **Newton system** ``[[B, J^T], [J, 0]] z = -[grad_x L; c]``, solved by the subclass to the
-   relative residual ``theta_k * delta``: the adaptive accuracy condition, with
-   ``theta_k = min(1, ||b||)`` (the paper's superlinear variant) or ``1`` (``superlinear=False``,
-   the released code). The paper's worst-case factor ``||K|| psi`` is not applied; it asks for
-   relative residuals of 1e-10 and below, so the reference code runs into its cap of 1e5
-   sketch steps instead.
-3. **Descent test** ``grad L_eta^T z <= -(eta2 / 2) ||b||^2``; when it fails,
-   ``eta1 <- nu^2 eta1``, ``eta2 <- eta2 / nu``, ``delta <- delta / nu^4`` and the solve is
-   refined from the current ``z``, until it passes or ``eta1 > eta1_max`` / ``eta2 < eta2_min``.
-4. **Armijo backtracking** on ``L_eta`` (halving from 1), moving ``x`` and ``y`` together.
+**Newton step** (J of full row rank):
+
+1. *Hessian modification.* ``B = H`` when the reduced Hessian ``Z^T H Z`` (``Z`` a basis of
+   null(J) from an SVD of J) has smallest eigenvalue ``>= hessian_floor``; else ``B = H + tau I``
+   with the smallest ``tau`` that lifts it to ``hessian_shift``. Sparse problems use the
+   smallest eigenvalue of ``H`` instead (a sufficient test).
+2. *Newton system* ``[[B, J^T], [J, 0]] z = -[grad_x L; c]``, solved by the subclass to the
+   relative residual ``theta_k * delta``: the adaptive accuracy condition, ``theta_k = min(1, ||b||)``
+   (``superlinear=True``) or ``1`` (the released code).
+3. *Descent test* ``grad L_eta^T z <= -(eta2 / 2) ||b||^2``; when it fails, ``eta1 <- nu^2 eta1``,
+   ``eta2 <- eta2 / nu``, ``delta <- delta / nu^4`` and the solve is refined, until it passes or
+   the penalties reach ``eta1_max`` / ``eta2_min``.
+4. *Armijo backtracking* on ``L_eta`` (halving from 1), moving ``x`` and ``y`` together.
+
+**Regularised primal step** (``sigma_min(J)^2 < singular_tol max(||J||^2, 1)``, ``m > n``, or a
+Newton system that could not be solved): the exact merit function is linear in ``y`` where J is
+singular, so the multipliers are held at their least-squares values ``argmin ||grad f + J^T y||``
+and ``x`` takes the step of the ``delta_c = 1 / eta1`` regularised KKT system with ``y``
+eliminated, right-hand side the merit's own ``x``-gradient::
+
+    (H + eta1 J^T J + delta_w D) dx = -grad_x L_eta,
+
+with Marquardt's scaling ``D`` (the matrix's diagonal) and the Levenberg-Marquardt damping
+``delta_w`` (from 1e-3; divided by 10 after a full step, multiplied by 10 after a shortened one),
+itself multiplied by 10 until a Cholesky factorisation succeeds (IPOPT's inertia rule). The
+matrix is positive definite, so ``dx`` is a descent direction of ``L_eta``; Armijo on ``L_eta``
+in ``x``. With a constant objective (the ``...NE`` systems) and ``y = 0`` this is
+Levenberg-Marquardt on ``||c||^2``: the Gauss-Newton treatment of over-determined systems. When ``||c||`` stalls above ``tol`` at a
+point where the part of ``c`` in range(J) is at most ``tol ||c||_2`` (a stationary point of
+``||c||^2``, measured independently of J's scaling), the run ends
+``INFEASIBLE`` and reports the least-squares residual ``||c||_2`` (``extras["ls_residual"]``).
+
+**Recovery** from a merit stall (no descent direction at the penalty limits, a failed line
+search, or ten Newton steps in a row shortened below ``alpha = 1e-3``): up to ``max_recoveries``
+times, a feasibility restoration (the Levenberg-Marquardt step above on ``||c||^2`` alone, until
+``||c||_inf`` falls to ``max(tol, ||c||_inf / 10)``, for at most 20 steps), then the
+multipliers are reset to their least-squares values and the penalties and accuracy to their
+initial values. A run ends ``FAILED`` only when that budget is spent, ``BREAKDOWN`` only when the
+regularised matrix cannot be made positive definite, each with a message naming the cause.
 
 It stops when ``kkt = max(||grad_x L||_inf, ||c||_inf) <= tol`` at the solver's own ``(x, y)``.
 """
@@ -37,6 +61,7 @@ It stops when ``kkt = max(||grad_x L||_inf, ||c||_inf) <= tol`` at the solver's 
 from __future__ import annotations
 
 import abc
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -46,15 +71,40 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from optkit.constrained_problem import EqualityConstrainedProblem
+from optkit.constrained_problem import EqualityConstrainedProblem, least_squares_multipliers
+from optkit.problem import Problem
 from optkit.result import Status
 from optkit.solver import IterativeSolver
-from optkit.validation import check_int, check_nonnegative, check_positive
+from optkit.validation import check_choice, check_int, check_nonnegative, check_positive
 
-__all__ = ["AugmentedLagrangianNewton", "KKTSolve"]
+from ._lagrangian_hessian import HESSIAN_SOURCES, LagrangianHessian, make_hessian
+
+__all__ = ["AugmentedLagrangianNewton", "KKTSolve", "KKTSystem"]
 
 # Above this many unknowns plus constraints (or with a sparse Jacobian) the sparse path is used.
 DENSE_LIMIT = 3000
+# Newton steps shortened below SHORT_STEP this many times in a row count as a merit stall.
+SHORT_STEP, SHORT_STEPS_STALL = 1e-3, 10
+# A restoration phase ends at its target or after this many steps, whichever comes first.
+RESTORATION_STEPS = 20
+# A dense quasi-Newton or finite-difference Hessian has n^2 entries: refused above this n.
+DENSE_HESSIAN_LIMIT = 5000
+
+
+@dataclass
+class KKTSystem:
+    """The Newton system's blocks: ``B`` (n, n) and ``J`` (m, n), dense or scipy sparse."""
+
+    B: Any
+    J: Any
+
+    @functools.cached_property
+    def matrix(self) -> Any:
+        """``[[B, J^T], [J, 0]]``: a dense array, or CSR when either block is sparse."""
+        if not sp.issparse(self.B) and not sp.issparse(self.J):
+            m = self.J.shape[0]
+            return np.block([[self.B, self.J.T], [self.J, np.zeros((m, m))]])
+        return sp.bmat([[sp.csr_array(self.B), sp.csr_array(self.J).T], [sp.csr_array(self.J), None]], format="csr")
 
 
 @dataclass
@@ -83,9 +133,19 @@ class _Point:
     def merit(self, eta1: float, eta2: float) -> float:
         return self.f + self.y @ self.c + 0.5 * eta1 * (self.c @ self.c) + 0.5 * eta2 * (self.lag_grad @ self.lag_grad)
 
+    def infeasibility(self) -> float:
+        return 0.5 * float(self.c @ self.c)
+
+    def with_multipliers(self, y: np.ndarray) -> _Point:
+        return _Point(self.x, y, self.f, self.g, self.c, self.J, self.g + self.J.T @ y)
+
+    @property
+    def feasibility(self) -> float:
+        return float(np.max(np.abs(self.c), initial=0.0))
+
     @property
     def kkt(self) -> float:
-        return max(float(np.max(np.abs(self.lag_grad), initial=0.0)), float(np.max(np.abs(self.c), initial=0.0)))
+        return max(float(np.max(np.abs(self.lag_grad), initial=0.0)), self.feasibility)
 
 
 @dataclass
@@ -94,11 +154,19 @@ class _State:
     eta1: float
     eta2: float
     delta: float
+    hessian: LagrangianHessian | None = None
     alpha: float = 0.0
     inner_iter: int = 0
     inner_total: int = 0
     hessian_mods: int = 0
     penalty_updates: int = 0
+    primal_steps: int = 0
+    restoration_steps: int = 0
+    recoveries: int = 0
+    restoration_target: float | None = None
+    damping: float = 1e-3
+    short_steps: int = 0
+    restoration_phase_steps: int = 0
     failure: Status | None = None
     message: str = ""
     deadline: float | None = None
@@ -112,6 +180,42 @@ def _evaluate(problem: EqualityConstrainedProblem, x: np.ndarray, y: np.ndarray)
     return _Point(x, y, problem.fun(x), g, problem.cons(x), J, g + J.T @ y)
 
 
+def _regularised_solve(M: Any, rhs: np.ndarray, delta0: float) -> tuple[np.ndarray, float] | None:
+    """``(M + delta D)^{-1} rhs`` and ``delta``, with Marquardt's scaling ``D = diag(max(|M_ii|,
+    1e-10 max_j |M_jj|))`` (so badly scaled variables are damped alike) and the smallest
+    ``delta = delta0 * 10^k`` (at least 1e-10) that makes ``M + delta D`` positive definite; None
+    when none up to 1e20 does. Dense: Cholesky; sparse: the smallest eigenvalue, then SuperLU."""
+    diagonal = np.abs(np.asarray(M.diagonal(), dtype=float))
+    D = np.maximum(diagonal, 1e-10 * max(float(np.max(diagonal, initial=0.0)), 1e-300))
+    delta = max(delta0, 1e-10)
+    if sp.issparse(M):
+        scaled = sp.csc_array(sp.diags_array(D**-0.5) @ M @ sp.diags_array(D**-0.5))
+        lam = float(spla.eigsh(scaled, k=1, which="SA", return_eigenvectors=False)[0]) if rhs.shape[0] > 1 else 0.0
+        delta = max(delta, 1e-8 - lam)
+        try:
+            return spla.splu(sp.csc_array(M + delta * sp.diags_array(D))).solve(rhs), delta
+        except RuntimeError:
+            return None
+    while delta <= 1e20:
+        try:
+            factor = sla.cho_factor(M + delta * np.diag(D))
+        except sla.LinAlgError:
+            delta *= 10.0
+            continue
+        return sla.cho_solve(factor, rhs), delta
+    return None
+
+
+def _range_component(J: Any, c: np.ndarray) -> float:
+    """``||P c||_2``, ``P`` the orthogonal projector onto range(J): the part of ``c`` that a
+    Gauss-Newton step could remove; 0 at a stationary point of ``||c||^2``, whatever J's scaling."""
+    if sp.issparse(J):
+        d = spla.lsqr(J, -c, atol=1e-14, btol=1e-14, iter_lim=10 * sum(J.shape))[0]
+    else:
+        d = np.linalg.lstsq(J, -c, rcond=None)[0]
+    return float(np.linalg.norm(J @ d))
+
+
 @dataclass(frozen=True, kw_only=True)
 class AugmentedLagrangianNewton(IterativeSolver):
     """Options shared by ``alm-sketch`` and ``alm-newton`` (see the module docstring).
@@ -121,7 +225,7 @@ class AugmentedLagrangianNewton(IterativeSolver):
     tol : float
         Stop when ``max(||grad_x L||_inf, ||c||_inf) <= tol`` (default 1e-6).
     max_iter : int
-        Newton iterations (default 1000).
+        Iterations (default 1000), of any kind: Newton, regularised or restoration steps.
     time_limit : float or None
     eta1, eta2 : float
         Initial penalties on ``||c||^2`` and ``||grad_x L||^2`` (reference: 1.0 and 0.1).
@@ -136,15 +240,25 @@ class AugmentedLagrangianNewton(IterativeSolver):
     hessian_floor, hessian_shift : float
         Reduced-Hessian eigenvalue test and the value it is lifted to (reference 1e-6, 0.1).
     singular_tol : float
-        ``lambda_min(J J^T) < singular_tol * ||J||^2`` stops with ``BREAKDOWN`` (dense only).
+        ``sigma_min(J)^2 < singular_tol * max(||J||^2, 1)`` takes the regularised primal step
+        instead of a Newton step (dense only; sparse problems take it when the Newton system
+        cannot be solved). Default 1e-20: cond(J) > 1e10.
     eta1_max, eta2_min : float
         Limits of the penalty adaptation (reference 1e8, 1e-8).
     max_backtracks : int
-        Halvings of the step before the line search fails (``FAILED``).
+        Halvings of the step before the line search fails.
+    hessian : {"auto", "exact", "bfgs", "sr1", "fd"}
+        The Lagrangian Hessian: the problem's ``lag_hess``, damped BFGS, SR1, or forward
+        differences of ``grad_x L`` (see :mod:`~solvers.constrained._lagrangian_hessian`).
+        ``"auto"`` (default): exact when the problem has ``lag_hess``, else BFGS; so ``fun``,
+        ``grad``, ``cons`` and ``jac`` are all a problem needs.
+    max_recoveries : int
+        Merit-stall recoveries (restoration, then a multiplier and penalty reset) before the
+        run ends ``FAILED`` (default 10; 0 stops at the first stall, as the reference code).
     """
 
     accepts: ClassVar = (EqualityConstrainedProblem,)
-    requires: ClassVar = frozenset({"fun", "grad", "cons", "jac", "lag_hess"})
+    requires: ClassVar = frozenset({"fun", "grad", "cons", "jac"})
     backends: ClassVar = frozenset({"numpy"})
 
     tol: float = 1e-6
@@ -157,10 +271,12 @@ class AugmentedLagrangianNewton(IterativeSolver):
     superlinear: bool = True
     hessian_floor: float = 1e-6
     hessian_shift: float = 0.1
-    singular_tol: float = 1e-12
+    singular_tol: float = 1e-20
     eta1_max: float = 1e8
     eta2_min: float = 1e-8
     max_backtracks: int = 40
+    hessian: str = "auto"
+    max_recoveries: int = 10
 
     def validate(self) -> None:
         super().validate()
@@ -169,6 +285,8 @@ class AugmentedLagrangianNewton(IterativeSolver):
         check_nonnegative("hessian_floor", self.hessian_floor)
         check_nonnegative("singular_tol", self.singular_tol)
         check_int("max_backtracks", self.max_backtracks, 1)
+        check_int("max_recoveries", self.max_recoveries, 0)
+        check_choice("hessian", self.hessian, HESSIAN_SOURCES)
         if not self.nu > 1:
             raise ValueError(f"nu must be > 1, got {self.nu!r}")
         if not 0 < self.armijo < 0.5:
@@ -176,12 +294,29 @@ class AugmentedLagrangianNewton(IterativeSolver):
         if not isinstance(self.superlinear, bool):
             raise TypeError(f"superlinear must be a bool, got {self.superlinear!r}")
 
+    def check(self, problem: Problem) -> str | None:
+        reason = super().check(problem)
+        if reason is not None:
+            return reason
+        if self.hessian == "exact" and "lag_hess" not in problem.capabilities:
+            return (
+                f"solver {self.name!r} with hessian='exact' requires 'lag_hess', which problem {problem.name!r} "
+                "lacks (hessian='auto' uses BFGS then)"
+            )
+        dense_hessian = self.hessian in ("bfgs", "sr1", "fd") or "lag_hess" not in problem.capabilities
+        if dense_hessian and problem.n > DENSE_HESSIAN_LIMIT:
+            return (
+                f"solver {self.name!r} would keep a dense {problem.n} x {problem.n} Hessian approximation "
+                f"(hessian={self.hessian!r}); it does so only up to n = {DENSE_HESSIAN_LIMIT}"
+            )
+        return None
+
     @abc.abstractmethod
-    def solve_kkt(self, K: Any, b: np.ndarray, rtol: float, state: _State, z: np.ndarray | None) -> KKTSolve:
-        """Solve ``K z = b`` to ``||K z - b|| <= rtol ||b||``, starting from ``z`` when given
-        (a refinement of the previous solve of the same system); stop at ``state.deadline``
-        with ``timed_out=True``. ``state.scratch`` is the
-        subclass's space for one outer iteration, ``state.memory`` for the whole run."""
+    def solve_kkt(self, system: KKTSystem, b: np.ndarray, rtol: float, state: _State, z: np.ndarray | None) -> KKTSolve:
+        """Solve ``system.matrix z = b`` to ``||K z - b|| <= rtol ||b||``, starting from ``z`` when
+        given (a refinement of the previous solve of the same system); stop at ``state.deadline``
+        with ``timed_out=True``. ``state.scratch`` is the subclass's space for one outer
+        iteration, ``state.memory`` for the whole run."""
 
     # ------------------------------------------------------------------ driver hooks
     def init(self, problem: EqualityConstrainedProblem, x0: Any) -> _State:
@@ -197,7 +332,9 @@ class AugmentedLagrangianNewton(IterativeSolver):
         # an inner solve can take longer than the whole run may: it stops at this
         # time.perf_counter() value (KKTSolve.timed_out) and the run ends with TIME_LIMIT
         deadline = None if self.time_limit is None else time.perf_counter() + self.time_limit
-        return _State(point, self.eta1, self.eta2, self.delta, deadline=deadline)
+        return _State(
+            point, self.eta1, self.eta2, self.delta, hessian=make_hessian(self.hessian, problem), deadline=deadline
+        )
 
     def terminate(self, problem: EqualityConstrainedProblem, state: _State) -> Status | None:
         if state.failure is not None:
@@ -212,7 +349,8 @@ class AugmentedLagrangianNewton(IterativeSolver):
         return {
             "fun": p.f,
             "kkt": p.kkt,
-            "feasibility": float(np.max(np.abs(p.c), initial=0.0)),
+            "feasibility": p.feasibility,
+            "cons_norm": float(np.linalg.norm(p.c)),
             "merit": p.merit(state.eta1, state.eta2),
             "eta1": state.eta1,
             "eta2": state.eta2,
@@ -221,15 +359,21 @@ class AugmentedLagrangianNewton(IterativeSolver):
         }
 
     def postprocess(self, problem: EqualityConstrainedProblem, state: _State, status: Status) -> dict[str, Any]:
+        extras: dict[str, Any] = {"y": state.point.y}
+        if status is Status.INFEASIBLE:
+            extras["ls_residual"] = float(np.linalg.norm(state.point.c))
         return {
             "x": state.point.x,
             "fun": state.point.f,
             "metrics": self.metrics(problem, state),
-            "extras": {"y": state.point.y},
+            "extras": extras,
             "counters": {
                 "inner_iter": state.inner_total,
                 "hessian_mods": state.hessian_mods,
                 "penalty_updates": state.penalty_updates,
+                "primal_steps": state.primal_steps,
+                "restoration_steps": state.restoration_steps,
+                "recoveries": state.recoveries,
             },
             "message": state.message,
         }
@@ -238,32 +382,42 @@ class AugmentedLagrangianNewton(IterativeSolver):
         return state.point.x
 
     def step(self, problem: EqualityConstrainedProblem, state: _State) -> _State:
+        if state.restoration_target is not None:
+            return self._restoration_step(problem, state)
         p = state.point
-        H = problem.lag_hess(p.x, p.y)
-        dense = not sp.issparse(p.J) and not sp.issparse(H) and problem.n + problem.m <= DENSE_LIMIT
-        B = self._modified_hessian_dense(H, p.J, state) if dense else self._modified_hessian_sparse(H, state)
-        if state.failure is not None:
-            return state
+        dense = not sp.issparse(p.J) and problem.n + problem.m <= DENSE_LIMIT
+        Vt = None
         if dense:
-            K = np.block([[B, p.J.T], [p.J, np.zeros((problem.m, problem.m))]])
+            if not np.all(np.isfinite(p.J)):
+                state.failure, state.message = Status.NONFINITE, "the constraint Jacobian is not finite"
+                return state
+            _, sv, Vt = sla.svd(p.J, full_matrices=True, lapack_driver="gesvd")
+            if problem.m > problem.n:
+                return self._primal_step(problem, state)
+            if problem.m and sv[-1] ** 2 < self.singular_tol * max(float(sv[0] ** 2), 1.0):
+                return self._primal_step(problem, state)
+        H = state.hessian.matrix(problem, p.x, p.y, p.lag_grad)
+        if dense and not sp.issparse(H):
+            B = self._modified_hessian_dense(H, Vt[problem.m :].T, state)
         else:
-            K = sp.bmat([[sp.csr_array(B), sp.csr_array(p.J).T], [sp.csr_array(p.J), None]], format="csr")
+            B = self._modified_hessian_sparse(H, state)
+        system = KKTSystem(B, p.J)
         b = -np.concatenate([p.lag_grad, p.c])
         b_norm = float(np.linalg.norm(b))
         theta = min(1.0, b_norm) if self.superlinear else 1.0
         state.scratch = {}
-        solve = self.solve_kkt(K, b, theta * state.delta, state, None)
+        solve = self.solve_kkt(system, b, theta * state.delta, state, None)
         state.inner_iter = solve.inner_iter
+        H_lag_grad = state.hessian.product(problem, H, p.x, p.y, p.lag_grad)
         while True:
             if solve.timed_out:
                 state.inner_total += state.inner_iter
                 state.failure, state.message = Status.TIME_LIMIT, "the time limit ran out while solving a Newton system"
                 return state
             if not np.all(np.isfinite(solve.z)):
-                state.failure, state.message = Status.NONFINITE, "the Newton direction is not finite"
-                return state
-            merit_grad = self._merit_gradient(p, H, state)
-            slope = float(merit_grad @ solve.z)
+                state.inner_total += state.inner_iter
+                return self._primal_step(problem, state)
+            slope = float(self._merit_gradient(p, H_lag_grad, state.eta1, state.eta2) @ solve.z)
             if slope <= -0.5 * state.eta2 * b_norm**2:
                 break
             if state.eta1 > self.eta1_max or state.eta2 < self.eta2_min:
@@ -272,44 +426,45 @@ class AugmentedLagrangianNewton(IterativeSolver):
             state.eta2 /= self.nu
             state.delta /= self.nu**4
             state.penalty_updates += 1
-            solve = self.solve_kkt(K, b, theta * state.delta, state, solve.z)
+            solve = self.solve_kkt(system, b, theta * state.delta, state, solve.z)
             state.inner_iter += solve.inner_iter
         state.inner_total += state.inner_iter
         if slope >= 0:
-            state.failure = Status.FAILED
-            state.message = (
+            return self._recover(
+                problem,
+                state,
                 f"no descent direction for the merit function (slope {slope:.3e}) "
-                f"with eta1={state.eta1:.3g}, eta2={state.eta2:.3g}"
+                f"with eta1={state.eta1:.3g}, eta2={state.eta2:.3g}",
             )
-            return state
-        return self._line_search(problem, state, solve.z, slope)
+        eta1, eta2 = state.eta1, state.eta2
+        trial = self._line_search(problem, state, solve.z, slope, lambda q: q.merit(eta1, eta2))
+        if trial is None:
+            return self._recover(
+                problem,
+                state,
+                f"line search failed: no sufficient decrease of the merit function after {self.max_backtracks} halvings",
+            )
+        state.short_steps = state.short_steps + 1 if state.alpha < SHORT_STEP else 0
+        if state.short_steps >= SHORT_STEPS_STALL and state.recoveries < self.max_recoveries:
+            state.short_steps = 0
+            return self._recover(problem, state, "")
+        return state
 
     # ------------------------------------------------------------------ pieces
-    def _merit_gradient(self, p: _Point, H: Any, state: _State) -> np.ndarray:
-        return np.concatenate(
-            [
-                p.lag_grad + state.eta1 * (p.J.T @ p.c) + state.eta2 * (H @ p.lag_grad),
-                p.c + state.eta2 * (p.J @ p.lag_grad),
-            ]
-        )
+    @staticmethod
+    def _merit_gradient(p: _Point, H_lag_grad: np.ndarray, eta1: float, eta2: float) -> np.ndarray:
+        """``grad L_eta`` at ``p``; ``H_lag_grad`` is ``H grad_x L``."""
+        return np.concatenate([p.lag_grad + eta1 * (p.J.T @ p.c) + eta2 * H_lag_grad, p.c + eta2 * (p.J @ p.lag_grad)])
 
-    def _modified_hessian_dense(self, H: np.ndarray, J: np.ndarray, state: _State) -> np.ndarray:
-        n, m = J.shape[1], J.shape[0]
-        _, sv, Vt = sla.svd(J, full_matrices=True)
-        jac_norm2 = float(sv[0] ** 2) if sv.size else 0.0
-        if m > n or (m and sv[-1] ** 2 < self.singular_tol * max(jac_norm2, 1.0)):
-            smallest = 0.0 if m > n else float(sv[-1] ** 2)
-            state.failure = Status.BREAKDOWN
-            state.message = f"singular constraint Jacobian: lambda_min(J J^T) = {smallest:.3e} (m={m}, n={n})"
-            return H
-        Z = Vt[m:].T
+    def _modified_hessian_dense(self, H: np.ndarray, Z: np.ndarray, state: _State) -> np.ndarray:
+        """``H`` lifted on null(J) (orthonormal basis ``Z``, shape (n, n - m)) as the module says."""
         if Z.shape[1] == 0:
             return H
         lam = float(np.linalg.eigvalsh(Z.T @ H @ Z)[0])
         if lam >= self.hessian_floor:
             return H
         state.hessian_mods += 1
-        return H + (self.hessian_shift - lam) * np.eye(n)
+        return H + (self.hessian_shift - lam) * np.eye(H.shape[0])
 
     def _modified_hessian_sparse(self, H: Any, state: _State) -> Any:
         H = sp.csr_array(H)
@@ -323,19 +478,98 @@ class AugmentedLagrangianNewton(IterativeSolver):
         state.hessian_mods += 1
         return H + (self.hessian_shift - lam) * sp.eye_array(H.shape[0], format="csr")
 
-    def _line_search(self, problem: EqualityConstrainedProblem, state: _State, z: np.ndarray, slope: float) -> _State:
+    def _primal_step(self, problem: EqualityConstrainedProblem, state: _State) -> _State:
+        """The regularised step with ``y`` held at its least-squares value (module docstring)."""
+        p = state.point.with_multipliers(least_squares_multipliers(state.point.g, state.point.J))
+        state.point = p
+        H = state.hessian.matrix(problem, p.x, p.y, p.lag_grad)
+        eta1, eta2 = state.eta1, state.eta2
+        grad_x = p.lag_grad + eta1 * (p.J.T @ p.c) + eta2 * state.hessian.product(problem, H, p.x, p.y, p.lag_grad)
+        M = H + eta1 * (p.J.T @ p.J)
+        solved = _regularised_solve(M, -grad_x, state.damping)
+        if solved is None:
+            state.failure = Status.BREAKDOWN
+            state.message = "the regularised Newton matrix H + eta1 J^T J + delta I stays indefinite up to delta = 1e20"
+            return state
+        state.primal_steps += 1
+        return self._least_squares_move(problem, state, solved[0], float(grad_x @ solved[0]), eta1, eta2)
+
+    def _restoration_step(self, problem: EqualityConstrainedProblem, state: _State) -> _State:
+        """One Levenberg-Marquardt step on ``||c||^2 / 2``; ends the restoration at its target."""
+        p = state.point
+        grad = p.J.T @ p.c
+        solved = _regularised_solve(p.J.T @ p.J, -grad, state.damping)
+        if solved is None:
+            state.failure = Status.BREAKDOWN
+            state.message = "the restoration matrix J^T J + delta I stays indefinite up to delta = 1e20"
+            return state
+        state.restoration_steps += 1
+        state = self._least_squares_move(problem, state, solved[0], float(grad @ solved[0]), None, None)
+        state.restoration_phase_steps += 1
+        done = state.point.feasibility <= state.restoration_target
+        if state.failure is None and (done or state.restoration_phase_steps >= RESTORATION_STEPS):
+            self._reset(state)
+        return state
+
+    def _least_squares_move(self, problem, state: _State, dx: np.ndarray, slope: float, eta1, eta2) -> _State:
+        """Line search along ``(dx, 0)`` on ``L_eta`` (or on ``||c||^2 / 2`` when ``eta1`` is None),
+        then the infeasibility test of the module docstring."""
+        before = float(np.linalg.norm(state.point.c))
+        merit = _Point.infeasibility if eta1 is None else (lambda q: q.merit(eta1, eta2))
+        z = np.concatenate([dx, np.zeros(problem.m)])
+        moved = slope < 0 and self._line_search(problem, state, z, slope, merit) is not None
+        # Levenberg-Marquardt's rule on the line search's verdict: a full step lowers the damping
+        state.damping = float(np.clip(state.damping * (0.1 if moved and state.alpha == 1.0 else 10.0), 1e-12, 1e12))
+        p = state.point
+        c_norm = float(np.linalg.norm(p.c))
+        if p.feasibility > self.tol and c_norm >= 0.99 * before:
+            reducible = _range_component(p.J, p.c)
+            if reducible <= self.tol * c_norm:
+                state.failure = Status.INFEASIBLE
+                state.message = (
+                    f"||c|| stalls at a stationary point of ||c||^2: least-squares residual ||c||_2 = {c_norm:.6e} "
+                    f"(its part in range(J): {reducible:.3e}); not a solution of c(x) = 0"
+                )
+                return state
+        if not moved:
+            what = "||c||^2" if eta1 is None else "the merit function"
+            return self._recover(problem, state, f"a regularised step could not decrease {what}")
+        return state
+
+    def _recover(self, problem: EqualityConstrainedProblem, state: _State, reason: str) -> _State:
+        """Restoration and reset (module docstring), or ``FAILED`` with ``reason`` once they are spent."""
+        if state.recoveries >= self.max_recoveries or state.restoration_target is not None:
+            state.failure = Status.FAILED
+            spent = f" (after {state.recoveries} recoveries)" if state.recoveries else ""
+            state.message = reason + spent
+            return state
+        state.recoveries += 1
+        if state.point.feasibility > self.tol:
+            state.restoration_target = max(self.tol, 0.1 * state.point.feasibility)
+            state.restoration_phase_steps = 0
+        else:
+            self._reset(state)
+        return state
+
+    def _reset(self, state: _State) -> None:
+        """Least-squares multipliers, initial penalties and accuracy; leaves restoration."""
+        state.point = state.point.with_multipliers(least_squares_multipliers(state.point.g, state.point.J))
+        state.eta1, state.eta2, state.delta = self.eta1, self.eta2, self.delta
+        state.restoration_target = None
+
+    def _line_search(self, problem, state: _State, z: np.ndarray, slope: float, merit) -> _Point | None:
+        """Armijo backtracking from ``alpha = 1`` on ``merit(point)``; moves ``state`` to the accepted
+        point (updating a quasi-Newton Hessian) and returns it, or None."""
         p, n = state.point, problem.n
-        merit0 = p.merit(state.eta1, state.eta2)
+        merit0 = merit(p)
         alpha = 1.0
         for _ in range(self.max_backtracks):
             trial = _evaluate(problem, p.x + alpha * z[:n], p.y + alpha * z[n:])
-            merit = trial.merit(state.eta1, state.eta2)
-            if np.isfinite(merit) and merit <= merit0 + self.armijo * alpha * slope:
+            value = merit(trial)
+            if np.isfinite(value) and value <= merit0 + self.armijo * alpha * slope:
+                # grad_x L at both ends with the new multipliers, as BFGS for SQP takes it
+                state.hessian.update(trial.x - p.x, trial.lag_grad - p.g - p.J.T @ trial.y)
                 state.point, state.alpha = trial, alpha
-                return state
+                return trial
             alpha *= 0.5
-        state.failure = Status.FAILED
-        state.message = (
-            f"line search failed: no sufficient decrease of the merit function after {self.max_backtracks} halvings"
-        )
-        return state
+        return None

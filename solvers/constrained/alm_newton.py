@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
@@ -25,7 +24,7 @@ from optkit.registry import register_solver
 from optkit.result import Status
 from optkit.validation import check_choice
 
-from ._alm_merit import AugmentedLagrangianNewton, KKTSolve, _State
+from ._alm_merit import AugmentedLagrangianNewton, KKTSolve, KKTSystem, _State
 
 __all__ = ["AlmNewton"]
 
@@ -51,7 +50,8 @@ class AlmNewton(AugmentedLagrangianNewton):
         super().validate()
         check_choice("kkt_solver", self.kkt_solver, ("direct", "minres"))
 
-    def solve_kkt(self, K: Any, b: np.ndarray, rtol: float, state: _State, z: np.ndarray | None) -> KKTSolve:
+    def solve_kkt(self, system: KKTSystem, b: np.ndarray, rtol: float, state: _State, z: np.ndarray | None) -> KKTSolve:
+        K = system.matrix
         if self.kkt_solver == "minres":
             past_deadline = None if state.deadline is None else (lambda _: time.perf_counter() >= state.deadline)
             result = minres(K, b, z, rtol=rtol, max_iter=10 * b.shape[0], callback=past_deadline)

@@ -1,20 +1,23 @@
-"""Solver ``alm-sketch``: exact augmented Lagrangian Newton with randomized iterative sketching.
+"""Solver ``alm-sketch``: exact augmented Lagrangian Newton with randomized Newton solves.
 
 The method of Hong, Na, Mahoney & Kolar, "Constrained Optimization via Exact Augmented
 Lagrangian and Randomized Iterative Sketching" (ICML 2023), for
 :class:`~optkit.constrained_problem.EqualityConstrainedProblem`. The outer iteration (merit
-function, penalty adaptation, Hessian modification, line search) is
-:class:`~solvers.constrained._alm_merit.AugmentedLagrangianNewton`; here each Newton (KKT)
-system is solved by :func:`optkit.sketch.sketch_and_project`: sampled equations (randomized
-Kaczmarz, the paper's RK), Gaussian sketches (the paper's GV) or CountSketches, warm-started
-from the previous solve when the accuracy is tightened.
+function, penalty adaptation, Hessian modification, regularised steps, recovery, line search)
+is :class:`~solvers.constrained._alm_merit.AugmentedLagrangianNewton`; each Newton (KKT) system
+is solved to the paper's adaptive accuracy ``theta_k * delta`` by one of two randomized solvers:
 
-Sketch-and-project converges at a rate set by the *scaled* condition number
-``||K||_F^2 / sigma_min(K)^2`` of the KKT matrix. When a solve does not reach its accuracy
-within its budget of sketched equations, ``adaptive_block=True`` doubles the block size (up to
-the system size, where one step is an exact projection) and goes on from the current
-iterate; the block sizes used are reported. With ``adaptive_block=False`` the inexact
-direction is used as it is, as the reference code does after 1e5 steps.
+- ``inner="preconditioned"`` (default): MINRES with the augmented-Lagrangian block
+  preconditioner :class:`optkit.saddle_point.SaddlePointSolver`, whose ``B + rho J^T J`` is
+  applied by a factorisation or by a randomized Nystrom approximation (``preconditioner``).
+  Its rate does not depend on the KKT matrix's conditioning: a handful of iterations per solve.
+- ``inner="sketch-and-project"``: the paper's solver, :func:`optkit.sketch.sketch_and_project`
+  with sampled equations (randomized Kaczmarz, the paper's RK), Gaussian sketches (the paper's
+  GV) or CountSketches, warm-started when the accuracy is tightened. It converges at a rate set
+  by the *scaled* condition number ``||K||_F^2 / sigma_min(K)^2``: when a solve does not reach its
+  accuracy within its budget, ``adaptive_block=True`` doubles the block size (up to the system
+  size, where one step is an exact projection); with ``adaptive_block=False`` the inexact
+  direction is used as it is, as the reference code does after 1e5 steps.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import numpy as np
 
 from optkit.registry import register_solver
 from optkit.result import Status
+from optkit.saddle_point import PRECONDITIONERS, SaddlePointSolver
 from optkit.sketch import SKETCHES, SketchProjector
 from optkit.validation import check_choice, check_int
 
-from ._alm_merit import AugmentedLagrangianNewton, KKTSolve, _State
+from ._alm_merit import AugmentedLagrangianNewton, KKTSolve, KKTSystem, _State
 
 __all__ = ["AlmSketch"]
 
@@ -37,10 +41,17 @@ __all__ = ["AlmSketch"]
 @register_solver("alm-sketch")
 @dataclass(frozen=True, kw_only=True)
 class AlmSketch(AugmentedLagrangianNewton):
-    """Exact augmented Lagrangian Newton; KKT systems by randomized iterative sketching.
+    """Exact augmented Lagrangian Newton; KKT systems by randomized solvers.
 
     Options (besides those of :class:`AugmentedLagrangianNewton`)
     ----------------------------------------------------------------
+    inner : {"preconditioned", "sketch-and-project"}
+        The Newton-system solver (module docstring); ``"sketch-and-project"`` with the other
+        defaults is the paper's configuration.
+    preconditioner : {"auto", "factor", "nystrom"}
+        How ``inner="preconditioned"`` applies ``(B + rho J^T J)^{-1}``: a Cholesky or SuperLU
+        factorisation, or the randomized Nystrom preconditioner; ``"auto"`` factors sparse
+        systems and dense ones up to n = 4000 (:class:`optkit.saddle_point.SaddlePointSolver`).
     sketch : {"gaussian", "row", "count"}
         Gaussian sketches (the paper's GV; default), sampled KKT equations (Kaczmarz, the
         paper's RK) or CountSketch blocks. With ``"row"`` and uniform sampling, MWRIGHT of
@@ -60,12 +71,17 @@ class AlmSketch(AugmentedLagrangianNewton):
     seed : int
         Seed of the sketches (reference: 2023).
 
-    Counters: ``inner_iter`` (sketch steps), ``max_block_size`` (the largest block used),
-    ``hessian_mods``, ``penalty_updates``, and the problem's evaluation counts.
+    The sketch options below apply to ``inner="sketch-and-project"``.
+
+    Counters: ``inner_iter`` (MINRES iterations or sketch steps), ``max_block_size`` (the largest
+    sketch block used), ``hessian_mods``, ``penalty_updates``, ``primal_steps``,
+    ``restoration_steps``, ``recoveries``, and the problem's evaluation counts.
     Accepts :class:`~optkit.constrained_problem.EqualityConstrainedProblem` on numpy with
     ``lag_hess``; dense or scipy-sparse Jacobians and Hessians.
     """
 
+    inner: str = "preconditioned"
+    preconditioner: str = "auto"
     sketch: str = "gaussian"
     block_size: int = 1
     sampling: str = "uniform"
@@ -76,6 +92,8 @@ class AlmSketch(AugmentedLagrangianNewton):
 
     def validate(self) -> None:
         super().validate()
+        check_choice("inner", self.inner, ("preconditioned", "sketch-and-project"))
+        check_choice("preconditioner", self.preconditioner, PRECONDITIONERS)
         check_choice("sketch", self.sketch, SKETCHES)
         check_choice("sampling", self.sampling, ("uniform", "row_norm"))
         check_int("block_size", self.block_size, 1)
@@ -90,8 +108,16 @@ class AlmSketch(AugmentedLagrangianNewton):
         state.memory.update(rng=np.random.default_rng(self.seed), block_size=self.block_size, max_block=self.block_size)
         return state
 
-    def solve_kkt(self, K: Any, b: np.ndarray, rtol: float, state: _State, z: np.ndarray | None) -> KKTSolve:
+    def solve_kkt(self, system: KKTSystem, b: np.ndarray, rtol: float, state: _State, z: np.ndarray | None) -> KKTSolve:
         keep, scratch = state.memory, state.scratch
+        if self.inner == "preconditioned":
+            if "saddle" not in scratch:
+                scratch["saddle"] = SaddlePointSolver(
+                    system.B, system.J, preconditioner=self.preconditioner, rng=keep["rng"]
+                )
+            result = scratch["saddle"].solve(b, rtol=rtol, x0=z, deadline=state.deadline)
+            return KKTSolve(result.z, result.nit, result.success, result.message, result.status is Status.TIME_LIMIT)
+        K = system.matrix
         if "projector" not in scratch:
             scratch["projector"] = SketchProjector(K, b, sketch=self.sketch, sampling=self.sampling, rng=keep["rng"])
         N = b.shape[0]
