@@ -29,8 +29,9 @@ Each iteration takes one of three steps:
    the penalties reach ``eta1_max`` / ``eta2_min``.
 4. *Armijo backtracking* on ``L_eta`` (halving from 1), moving ``x`` and ``y`` together.
 
-**Regularised primal step** (``sigma_min(J)^2 < singular_tol max(||J||^2, 1)``, ``m > n``, or a
-Newton system that could not be solved): the exact merit function is linear in ``y`` where J is
+**Regularised primal step** (``sigma_min(J)^2 < singular_tol max(||J||^2, 1)``, ``m > n``, a
+Newton system that could not be solved, a Newton direction that is no descent direction at the
+penalty limits, or a failed Newton line search): the exact merit function is linear in ``y`` where J is
 singular, so the multipliers are held at their least-squares values ``argmin ||grad f + J^T y||``
 and ``x`` takes the step of the ``delta_c = 1 / eta1`` regularised KKT system with ``y``
 eliminated, right-hand side the merit's own ``x``-gradient::
@@ -47,8 +48,8 @@ point where the part of ``c`` in range(J) is at most ``tol ||c||_2`` (a stationa
 ``||c||^2``, measured independently of J's scaling), the run ends
 ``INFEASIBLE`` and reports the least-squares residual ``||c||_2`` (``extras["ls_residual"]``).
 
-**Recovery** from a merit stall (no descent direction at the penalty limits, a failed line
-search, or ten Newton steps in a row shortened below ``alpha = 1e-3``): up to ``max_recoveries``
+**Recovery** from a merit stall (a regularised step that cannot decrease its merit function, or
+ten Newton steps in a row shortened below ``alpha = 1e-3``): up to ``max_recoveries``
 times, a feasibility restoration (the Levenberg-Marquardt step above on ``||c||^2`` alone, until
 ``||c||_inf`` falls to ``max(tol, ||c||_inf / 10)``, for at most 20 steps), then the
 multipliers are reset to their least-squares values and the penalties and accuracy to their
@@ -430,20 +431,11 @@ class AugmentedLagrangianNewton(IterativeSolver):
             state.inner_iter += solve.inner_iter
         state.inner_total += state.inner_iter
         if slope >= 0:
-            return self._recover(
-                problem,
-                state,
-                f"no descent direction for the merit function (slope {slope:.3e}) "
-                f"with eta1={state.eta1:.3g}, eta2={state.eta2:.3g}",
-            )
+            # an inaccurate solve of a nearly singular system; the regularised step is one of descent
+            return self._primal_step(problem, state)
         eta1, eta2 = state.eta1, state.eta2
-        trial = self._line_search(problem, state, solve.z, slope, lambda q: q.merit(eta1, eta2))
-        if trial is None:
-            return self._recover(
-                problem,
-                state,
-                f"line search failed: no sufficient decrease of the merit function after {self.max_backtracks} halvings",
-            )
+        if self._line_search(problem, state, solve.z, slope, lambda q: q.merit(eta1, eta2)) is None:
+            return self._primal_step(problem, state)
         state.short_steps = state.short_steps + 1 if state.alpha < SHORT_STEP else 0
         if state.short_steps >= SHORT_STEPS_STALL and state.recoveries < self.max_recoveries:
             state.short_steps = 0
