@@ -429,6 +429,8 @@ class SaddlePointSolver:
                 return self._result(monitor.best_z, run.status, run.message, nit, monitor.best)
             if monitor.best <= rtol or monitor.timed_out or monitor.nonfinite:
                 break
+            if monitor.past_deadline():
+                break  # a rank growth is one dense computation the deadline cannot interrupt
             if run.status is Status.MAX_ITER or not monitor.improved():
                 # a Nystrom rank that does not reach the accuracy within its budget is too small
                 try:

@@ -31,8 +31,7 @@ def _regularised_solve(M: Any, rhs: np.ndarray, delta0: float) -> tuple[np.ndarr
     delta = max(delta0, 1e-10)
     if sp.issparse(M):
         scaled = sp.csc_array(sp.diags_array(D**-0.5) @ M @ sp.diags_array(D**-0.5))
-        lam = float(spla.eigsh(scaled, k=1, which="SA", return_eigenvectors=False)[0]) if rhs.shape[0] > 1 else 0.0
-        delta = max(delta, 1e-8 - lam)
+        delta = max(delta, 1e-8 - _smallest_eigenvalue_bound(scaled))
         try:
             return spla.splu(sp.csc_array(M + delta * sp.diags_array(D))).solve(rhs), delta
         except RuntimeError:
@@ -47,13 +46,25 @@ def _regularised_solve(M: Any, rhs: np.ndarray, delta0: float) -> tuple[np.ndarr
     return None
 
 
+def _smallest_eigenvalue_bound(A: Any) -> float:
+    """A lower bound (or the value) of the smallest eigenvalue of sparse symmetric ``A``: ARPACK's
+    when it converges, Gershgorin's bound ``min_i (a_ii - sum_j!=i |a_ij|)`` when it does not."""
+    if A.shape[0] > 1:
+        try:
+            return float(spla.eigsh(A, k=1, which="SA", return_eigenvectors=False)[0])
+        except spla.ArpackNoConvergence:
+            pass
+    radius = np.asarray(abs(A).sum(axis=1)).ravel() - np.abs(A.diagonal())
+    return float(np.min(A.diagonal() - radius))
+
+
 class RegularisedSteps:
     """Mixin of :class:`~solvers.constrained._alm_merit.AugmentedLagrangianNewton`: the
     regularised primal step, restoration, recovery and reset (its options ``tol``,
     ``max_recoveries``, ``eta1``, ``eta2``, ``delta`` and its ``_line_search``)."""
 
     def _primal_step(self, problem: EqualityConstrainedProblem, state: _State) -> _State:
-        """The regularised step with ``y`` held at its least-squares value (module docstring)."""
+        """The regularised step with ``y`` held at its least-squares value (``_alm_merit``'s docstring)."""
         p = state.point.with_multipliers(least_squares_multipliers(state.point.g, state.point.J))
         state.point = p
         H = state.hessian.matrix(problem, p.x, p.y, p.lag_grad)
@@ -63,7 +74,7 @@ class RegularisedSteps:
         solved = _regularised_solve(M, -grad_x, state.damping)
         if solved is None:
             state.failure = Status.BREAKDOWN
-            state.message = "the regularised Newton matrix H + eta1 J^T J + delta I stays indefinite up to delta = 1e20"
+            state.message = "the regularised Newton matrix H + eta1 J^T J + delta D stays indefinite up to delta = 1e20"
             return state
         state.primal_steps += 1
         return self._least_squares_move(problem, state, solved[0], float(grad_x @ solved[0]), eta1, eta2)
@@ -75,7 +86,7 @@ class RegularisedSteps:
         solved = _regularised_solve(p.J.T @ p.J, -grad, state.damping)
         if solved is None:
             state.failure = Status.BREAKDOWN
-            state.message = "the restoration matrix J^T J + delta I stays indefinite up to delta = 1e20"
+            state.message = "the restoration matrix J^T J + delta D stays indefinite up to delta = 1e20"
             return state
         state.restoration_steps += 1
         state = self._least_squares_move(problem, state, solved[0], float(grad @ solved[0]), None, None)
@@ -87,7 +98,7 @@ class RegularisedSteps:
 
     def _least_squares_move(self, problem, state: _State, dx: np.ndarray, slope: float, eta1, eta2) -> _State:
         """Line search along ``(dx, 0)`` on ``L_eta`` (or on ``||c||^2 / 2`` when ``eta1`` is None),
-        then the infeasibility test of the module docstring."""
+        then the infeasibility test of ``_alm_merit``'s docstring."""
         before = float(np.linalg.norm(state.point.c))
         merit = _Point.infeasibility if eta1 is None else (lambda q: q.merit(eta1, eta2))
         z = np.concatenate([dx, np.zeros(problem.m)])
@@ -97,7 +108,7 @@ class RegularisedSteps:
         p = state.point
         c_norm = float(np.linalg.norm(p.c))
         if p.feasibility > self.tol and c_norm >= 0.99 * before:
-            reducible = np.sqrt(gauss_newton_fraction(p.J, p.c)) * c_norm
+            reducible = float(np.sqrt(gauss_newton_fraction(p.J, p.c))) * c_norm
             if reducible <= self.tol * c_norm:
                 state.failure = Status.INFEASIBLE
                 state.message = (
@@ -111,7 +122,7 @@ class RegularisedSteps:
         return state
 
     def _recover(self, problem: EqualityConstrainedProblem, state: _State, reason: str) -> _State:
-        """Restoration and reset (module docstring), or ``FAILED`` with ``reason`` once they are spent."""
+        """Restoration and reset (``_alm_merit``'s docstring), or ``FAILED`` with ``reason`` once they are spent."""
         if state.recoveries >= self.max_recoveries or state.restoration_target is not None:
             state.failure = Status.FAILED
             spent = f" (after {state.recoveries} recoveries)" if state.recoveries else ""

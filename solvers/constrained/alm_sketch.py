@@ -5,7 +5,7 @@ Lagrangian and Randomized Iterative Sketching" (ICML 2023), for
 :class:`~optkit.constrained_problem.EqualityConstrainedProblem`. The outer iteration (merit
 function, penalty adaptation, Hessian modification, regularised steps, recovery, line search)
 is :class:`~solvers.constrained._alm_merit.AugmentedLagrangianNewton`; each Newton (KKT) system
-is solved to the paper's adaptive accuracy ``theta_k * delta`` by one of two randomized solvers:
+is solved to the paper's adaptive accuracy ``theta_k * delta`` by one of two solvers:
 
 - ``inner="preconditioned"`` (default): MINRES with the augmented-Lagrangian block
   preconditioner :class:`optkit.saddle_point.SaddlePointSolver`, whose ``B + rho J^T J`` is
@@ -41,7 +41,7 @@ __all__ = ["AlmSketch"]
 @register_solver("alm-sketch")
 @dataclass(frozen=True, kw_only=True)
 class AlmSketch(AugmentedLagrangianNewton):
-    """Exact augmented Lagrangian Newton; KKT systems by randomized solvers.
+    """Exact augmented Lagrangian Newton; KKT systems by preconditioned MINRES or sketch-and-project.
 
     Options (besides those of :class:`AugmentedLagrangianNewton`)
     ----------------------------------------------------------------
