@@ -59,7 +59,7 @@ class _Point:
     def merit(self, eta1: float, eta2: float) -> float:
         return self.f + self.y @ self.c + 0.5 * eta1 * (self.c @ self.c) + 0.5 * eta2 * (self.lag_grad @ self.lag_grad)
 
-    def infeasibility(self) -> float:
+    def half_squared_residual(self) -> float:
         return 0.5 * float(self.c @ self.c)
 
     def with_multipliers(self, y: np.ndarray) -> _Point:

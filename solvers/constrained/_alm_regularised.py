@@ -100,7 +100,7 @@ class RegularisedSteps:
         """Line search along ``(dx, 0)`` on ``L_eta`` (or on ``||c||^2 / 2`` when ``eta1`` is None),
         then the infeasibility test of ``_alm_merit``'s docstring."""
         before = float(np.linalg.norm(state.point.c))
-        merit = _Point.infeasibility if eta1 is None else (lambda q: q.merit(eta1, eta2))
+        merit = _Point.half_squared_residual if eta1 is None else (lambda q: q.merit(eta1, eta2))
         z = np.concatenate([dx, np.zeros(problem.m)])
         moved = slope < 0 and self._line_search(problem, state, z, slope, merit) is not None
         # Levenberg-Marquardt's rule on the line search's verdict: a full step lowers the damping

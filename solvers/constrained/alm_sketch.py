@@ -1,4 +1,4 @@
-"""Solver ``alm-sketch``: exact augmented Lagrangian Newton with randomized Newton solves.
+"""Solver ``alm-sketch``: exact augmented Lagrangian Newton with preconditioned or sketched Newton solves.
 
 The method of Hong, Na, Mahoney & Kolar, "Constrained Optimization via Exact Augmented
 Lagrangian and Randomized Iterative Sketching" (ICML 2023), for
@@ -46,8 +46,8 @@ class AlmSketch(AugmentedLagrangianNewton):
     Options (besides those of :class:`AugmentedLagrangianNewton`)
     ----------------------------------------------------------------
     inner : {"preconditioned", "sketch-and-project"}
-        The Newton-system solver (module docstring); ``"sketch-and-project"`` with the other
-        defaults is the paper's configuration.
+        The Newton-system solver (module docstring); ``"sketch-and-project"`` with
+        ``max_recoveries=0`` and the other defaults is the paper's configuration.
     preconditioner : {"auto", "factor", "nystrom"}
         How ``inner="preconditioned"`` applies ``(B + rho J^T J)^{-1}``: a Cholesky or SuperLU
         factorisation, or the randomized Nystrom preconditioner; ``"auto"`` factors sparse
@@ -69,9 +69,11 @@ class AlmSketch(AugmentedLagrangianNewton):
     adaptive_block : bool
         Double the block size when a solve runs out of steps (default True).
     seed : int
-        Seed of the sketches (reference: 2023).
+        Seed of the sketches, and of the preconditioner's norm estimates and Nystrom sketches
+        (reference: 2023).
 
-    The sketch options below apply to ``inner="sketch-and-project"``.
+    ``sketch``, ``block_size``, ``sampling``, ``max_sketch_iter``, ``max_sweeps`` and
+    ``adaptive_block`` apply to ``inner="sketch-and-project"`` only.
 
     Counters: ``inner_iter`` (MINRES iterations or sketch steps), ``max_block_size`` (the largest
     sketch block used), ``hessian_mods``, ``penalty_updates``, ``primal_steps``,
